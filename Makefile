@@ -1,0 +1,25 @@
+# Two commands on a fresh machine: `make run` (the main job) and `make test` (the suite).
+# Both create .venv and install ncood with its dependencies on first use (pip, from the package registry).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: run test install clean-runs
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# The default ablation grid: local Ray, MLflow in mlruns/, built-in digits data, 15 seeds x L2 off/on.
+run: $(VENV)/.installed
+	$(PY) tune_jobs/ablation.py
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+clean-runs:
+	rm -rf runs mlruns/mlflow.db mlruns/artifacts

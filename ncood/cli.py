@@ -1,0 +1,108 @@
+"""`ncood` command line: `ncood train | datasets | models`.
+
+Every TrialConfig field is a flag of `ncood train` (built from the dataclass, so the two cannot drift apart);
+values start from a named preset (`--preset`, default: the dataset's own preset, else `digits`).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from ncood.config import PRESETS, ConfigError, TrialConfig, make_config
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrialConfig field: --arch, --l2/--no-l2, --ood-sets a,b, ... (default: the preset's)."""
+    for f in dataclasses.fields(TrialConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_ = f.metadata.get("help", "")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        else:
+            kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
+            parser.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper(), help=help_)
+
+
+def _config_from_args(args: argparse.Namespace) -> TrialConfig:
+    overrides: dict[str, Any] = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrialConfig)
+                                 if getattr(args, f.name) is not None}
+    if isinstance(overrides.get("ood_sets"), str):
+        overrides["ood_sets"] = tuple(s.strip() for s in overrides["ood_sets"].split(",") if s.strip())
+    preset = args.preset or (overrides.get("dataset") if overrides.get("dataset") in PRESETS else "digits")
+    return make_config(preset, **overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ncood.evaluate import format_results
+    from ncood.pipeline import run_trial
+
+    cfg = _config_from_args(args)
+    out = Path(args.out or f"runs/{cfg.condition}-s{cfg.seed}").resolve()
+    print(f"ncood train: {cfg.condition} seed {cfg.seed} on {cfg.dataset} (OoD: {', '.join(cfg.ood_sets)}) -> {out}")
+    summary = run_trial(cfg, out, resume=args.resume, progress=not args.no_progress)
+    print(format_results(summary["final"]))
+    print(f"test accuracy {summary['test_accuracy']:.4f}  |  wall time {summary['wall_time_s']:.1f} s")
+    print(f"summary: {out / 'summary.json'}\ncheckpoint: {summary['artifacts']['checkpoint']}")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from ncood.data import get_info, list_datasets
+
+    for name in list_datasets():
+        info = get_info(name)
+        role = "ID " if info.can_be_id else "OoD"
+        print(f"{name:14s} {role}  {'x'.join(map(str, info.image_shape)):8s} {info.description}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from ncood.models import list_models
+
+    print("\n".join(list_models()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ncood",
+        description="ncood: L2 feature normalization, Neural Collapse and OoD detection experiments "
+                    "(DDU benchmark) on Ray Tune + MLflow.",
+        epilog="Grids: python tune_jobs/ablation.py --help.  Docs: README.md",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train and evaluate one trial; writes summary.json + checkpoint to --out",
+                       description="Train one trial (progress bar), evaluate NC metrics and OoD detection, and write "
+                                   "summary.json, checkpoint.pt, gaussians.pt and config.json into --out.")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="starting values (default: the dataset's preset if there is one, else digits); flags override")
+    p.add_argument("--out", default=None, help="output folder (default: runs/<condition>-s<seed>)")
+    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt if present")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    sub.add_parser("datasets", help="list registered datasets").set_defaults(func=cmd_datasets)
+    sub.add_parser("models", help="list registered architectures").set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"ncood: configuration error: {e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:  # DatasetNotFoundError says where it looked and how to get the data
+        print(f"ncood: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Datasets that need no download: `digits` (the embedded ID default) and the OoD sets `photos`, `scrambled`, `noise`.
+
+- digits: scikit-learn's copy of the UCI optical hand-written digits test set (1797 images, 8x8, values 0..16),
+  `sklearn.datasets.load_digits`; small enough to train a width-reduced ResNet on 2 CPU cores (REFERENCE.md 8).
+- photos: crops of scikit-learn's two sample photographs (`load_sample_images`: china.jpg, flower.jpg), real
+  natural images that ship offline: the near-OoD set of the embedded setup.
+- scrambled: the ID test images with their pixel positions randomly permuted (REFERENCE.md 5, "pixel-scrambled").
+- noise: Gaussian noise in pixel space (REFERENCE.md 5).
+All randomness comes from a CPU torch.Generator seeded with `seed`, so a set is the same on every device.
+"""
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ncood.data.registry import DatasetInfo, IDData, RawImages, register_dataset, stratified_holdout
+
+DIGITS_TEST_FRACTION = 0.2  # digits has no official split: a seeded stratified 20% is the test part
+PHOTO_PATCH = 64  # side of a photo crop in pixels; to_model_input then resizes it to the ID size
+NOISE_MEAN, NOISE_STD = 0.5, 0.25  # N(0.5, 0.25^2) per pixel, clipped to [0, 1]
+_SKLEARN = "ships with scikit-learn (no download, no data root needed)"
+
+
+@cache
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return (d.images / 16.0).astype(np.float32), d.target.astype(np.int64)  # (1797, 8, 8) in [0, 1]; (1797,)
+
+
+@register_dataset(DatasetInfo(
+    name="digits", num_classes=10, can_be_id=True, image_shape=(1, 8, 8),
+    description="scikit-learn digits: 1797 grey 8x8 hand-written digits, 10 classes (seeded 72/8/20% split)",
+    how_to_get=_SKLEARN,
+    default_batch_size=128,  # ~1.3k train images: ~10 steps per epoch
+    default_ood=("photos", "scrambled", "noise"),
+    # Statistics of the split_seed=0 train part, computed once (tests/test_data.py re-checks them). Dataset
+    # statistics rather than (0.5, 0.5): digits are mostly background (mean ~0.3), and unit-variance inputs
+    # are what the CIFAR recipe gives its networks too.
+    mean=(0.3057,), std=(0.3765,),
+    crop_pad=1,  # 1/8 of the side, as 4 px is of 32 (CIFAR); 4 px would shift a digit by half the image
+    flip=False,  # a mirrored digit is a different symbol (or none)
+))
+def load_digits(root: Path, split: str, *, download: bool, like: IDData | None, seed: int) -> RawImages:
+    images, labels = _digits()
+    x, y = torch.from_numpy(images)[:, None], torch.from_numpy(labels)  # (1797, 1, 8, 8) float01, (1797,)
+    train, test = stratified_holdout(y, DIGITS_TEST_FRACTION, seed)
+    idx = train if split == "train" else test
+    return RawImages(x[idx], y[idx], [str(i) for i in range(10)])
+
+
+def _ood_only(name: str, like: IDData | None) -> IDData:
+    if like is None:
+        raise ValueError(f"{name!r} is an OoD set generated for an ID set: pass like=<IDData>")
+    return like
+
+
+@cache
+def _sample_photos() -> torch.Tensor:
+    from sklearn.datasets import load_sample_images
+
+    photos = np.stack(load_sample_images().images)  # (2, 427, 640, 3) uint8
+    return torch.from_numpy(photos).permute(0, 3, 1, 2).contiguous()  # (2, 3, 427, 640)
+
+
+@register_dataset(DatasetInfo(
+    name="photos", num_classes=None, can_be_id=False, image_shape=(3, PHOTO_PATCH, PHOTO_PATCH),
+    description=f"{PHOTO_PATCH}x{PHOTO_PATCH} random crops of scikit-learn's sample photographs (china, flower); "
+                "as many as the ID test set",
+    how_to_get=_SKLEARN,
+))
+def load_photos(root: Path, split: str, *, download: bool, like: IDData | None, seed: int) -> RawImages:
+    n = len(_ood_only("photos", like).test)
+    photos = _sample_photos()
+    _, c, h, w = photos.shape
+    g = torch.Generator().manual_seed(seed)
+    which = torch.randint(len(photos), (n,), generator=g)
+    top = torch.randint(h - PHOTO_PATCH + 1, (n,), generator=g)
+    left = torch.randint(w - PHOTO_PATCH + 1, (n,), generator=g)
+    offs = torch.arange(PHOTO_PATCH)
+    rows = (top[:, None] + offs)[:, None, :, None]  # (n, 1, P, 1)
+    cols = (left[:, None] + offs)[:, None, None, :]  # (n, 1, 1, P)
+    crops = photos[which[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]  # (n, 3, P, P)
+    return RawImages(crops)
+
+
+@register_dataset(DatasetInfo(
+    name="scrambled", num_classes=None, can_be_id=False, image_shape=None,
+    description="the ID test images, each with its own seeded random permutation of pixel positions "
+                "(channels move together)",
+    how_to_get="generated from the ID test set",
+))
+def load_scrambled(root: Path, split: str, *, download: bool, like: IDData | None, seed: int) -> RawImages:
+    like = _ood_only("scrambled", like)
+    mean = torch.tensor(like.info.mean, device=like.test.x.device)[None, :, None, None]
+    std = torch.tensor(like.info.std, device=like.test.x.device)[None, :, None, None]
+    x01 = (like.test.x * std + mean).clamp_(0, 1)  # back to pixel space: (N, C, H, W)
+    n, c, h, w = x01.shape
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.rand(n, h * w, generator=g).argsort(dim=1).to(x01.device)  # (N, HW): one permutation per image
+    scrambled = x01.flatten(2).gather(2, perm[:, None, :].expand(-1, c, -1))  # (N, C, HW)
+    return RawImages(scrambled.view(n, c, h, w))
+
+
+@register_dataset(DatasetInfo(
+    name="noise", num_classes=None, can_be_id=False, image_shape=None,
+    description=f"Gaussian noise N({NOISE_MEAN}, {NOISE_STD}^2) per pixel, clipped to [0, 1], in the ID shape; "
+                "as many as the ID test set",
+    how_to_get="generated",
+))
+def load_noise(root: Path, split: str, *, download: bool, like: IDData | None, seed: int) -> RawImages:
+    like = _ood_only("noise", like)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((len(like.test), *like.image_shape), generator=g)  # (N, C, H, W)
+    return RawImages((NOISE_MEAN + NOISE_STD * x).clamp_(0, 1))

@@ -1,0 +1,135 @@
+"""Assemble one trial from its config: data -> model -> trainer (+ per-epoch evaluation) -> results.
+
+This is the only place that turns a TrialConfig into built objects; the CLI (`ncood train`) and the Ray Tune
+trainable both call `build_trial` / `run_trial`, adding their own epoch callbacks (progress, MLflow, Tune).
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ncood import keys
+from ncood.config import TrialConfig
+from ncood.data import IDData, load_id, load_ood
+from ncood.evaluate import evaluate
+from ncood.models import create_model
+from ncood.train import EpochCallback, Trainer, every_epochs, resolve_device
+
+# Data splits and OoD sets are the same for every seed of a grid: only the model seed varies between trials.
+DATA_SEED = 0
+
+
+@dataclass
+class Evaluation:
+    """Epoch callback: the full measurement (NC + GMM + every score on every OoD set) every `eval_every` epochs.
+
+    Adds the flat results dict (ncood.keys schema) to the epoch's metrics and keeps the latest fitted scores
+    (the class Gaussians go into the checkpoint).
+    """
+
+    ood_sets: dict[str, torch.Tensor]
+    cfg: TrialConfig
+    last_fit: Any = None
+    last_results: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.due = every_epochs(self.cfg.eval_every, self.cfg.epochs)
+
+    def __call__(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
+        if not self.due(epoch):
+            return
+        results, fit = evaluate(trainer.model, trainer.data, self.ood_sets, l2=self.cfg.l2,
+                                batch_size=max(self.cfg.batch_size, 256))
+        metrics.update(results)
+        self.last_fit, self.last_results = fit, results
+
+
+@dataclass
+class Trial:
+    cfg: TrialConfig
+    data: IDData
+    ood_sets: dict[str, torch.Tensor]
+    trainer: Trainer
+    evaluation: Evaluation
+
+
+def build_trial(cfg: TrialConfig, callbacks: Sequence[EpochCallback] = (), progress: bool = True) -> Trial:
+    """Load the data onto the device, build the model with the trial's seed, wire the evaluation callback."""
+    device = resolve_device(cfg.device)
+    data = load_id(cfg.dataset, cfg.data_root, device=device, download=cfg.download, split_seed=DATA_SEED)
+    ood_sets = {name: load_ood(name, cfg.data_root, like=data, device=device, download=cfg.download, seed=DATA_SEED)
+                for name in cfg.ood_sets}
+    torch.manual_seed(cfg.seed)
+    model = create_model(
+        cfg.arch, num_classes=data.num_classes, in_channels=data.image_shape[0], input_size=data.image_shape[1],
+        width=cfg.width, l2=cfg.l2, spectral_norm=cfg.spectral_norm, sn_coeff=cfg.sn_coeff, leaky_gap=cfg.leaky_gap,
+    )
+    evaluation = Evaluation(ood_sets, cfg)
+    trainer = Trainer(model, data, cfg, callbacks=[evaluation, *callbacks], progress=progress)
+    return Trial(cfg, data, ood_sets, trainer, evaluation)
+
+
+def save_artifacts(trial: Trial, out_dir: Path) -> dict[str, str]:
+    """Final weights + fitted class Gaussians + config, in `out_dir` (what MLflow and serving pick up)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"checkpoint": str(trial.trainer.save_checkpoint(out_dir / "checkpoint.pt"))}
+    if trial.evaluation.last_fit is not None and trial.evaluation.last_fit.gaussians is not None:
+        gpath = out_dir / "gaussians.pt"
+        trial.evaluation.last_fit.gaussians.save(gpath)
+        paths["gaussians"] = str(gpath)
+    (out_dir / "config.json").write_text(json.dumps(trial.cfg.to_dict(), indent=2))
+    paths["config"] = str(out_dir / "config.json")
+    return paths
+
+
+def environment() -> dict[str, str]:
+    """Versions and device: every figure says where it was measured."""
+    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
+    return {"torch": torch.__version__, "python": platform.python_version(), "device": dev}
+
+
+def write_summary(trial: Trial, out_dir: Path, paths: dict[str, str], wall_s: float) -> Path:
+    history = trial.trainer.history
+    final = {k: v for k, v in history[-1].items()} if history else {}
+    summary = {
+        "config": trial.cfg.to_dict(),
+        "condition": trial.cfg.condition,
+        "epochs": [{"epoch": i + 1, **row} for i, row in enumerate(history)],
+        "final": final,
+        "test_accuracy": final.get(keys.ACC_TEST),
+        "artifacts": paths,
+        "wall_time_s": wall_s,
+        "environment": environment(),
+    }
+    path = out_dir / "summary.json"
+    path.write_text(json.dumps(summary, indent=2))
+    return path
+
+
+def run_trial(cfg: TrialConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
+              callbacks: Sequence[EpochCallback] = (), checkpoint_every_epoch: bool = True) -> dict[str, Any]:
+    """Train one trial to the end, checkpointing into `out_dir`; returns the summary dict.
+
+    With `resume`, continues from `out_dir/checkpoint.pt` if it exists (same config required).
+    """
+    out_dir = Path(out_dir).resolve()
+    t0 = time.perf_counter()
+    cbs = list(callbacks)
+    if checkpoint_every_epoch:  # a crash loses at most one epoch
+        cbs.append(lambda tr, epoch, m: tr.save_checkpoint(out_dir / "checkpoint.pt"))
+    trial = build_trial(cfg, cbs, progress=progress)
+    ckpt = out_dir / "checkpoint.pt"
+    if resume and ckpt.exists():
+        trial.trainer.load_checkpoint(ckpt)
+    trial.trainer.fit()
+    if trial.evaluation.last_fit is None:  # resumed after the last epoch: measure once more
+        trial.evaluation(trial.trainer, trial.trainer.epoch, trial.trainer.history[-1])
+    paths = save_artifacts(trial, out_dir)
+    write_summary(trial, out_dir, paths, time.perf_counter() - t0)
+    return json.loads((out_dir / "summary.json").read_text())

@@ -1,0 +1,196 @@
+"""The training loop: SGD + MultiStepLR, cross-entropy, per-epoch callbacks, exact checkpoint/resume.
+
+Recipe from the papers (REFERENCE.md section 3). The trainer receives built objects (model, data, config); it does
+not construct them from strings. Systems choices follow airbench: the training set lives on the device, batches
+are cropped/flipped there, and nothing synchronises with the host inside an epoch (loss, accuracy and the
+non-finite-loss check are accumulated on the device and read once per epoch).
+
+Resume is exact: a checkpoint holds the model, optimizer, scheduler, the loader's generator and the global RNG
+states, so `2 epochs + stop + resume 2 epochs` gives the same weights as 4 epochs straight (tests/test_train.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ncood import keys
+from ncood.config import TrialConfig
+from ncood.data import DeviceLoader, IDData, normalized_zero
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN/inf; the message names the epoch and step."""
+
+
+class EpochCallback(Protocol):
+    """Called after every epoch; may add entries to `metrics` (e.g. the evaluation dict) or save state."""
+
+    def __call__(self, trainer: "Trainer", epoch: int, metrics: dict[str, float]) -> None: ...
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device '{name}' requested but CUDA is not available; use --device cpu (or auto)")
+    return torch.device(name)
+
+
+@dataclass
+class Trainer:
+    """Trains `model` on `data.train` as `cfg` says. `fit()` runs the remaining epochs and returns the history."""
+
+    model: torch.nn.Module
+    data: IDData
+    cfg: TrialConfig
+    callbacks: Sequence[EpochCallback] = ()
+    progress: bool = True
+    epoch: int = 0  # epochs completed
+    history: list[dict[str, float]] = field(default_factory=list)  # one metrics row per epoch
+
+    def __post_init__(self) -> None:
+        cfg = self.cfg
+        self.device = self.data.train.x.device
+        cuda = self.device.type == "cuda"
+        self.model.to(self.device)
+        if cuda:  # channels_last lets cuDNN pick NHWC kernels, which bf16 tensor cores prefer
+            self.model.to(memory_format=torch.channels_last)
+        # fused SGD is one kernel for all parameters on CUDA; foreach batches the update on CPU.
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+            **({"fused": True} if cuda else {"foreach": True}),
+        )
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(cfg.milestones), gamma=0.1)
+        # All batch order and augmentation randomness comes from this generator, saved in checkpoints.
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        info = self.data.info
+        self.loader = DeviceLoader(
+            self.data.train, cfg.batch_size, shuffle=True, augment=True, crop_pad=info.crop_pad, flip=info.flip,
+            fill=normalized_zero(info).to(self.device), generator=self.generator,
+        )
+        self.forward = torch.compile(self.model) if (cfg.compile and cuda) else self.model
+
+    # ---- the loop -------------------------------------------------------------------------------------------
+    def fit(self) -> list[dict[str, float]]:
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.cfg.epochs, initial=self.epoch, desc=f"train {self.cfg.condition} seed {self.cfg.seed}",
+                       unit="ep", dynamic_ncols=True)
+        try:
+            while self.epoch < self.cfg.epochs:
+                epoch = self.epoch + 1
+                metrics = self.train_epoch(epoch)
+                self.epoch = epoch
+                self.history.append(metrics)
+                for cb in self.callbacks:
+                    cb(self, epoch, metrics)
+                if bar is not None:
+                    shown = {"loss": metrics[keys.LOSS_TRAIN], "acc": metrics[keys.ACC_TRAIN]}
+                    if keys.ACC_TEST in metrics:
+                        shown["test"] = metrics[keys.ACC_TEST]
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items()})
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        return self.history
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the training set; returns loss/accuracy/lr/time for the epoch (one host sync)."""
+        self.model.train()
+        cuda = self.device.type == "cuda"
+        t0 = time.perf_counter()
+        lr = self.optimizer.param_groups[0]["lr"]
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        seen = 0
+        first_bad = torch.full((), -1, device=self.device, dtype=torch.int64)  # first step with non-finite loss
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+        for step, (x, y) in enumerate(self.loader):
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                logits, _ = self.forward(x)
+                loss = F.cross_entropy(logits.float(), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            detached = loss.detach()
+            bad = ~torch.isfinite(detached)
+            first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
+            loss_sum += detached.double() * y.numel()
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += y.numel()
+        self.scheduler.step()
+        if cuda:
+            torch.cuda.synchronize()
+        bad_step = int(first_bad)  # the one host sync of the epoch
+        if bad_step >= 0:
+            raise NonFiniteLossError(
+                f"non-finite training loss at epoch {epoch}, step {bad_step} (lr {lr:g}, batch {self.cfg.batch_size}, "
+                f"condition {self.cfg.condition}, seed {self.cfg.seed}). The last good checkpoint is unchanged; "
+                f"try a lower --lr, or check the input data for NaN/inf."
+            )
+        return {
+            keys.LOSS_TRAIN: float(loss_sum) / seen,
+            keys.ACC_TRAIN: float(correct) / seen,
+            keys.LR: lr,
+            keys.EPOCH_TIME: time.perf_counter() - t0,
+        }
+
+    # ---- checkpoint / resume ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.cfg.to_dict(),
+            "epoch": self.epoch,
+            "history": self.history,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = TrialConfig.from_dict(state["config"])
+        if saved.condition != self.cfg.condition or saved.seed != self.cfg.seed:
+            raise ValueError(f"checkpoint is for {saved.condition} seed {saved.seed}, "
+                             f"not {self.cfg.condition} seed {self.cfg.seed}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.epoch = int(state["epoch"])
+        self.history = list(state["history"])
+
+    def save_checkpoint(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Atomic write (tmp + rename): a crash mid-save never leaves a truncated checkpoint."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save({**self.state_dict(), **(extra or {})}, tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.load_state_dict(state)
+        return state
+
+
+def every_epochs(k: int, last: int) -> Callable[[int], bool]:
+    """Predicate for 'every k epochs and always at the last one' (k = 0: only the last)."""
+    return lambda epoch: epoch == last or (k > 0 and epoch % k == 0)

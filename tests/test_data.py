@@ -1,0 +1,344 @@
+"""ncood.data: the registry sweep, each dataset's on-disk format, the prepare function and the device loader.
+
+The downloadable sets are written small and in their real formats by tests/fake_datasets.py; torchvision's own
+classes read them, with its md5 table pointed at the fake files (see accept_fake_checksums).
+"""
+from __future__ import annotations
+
+import pickle
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy.io import loadmat
+
+from fake_datasets import accept_fake_checksums, write_all, write_tinyimagenet
+from ncood.data import (
+    DATASETS, DatasetNotFoundError, DeviceLoader, Split, get_info, list_datasets, load_id, load_ood,
+    normalized_zero, random_crop_flip, stratified_holdout, to_model_input,
+)
+from ncood.data import torchvision_sets
+from ncood.data.builtin import DIGITS_TEST_FRACTION, _digits
+
+
+@pytest.fixture(scope="module")
+def fake_root(tmp_path_factory):
+    return write_all(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture
+def root(fake_root, monkeypatch):
+    accept_fake_checksums(monkeypatch, fake_root)
+    return fake_root
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    return load_id("digits", tmp_path_factory.mktemp("unused"))
+
+
+def _pixels(x: torch.Tensor, name: str) -> torch.Tensor:
+    """Undo the normalization of ID set `name`: back to [0, 1]."""
+    info = get_info(name)
+    return x * torch.tensor(info.std)[None, :, None, None] + torch.tensor(info.mean)[None, :, None, None]
+
+
+# ---------------------------------------------------------------- registry sweep
+
+def test_registry_lookup():
+    assert set(list_datasets(id_only=True)) <= set(list_datasets()) == set(DATASETS)
+    with pytest.raises(ValueError, match="cifar10.*digits"):
+        get_info("cifar11")
+    for name in list_datasets():
+        info = get_info(name)
+        assert info.name == name and info.description and info.how_to_get
+        assert set(info.default_ood) <= set(DATASETS), f"{name}: unknown default OoD set"
+        assert info.image_shape is None or len(info.image_shape) == 3
+
+
+@pytest.mark.parametrize("name", list_datasets(id_only=True))
+def test_every_id_set_loads(name, root):
+    data = load_id(name, root)
+    info = data.info
+    assert data.num_classes == info.num_classes == len(data.class_names)
+    for split in (data.train, data.val, data.test):
+        assert split.x.dtype == torch.float32 and split.y.dtype == torch.int64
+        assert split.x.shape == (len(split.y), *info.image_shape)
+        assert torch.isfinite(split.x).all()
+        assert 0 <= int(split.y.min()) and int(split.y.max()) < info.num_classes
+    assert len(data.train) > 0 and len(data.test) > 0
+    for ood in info.default_ood:
+        x = load_ood(ood, root, like=data)
+        assert x.dtype == torch.float32 and x.shape[1:] == info.image_shape and len(x) > 0
+        assert torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("name", list_datasets())
+def test_every_set_loads_as_ood_for_digits(name, root, digits):
+    x = load_ood(name, root, like=digits)
+    assert x.dtype == torch.float32 and x.shape[1:] == (1, 8, 8) and len(x) > 0
+    assert torch.isfinite(x).all()
+    pixels = _pixels(x, "digits")
+    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
+
+
+@pytest.mark.parametrize("name", list_datasets())
+def test_missing_files_raise_dataset_not_found(name, tmp_path, digits):
+    """On an empty data root: a set needing files says where it looked and how to get it; the rest load."""
+    try:
+        load_ood(name, tmp_path, like=digits)
+    except DatasetNotFoundError as err:
+        assert str(tmp_path) in str(err) and "download" in str(err) and "missing" in str(err)
+    else:
+        assert name not in ("cifar10", "cifar100", "svhn", "tinyimagenet")
+
+
+# ---------------------------------------------------------------- digits
+
+def test_digits_splits_partition_deterministically():
+    _, y = _digits()
+    y = torch.from_numpy(y)
+    for seed in (0, 1):
+        train_all, test = stratified_holdout(y, DIGITS_TEST_FRACTION, seed)
+        keep, val = stratified_holdout(y[train_all], 0.1, seed)
+        train, val = train_all[keep], train_all[val]
+        parts = torch.cat([train, val, test])
+        assert len(parts) == 1797 and len(parts.unique()) == 1797  # disjoint and covering
+        for part in (train, val, test):
+            assert len(y[part].unique()) == 10  # stratified: every class in every split
+    data0, again, data1 = (load_id("digits", "unused", split_seed=s) for s in (0, 0, 1))
+    assert (len(data0.train), len(data0.val), len(data0.test)) == (1294, 144, 359)
+    assert torch.equal(data0.test.x, again.test.x) and torch.equal(data0.train.y, again.train.y)
+    assert not torch.equal(data0.test.x, data1.test.x)
+    _, test0 = stratified_holdout(y, DIGITS_TEST_FRACTION, 0)
+    expected = to_model_input(torch.from_numpy(_digits()[0])[test0][:, None], data0.info)  # (359, 1, 8, 8)
+    assert torch.equal(data0.test.x, expected)
+
+
+def test_digits_normalization_constants_match_train_statistics():
+    data = load_id("digits", "unused", split_seed=0)
+    pixels = _pixels(data.train.x, "digits")
+    assert abs(pixels.mean().item() - data.info.mean[0]) < 1e-3
+    assert abs(pixels.std().item() - data.info.std[0]) < 1e-3
+
+
+def test_stratified_holdout_exact_total():
+    y = torch.arange(200) % 100  # 2 per class: per-class quotas of 0.2 round down, the remainder is distributed
+    keep, held = stratified_holdout(y, 0.1, 0)
+    assert len(held) == 20 and len(keep) == 180 and len(torch.cat([keep, held]).unique()) == 200
+
+
+def test_generated_sets_are_seeded(digits):
+    for name in ("photos", "noise", "scrambled"):
+        a, b, c = (load_ood(name, "unused", like=digits, seed=s) for s in (0, 0, 1))
+        assert len(a) == len(digits.test) and torch.equal(a, b) and not torch.equal(a, c)
+    sub = load_ood("noise", "unused", like=digits, max_images=50)
+    assert sub.shape == (50, 1, 8, 8)
+
+
+def test_scrambled_permutes_pixels_within_each_image(digits):
+    x = load_ood("scrambled", "unused", like=digits)
+    assert torch.allclose(x.flatten(1).sort(1).values, digits.test.x.flatten(1).sort(1).values, atol=1e-5)
+    assert not torch.allclose(x, digits.test.x)
+
+
+# ---------------------------------------------------------------- torchvision sets (fake files, real formats)
+
+def test_cifar10_reads_the_pickle_batches(root):
+    with open(root / "cifar-10-batches-py" / "test_batch", "rb") as f:
+        batch = pickle.load(f, encoding="bytes")  # the CIFAR page's reader sees bytes keys, as in the real files
+    data = load_id("cifar10", root)
+    assert (len(data.train), len(data.val), len(data.test)) == (90, 10, 20)
+    assert data.class_names[:2] == ["airplane", "automobile"]
+    assert torch.equal(data.test.y, torch.tensor(batch[b"labels"]))
+    expected = torch.from_numpy(batch[b"data"]).view(-1, 3, 32, 32).float() / 255
+    assert torch.allclose(_pixels(data.test.x, "cifar10"), expected, atol=1e-5)
+    assert torch.equal(data.val.y.sort().values, torch.arange(10))  # 10% hold-out, one per class
+    for _ in range(2):  # download=True with verified files present needs no network
+        assert len(load_ood("cifar100", root, like=data, download=True)) == 100
+
+
+def test_fake_files_fail_torchvisions_checksum_without_the_patch(fake_root):
+    with pytest.raises(DatasetNotFoundError, match="checksum mismatch") as err:
+        load_id("cifar10", fake_root)
+    assert str(fake_root / "cifar-10-batches-py" / "data_batch_1") in str(err.value)
+
+
+def test_failed_download_becomes_dataset_not_found(tmp_path, monkeypatch, digits):
+    from urllib.error import URLError
+
+    def offline(*args, **kwargs):
+        raise URLError("no network")
+
+    monkeypatch.setattr("torchvision.datasets.cifar.download_and_extract_archive", offline)
+    with pytest.raises(DatasetNotFoundError, match="Download failed"):
+        load_ood("cifar100", tmp_path, like=digits, download=True)
+
+
+def test_svhn_reads_the_mat_file(root):
+    mat = loadmat(root / "test_32x32.mat")
+    data = load_id("svhn", root)
+    assert torch.equal(data.test.y, torch.from_numpy(mat["y"][:, 0].astype(np.int64) % 10))  # label 10 -> 0
+    expected = torch.from_numpy(mat["X"]).permute(3, 2, 0, 1).float() / 255  # (32, 32, 3, N) -> (N, 3, 32, 32)
+    assert torch.allclose(_pixels(data.test.x, "svhn"), expected, atol=1e-5)
+
+
+def test_tinyimagenet_val_images_resized_to_32(root):
+    cifar = load_id("cifar10", root)
+    x = load_ood("tinyimagenet", root, like=cifar)
+    assert x.shape == (12, 3, 32, 32)
+    path = root / "tiny-imagenet-200" / "val" / "images" / "val_4.JPEG"  # a greyscale one
+    with Image.open(path) as img:
+        reference = np.asarray(img.convert("RGB").resize((32, 32), Image.BILINEAR)) / 255.0
+    got = _pixels(x[4:5], "cifar10")[0].permute(1, 2, 0).numpy()
+    assert np.abs(got - reference).max() < 2.5 / 255
+
+
+def test_tinyimagenet_corrupt_or_missing_image_is_named(tmp_path, digits):
+    paths = write_tinyimagenet(tmp_path, n=6)
+    paths[3].write_bytes(paths[3].read_bytes()[:300])  # truncated JPEG
+    with pytest.raises(OSError, match="val_3.JPEG"):
+        load_ood("tinyimagenet", tmp_path, like=digits)
+    paths[3].write_bytes(b"not a jpeg")
+    with pytest.raises(OSError, match="val_3.JPEG"):
+        load_ood("tinyimagenet", tmp_path, like=digits)
+    paths[3].unlink()
+    with pytest.raises(DatasetNotFoundError, match="val_3.JPEG"):
+        load_ood("tinyimagenet", tmp_path, like=digits)
+
+
+def test_tinyimagenet_download_uses_the_standard_archive(tmp_path, monkeypatch, digits):
+    calls = []
+
+    def fake_download(url, download_root, md5=None, **kwargs):
+        calls.append((url, download_root, md5))
+        write_tinyimagenet(download_root, n=5)
+
+    monkeypatch.setattr(torchvision_sets, "download_and_extract_archive", fake_download)
+    assert load_ood("tinyimagenet", tmp_path, like=digits, download=True).shape == (5, 1, 8, 8)
+    assert calls == [(torchvision_sets.TINY_URL, str(tmp_path), torchvision_sets.TINY_MD5)]
+    load_ood("tinyimagenet", tmp_path, like=digits, download=True)
+    assert len(calls) == 1  # already there: no second download
+
+
+# ---------------------------------------------------------------- to_model_input
+
+def test_rgb_to_digits_matches_pil_grey_and_resize():
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, size=(4, 64, 64, 3), dtype=np.uint8)
+    info = get_info("digits")
+    x = to_model_input(torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 255, info)
+    assert x.shape == (4, 1, 8, 8) and x.dtype == torch.float32
+    reference = np.stack([np.asarray(Image.fromarray(im).convert("L").resize((8, 8), Image.BILINEAR))
+                          for im in rgb]) / 255.0  # (4, 8, 8)
+    assert np.abs(_pixels(x, "digits")[:, 0].numpy() - reference).max() < 2 / 255
+
+
+def test_grey_to_rgb_repeats_the_channel(digits):
+    x = to_model_input(_pixels(digits.test.x[:5], "digits").clamp(0, 1), get_info("cifar10"))
+    assert x.shape == (5, 3, 32, 32)
+    pixels = _pixels(x, "cifar10")
+    assert torch.allclose(pixels[:, 0], pixels[:, 1], atol=1e-5) and torch.allclose(pixels[:, 0], pixels[:, 2],
+                                                                                     atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [torch.full((1, 3, 8, 8), 1.5), torch.full((1, 3, 8, 8), float("nan")),
+                                 torch.zeros(1, 4, 8, 8), torch.zeros(3, 8, 8)])
+def test_to_model_input_rejects_bad_images(bad):
+    with pytest.raises(ValueError):
+        to_model_input(bad, get_info("cifar10"))
+
+
+# ---------------------------------------------------------------- loader
+
+def _coded_split(n=50, c=3, h=4, w=4) -> Split:
+    """Images whose pixel values are all distinct and positive: x[i, ch, r, col] encodes its position."""
+    return Split(torch.arange(1, n * c * h * w + 1, dtype=torch.float32).view(n, c, h, w), torch.arange(n))
+
+
+def test_each_sample_once_per_epoch():
+    split = _coded_split()
+    g = torch.Generator().manual_seed(0)
+    loader = DeviceLoader(split, 7, shuffle=True, augment=False, generator=g)
+    assert len(loader) == 8
+    for _ in range(2):
+        batches = list(loader)
+        assert [len(y) for _, y in batches] == [7] * 7 + [1]
+        ys = torch.cat([y for _, y in batches])
+        assert torch.equal(ys.sort().values, torch.arange(50)) and not torch.equal(ys, torch.arange(50))
+        assert all(torch.equal(xb, split.x[yb]) for xb, yb in batches)
+    dropped = DeviceLoader(split, 7, shuffle=False, augment=False, drop_last=True)
+    assert len(dropped) == 7 and [len(y) for _, y in dropped] == [7] * 7
+    with pytest.raises(ValueError, match="Generator"):
+        DeviceLoader(split, 7, shuffle=True, augment=False)
+
+
+def test_crop_flip_is_a_padded_shifted_mirrored_copy():
+    """Every output equals some (row shift, column shift, flip) of its padded input; all variants occur."""
+    split = _coded_split(n=400)
+    fill = normalized_zero(get_info("cifar10"))
+    pad = 3  # large relative to the 4x4 image: most crops include padding
+    out = random_crop_flip(split.x, pad=pad, flip=True, fill=fill, generator=torch.Generator().manual_seed(0))
+    padded = torch.cat([torch.nn.functional.pad(split.x[:, ch:ch + 1], [pad] * 4, value=float(fill[ch]))
+                        for ch in range(3)], 1)  # (N, 3, 10, 10) reference padding
+    seen = set()
+    for i in range(len(out)):  # reference check may loop; the implementation does not
+        matches = [(dy, dx, f) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1) for f in (False, True)
+                   if torch.equal(out[i], (lambda c: c.flip(-1) if f else c)(padded[i, :, dy:dy + 4, dx:dx + 4]))]
+        assert len(matches) == 1
+        seen.add(matches[0])
+    assert len(seen) > 80  # of 7 * 7 * 2 = 98 possible
+    border = out[(out < 0).flatten(1).any(1)]  # crops that include padding
+    for ch in range(3):
+        assert set(border[:, ch][border[:, ch] < 0].unique().tolist()) == {float(fill[ch])}
+
+
+def test_flip_mirrors():
+    x = torch.randn(64, 3, 5, 5)
+    out = random_crop_flip(x, pad=0, flip=True, fill=torch.zeros(3), generator=torch.Generator().manual_seed(1))
+    same = (out == x).flatten(1).all(1)
+    mirrored = (out == x.flip(-1)).flatten(1).all(1)
+    assert (same ^ mirrored).all() and 10 < int(mirrored.sum()) < 54
+
+
+def test_generator_state_replays_identical_batches():
+    split = _coded_split(n=30, h=6, w=6)
+    g = torch.Generator().manual_seed(0)
+    loader = DeviceLoader(split, 8, shuffle=True, augment=True, crop_pad=2, flip=True, fill=torch.zeros(3),
+                          generator=g)
+    list(loader)  # one epoch in: the state a trainer would checkpoint
+    state = g.get_state()
+    first = list(loader)
+    g.set_state(state)
+    again = list(loader)
+    assert all(torch.equal(a, b) and torch.equal(ya, yb) for (a, ya), (b, yb) in zip(first, again))
+    assert not all(torch.equal(a, b) for (a, _), (b, _) in zip(first, list(loader)))
+
+
+def test_augmentation_is_vectorized_fast():
+    split = Split(torch.randn(10_000, 3, 32, 32), torch.zeros(10_000, dtype=torch.long))
+    loader = DeviceLoader(split, 1024, shuffle=True, augment=True, crop_pad=4, flip=True,
+                          fill=normalized_zero(get_info("cifar10")), generator=torch.Generator().manual_seed(0))
+    best = float("inf")
+    for _ in range(3):  # best of 3: the machine is shared
+        start = time.perf_counter()
+        n = sum(len(y) for _, y in loader)
+        best = min(best, time.perf_counter() - start)
+    assert n == 10_000 and best < 1.0, f"10k images took {best:.2f} s"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("gen_device", ["cpu", "cuda"])
+def test_loader_on_cuda(gen_device):
+    split = Split(torch.randn(100, 3, 8, 8, device="cuda"), torch.arange(100, device="cuda"))
+    g = torch.Generator(device=gen_device).manual_seed(0)
+    loader = DeviceLoader(split, 32, shuffle=True, augment=True, crop_pad=2, flip=True, fill=torch.zeros(3),
+                          generator=g)
+    state = g.get_state()
+    first = list(loader)
+    g.set_state(state)
+    assert all(xb.is_cuda and torch.equal(xb, xa) for (xb, _), (xa, _) in zip(list(loader), first))
+    assert torch.equal(torch.cat([y for _, y in first]).sort().values.cpu(), torch.arange(100))
