@@ -1,0 +1,55 @@
+"""OoD detection metrics from per-image scores (REFERENCE.md sec. 5; the seed paper's Table 1, TMLR 2024 Table 2).
+
+In-distribution (ID) images are the positive class and a higher score means "more ID".
+
+    auroc     P(s_id > s_ood) + P(s_id = s_ood)/2       (sklearn.metrics.roc_auc_score; ties count half)
+    fpr95     the fraction of OoD images ACCEPTED (s >= t) at the threshold t that accepts 95% of ID images:
+              t = the largest t with mean(s_id >= t) >= 0.95, i.e. the k-th largest ID score with
+              k = ceil(0.95 n_id) (exact integer arithmetic). Ties at t are accepted on both sides.
+              This is the papers' convention; OpenOOD prints the reverse one (ID rejected at 95% OoD
+              caught) under the same name, which is not computed here.
+    aupr_in   average precision with ID positive, ranked by s       (sklearn average_precision_score)
+    aupr_out  average precision with OoD positive, ranked by -s
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+__all__ = ["detection_metrics", "fpr_at_tpr"]
+
+
+def _as_numpy(scores, which: str) -> np.ndarray:
+    """Tensor / array-like -> 1-D float64 numpy; raises on empty or non-finite input."""
+    if isinstance(scores, torch.Tensor):
+        scores = scores.detach().to("cpu", torch.float64).numpy()
+    arr = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if arr.size == 0:
+        raise ValueError(f"{which} scores are empty")
+    bad = int((~np.isfinite(arr)).sum())
+    if bad:
+        raise ValueError(f"{bad} of {arr.size} {which} scores are non-finite")
+    return arr
+
+
+def fpr_at_tpr(id_scores: np.ndarray, ood_scores: np.ndarray, tpr_percent: int = 95) -> float:
+    """Fraction of OoD with score >= t, t = the largest t such that mean(id >= t) >= tpr_percent/100."""
+    n = id_scores.size
+    k = (tpr_percent * n + 99) // 100  # ceil(tpr * n) without float rounding: 100 * k >= tpr_percent * n
+    t = np.sort(id_scores)[n - k]  # the k-th largest ID score; mean(id >= t) >= k/n >= tpr
+    return float(np.mean(ood_scores >= t))
+
+
+def detection_metrics(id_scores, ood_scores) -> dict[str, float]:
+    """{'auroc', 'fpr95', 'aupr_in', 'aupr_out'} for ID (positive) vs OoD scores; higher score = more ID."""
+    s_id = _as_numpy(id_scores, "id")
+    s_ood = _as_numpy(ood_scores, "ood")
+    y = np.concatenate([np.ones(s_id.size), np.zeros(s_ood.size)])  # ID = 1
+    s = np.concatenate([s_id, s_ood])
+    return {
+        "auroc": float(roc_auc_score(y, s)),
+        "fpr95": fpr_at_tpr(s_id, s_ood, 95),
+        "aupr_in": float(average_precision_score(y, s)),
+        "aupr_out": float(average_precision_score(1 - y, -s)),
+    }

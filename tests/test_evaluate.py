@@ -1,0 +1,92 @@
+"""evaluate(): one feature pass per image set -> every expected key, finite; extract() restores modes."""
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from ncood import keys
+from ncood.evaluate import evaluate, extract, format_results
+from ncood.ood import SCORES
+
+C, D = 4, 16
+
+
+class TinyNet(nn.Module):
+    """(B, 1, 8, 8) -> (logits (B, C), features (B, D)); BatchNorm makes train/eval mode observable."""
+
+    def __init__(self, l2: bool = False):
+        super().__init__()
+        self.l2 = l2
+        self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(64, D), nn.BatchNorm1d(D), nn.LeakyReLU(0.01))
+        self.classifier = nn.Linear(D, C)
+
+    def forward(self, x):
+        z = self.encoder(x)
+        return self.classifier(nn.functional.normalize(z, dim=1) if self.l2 else z), z
+
+
+def split(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % C
+    return SimpleNamespace(x=torch.randn(n, 1, 8, 8, generator=g) + y.view(-1, 1, 1, 1) * 0.5, y=y)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return SimpleNamespace(train=split(240, 0), val=split(40, 1), test=split(80, 2))
+
+
+OOD = {"noise": torch.rand(60, 1, 8, 8) * 4 - 2, "flat": torch.full((30, 1, 8, 8), 0.25)}
+
+
+def expected_keys(ood_names, scores, with_val=True):
+    want = {keys.nc_key(m) for m in keys.NC_METRICS} | {keys.ACC_TEST, keys.EVAL_TIME, keys.GMM_JITTER}
+    want |= {keys.ood_key(s, c, m) for s in ood_names for c in scores for m in keys.DETECTION_METRICS}
+    return want | ({keys.ACC_VAL} if with_val else set())
+
+
+@pytest.mark.parametrize("l2", [False, True])
+def test_evaluate_returns_every_key_finite(l2, data):
+    torch.manual_seed(0)
+    model = TinyNet(l2)
+    model.train()
+    results, fit = evaluate(model, data, OOD, l2=l2, batch_size=64)
+    assert set(results) == expected_keys(OOD, SCORES)
+    assert all(isinstance(v, float) and math.isfinite(v) for v in results.values())
+    assert fit.feature_space == ("l2" if l2 else "raw") and results[keys.GMM_JITTER] == fit.gaussians.jitter
+    assert model.training and model.encoder[2].training  # mode restored
+    table = format_results(results)
+    assert "noise / gmm" in table and "AUROC" in table and "nc1" in table
+
+
+def test_evaluate_score_subset_and_empty_val(data):
+    empty = SimpleNamespace(x=torch.empty(0, 1, 8, 8), y=torch.empty(0, dtype=torch.long))
+    no_val = SimpleNamespace(train=data.train, val=empty, test=data.test)
+    results, fit = evaluate(TinyNet(), no_val, {"noise": OOD["noise"]}, l2=False, scores=["feature_norm", "msp"])
+    want = expected_keys(["noise"], ["feature_norm", "msp"], with_val=False) - {keys.GMM_JITTER}
+    assert set(results) == want and "gmm" not in fit.state
+
+
+def test_extract_restores_mixed_modes_and_batches(data):
+    model = TinyNet().eval()
+    model.encoder[2].train()  # a submodule in train mode under an eval parent survives
+    f_small, l_small = extract(model, data.test.x, batch_size=7)
+    assert not model.training and model.encoder[2].training
+    model.eval()
+    f_big, l_big = extract(model, data.test.x, batch_size=1000)
+    assert f_small.shape == (80, D) and l_small.shape == (80, C) and f_small.dtype == torch.float32
+    torch.testing.assert_close(f_small, f_big)
+    torch.testing.assert_close(l_small, l_big)
+
+
+def test_evaluate_with_real_model(data):
+    models = pytest.importorskip("ncood.models")
+    if not hasattr(models, "create_model"):
+        pytest.skip("ncood.models.create_model not available yet")
+    torch.manual_seed(0)
+    model = models.create_model("resnet18", num_classes=C, in_channels=1, input_size=8, width=8, l2=True)
+    results, _ = evaluate(model, data, OOD, l2=True, batch_size=128)
+    assert set(results) == expected_keys(OOD, SCORES)
+    assert all(math.isfinite(v) for v in results.values())

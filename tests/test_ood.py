@@ -1,0 +1,191 @@
+"""Class Gaussians vs scipy, the score registry sweep, and detection metrics vs sklearn / explicit counts."""
+import numpy as np
+import pytest
+import torch
+from scipy.special import logsumexp
+from scipy.stats import multivariate_normal
+from sklearn.metrics import roc_auc_score
+
+from ncood import keys
+from ncood.ood import (JITTERS, SCORES, ClassGaussians, GaussianFitError, ScoreInputs, compute_scores,
+                       detection_metrics, fit_class_gaussians, fit_scores, register_score)
+
+
+def blobs(n_per, d, c, seed=0, scale=5.0):
+    """ID features: class c around scale * e_c (+ unit noise); labels 0..C-1."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(c).repeat_interleave(n_per)
+    centres = scale * torch.eye(c, d)
+    return centres[y] + torch.randn(n_per * c, d, generator=g), y
+
+
+# ---- class Gaussians ----------------------------------------------------------------------------------------
+
+def test_jitter_ladder_is_ddu_list():
+    assert JITTERS == tuple([0.0] + [10.0**k for k in range(-12, 0)])
+
+
+def test_log_density_matches_scipy():
+    x, y = blobs(60, 5, 3)
+    x = x.double() @ torch.randn(5, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)  # correlated
+    gm = fit_class_gaussians(x, y)
+    assert gm.jitter == 0.0 and gm.means.dtype == torch.float64
+    z = torch.randn(40, 5, dtype=torch.float64) * 3
+    per_class = np.stack([
+        multivariate_normal(x[y == k].mean(0).numpy(), np.cov(x[y == k].numpy(), rowvar=False, ddof=1)).logpdf(z.numpy())
+        for k in range(3)], axis=1)  # (N, C)
+    np.testing.assert_allclose(gm.per_class_log_density(z).numpy(), per_class, rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(gm.log_density(z).numpy(), logsumexp(per_class, axis=1), rtol=1e-8, atol=1e-8)
+
+
+def test_singular_class_uses_recorded_jitter():
+    g = torch.Generator().manual_seed(2)
+    d = 16
+    x = torch.cat([torch.randn(100, d, generator=g), torch.randn(5, d, generator=g)])  # class 1: 5 samples < d
+    y = torch.cat([torch.zeros(100), torch.ones(5)]).long()
+    gm = fit_class_gaussians(x, y)
+    assert gm.jitter > 0 and gm.jitter in JITTERS
+    assert gm.counts.tolist() == [100, 5]
+    dens = gm.log_density(torch.randn(50, d, generator=g))
+    assert dens.shape == (50,) and torch.isfinite(dens).all()
+
+
+def test_fit_fails_loudly():
+    g = torch.Generator().manual_seed(3)
+    d = 16
+    # 2 samples of scale 1e8 in d=16: the rank-1 covariance has entries ~1e16 whose rounding residue (~1)
+    # defeats every eps <= 0.1 in the Cholesky.
+    x = torch.cat([torch.randn(100, d, generator=g, dtype=torch.float64),
+                   1e8 * torch.randn(2, d, generator=g, dtype=torch.float64)])
+    y = torch.cat([torch.zeros(100), torch.ones(2)]).long()
+    with pytest.raises(GaussianFitError, match=r"class 1: 2 samples.*d=16|d=16.*class 1: 2 samples"):
+        fit_class_gaussians(x, y)
+    bad = torch.randn(50, 4)
+    bad[7, 2] = float("inf")
+    with pytest.raises(ValueError, match="non-finite"):
+        fit_class_gaussians(bad, torch.arange(50) % 2)
+    with pytest.raises(ValueError, match="fewer than 2 samples"):
+        fit_class_gaussians(torch.randn(10, 4), torch.arange(10) % 2, num_classes=3)
+
+
+def test_chunked_equals_unchunked_and_save_load(tmp_path):
+    x, y = blobs(40, 8, 4)
+    gm = fit_class_gaussians(x, y)
+    z = torch.randn(101, 8)
+    full = gm.log_density(z, chunk_size=1000)
+    torch.testing.assert_close(gm.log_density(z, chunk_size=7), full, rtol=1e-13, atol=1e-13)  # BLAS blocking
+    gm.save(tmp_path / "gmm.pt")
+    back = ClassGaussians.load(tmp_path / "gmm.pt")
+    assert back.jitter == gm.jitter and torch.equal(back.chol, gm.chol) and torch.equal(back.means, gm.means)
+    assert torch.equal(back.log_density(z), full)
+
+
+# ---- the score registry -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def id_ood():
+    """ID: 4 Gaussian blobs at 5 e_c in d=8; OoD: small-norm noise near the origin, far from every blob."""
+    x, y = blobs(100, 8, 4)
+    g = torch.Generator().manual_seed(9)
+    w = torch.randn(4, 8, generator=g)
+    test_x, _ = blobs(50, 8, 4, seed=1)
+    ood_x = 0.3 * torch.randn(200, 8, generator=g)
+    return x, y, w, ScoreInputs(test_x, test_x @ w.T), ScoreInputs(ood_x, ood_x @ w.T)
+
+
+@pytest.mark.parametrize("name", sorted(SCORES))
+@pytest.mark.parametrize("space", ["raw", "l2"])
+def test_every_score_is_finite(name, space, id_ood):
+    x, y, w, id_in, ood_in = id_ood
+    fit = fit_scores(x, y, feature_space=space, train_logits=x @ w.T, scores=[name])
+    for inputs in (id_in, ood_in):
+        s = compute_scores(inputs, fit)[name]
+        assert s.shape == (inputs.features.shape[0],) and s.dtype == torch.float64
+        assert torch.isfinite(s).all()
+
+
+@pytest.mark.parametrize("name", ["gmm", "feature_norm"])
+def test_scores_separate_far_ood(name, id_ood):
+    x, y, w, id_in, ood_in = id_ood
+    fit = fit_scores(x, y, feature_space="raw", scores=[name])
+    m = detection_metrics(compute_scores(id_in, fit)[name], compute_scores(ood_in, fit)[name])
+    assert m["auroc"] > 0.9 and m["fpr95"] < 0.2
+
+
+def test_l2_feature_space_fits_normalized_features(id_ood):
+    x, y, *_ = id_ood
+    fit = fit_scores(x, y, feature_space="l2", scores=["gmm"])
+    assert fit.feature_space == "l2" and fit.gaussians.means.norm(dim=1).max() <= 1.0 + 1e-12
+    raw = fit_scores(x, y, feature_space="raw", scores=["gmm"])
+    assert raw.gaussians.means.norm(dim=1).min() > 3.0
+    with pytest.raises(ValueError, match="feature_space"):
+        fit_scores(x, y, feature_space="l1", scores=["gmm"])
+
+
+def test_new_score_with_own_fit_state_is_one_decorated_function(id_ood):
+    x, y, w, id_in, _ = id_ood
+    try:
+        @register_score("_test_centroid", fit=lambda train, labels, space, c: train.features.mean(0))
+        def centroid(inputs, fit):
+            return -(inputs.features - fit.state["_test_centroid"]).norm(dim=1)
+
+        @register_score("_test_nan")
+        def nan_score(inputs, fit):
+            return torch.full((inputs.features.shape[0],), float("nan"))
+
+        fit = fit_scores(x, y, feature_space="raw", train_logits=x @ w.T)
+        assert set(fit.state) == {"gmm", "_test_centroid"}
+        with pytest.raises(ValueError, match="'_test_nan': 200 of 200 values are non-finite"):
+            compute_scores(id_in, fit)
+        assert compute_scores(id_in, fit, ["_test_centroid"])["_test_centroid"].shape == (200,)
+        with pytest.raises(ValueError, match="already registered"):
+            register_score("gmm")(centroid)
+    finally:
+        SCORES.pop("_test_centroid", None)
+        SCORES.pop("_test_nan", None)
+
+
+# ---- detection metrics --------------------------------------------------------------------------------------
+
+def explicit_fpr95(id_s, ood_s):
+    """Largest threshold t with at least 95% of ID scores >= t, by trying every distinct value."""
+    best = None
+    for t in sorted(set(id_s.tolist())):
+        if 100 * np.sum(id_s >= t) >= 95 * id_s.size:
+            best = t
+    return np.mean(ood_s >= best)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_detection_metrics_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    id_s = rng.integers(0, 12, size=int(rng.integers(20, 400))).astype(float)  # many ties
+    ood_s = rng.integers(-3, 9, size=int(rng.integers(20, 400))).astype(float)
+    m = detection_metrics(torch.tensor(id_s), ood_s)
+    assert set(m) == set(keys.DETECTION_METRICS)
+    y = np.r_[np.ones(id_s.size), np.zeros(ood_s.size)]
+    assert m["auroc"] == pytest.approx(roc_auc_score(y, np.r_[id_s, ood_s]), abs=1e-12)
+    # ties count half: the exact rank formula
+    pairs = (id_s[:, None] > ood_s[None, :]).mean() + 0.5 * (id_s[:, None] == ood_s[None, :]).mean()
+    assert m["auroc"] == pytest.approx(pairs, abs=1e-12)
+    assert m["fpr95"] == pytest.approx(explicit_fpr95(id_s, ood_s), abs=1e-15)
+    swapped = detection_metrics(ood_s, id_s)
+    assert swapped["auroc"] == pytest.approx(1 - m["auroc"], abs=1e-12)
+    assert swapped["aupr_in"] == pytest.approx(detection_metrics(-id_s, -ood_s)["aupr_out"], abs=1e-12)
+
+
+def test_fpr95_threshold_exact_at_boundary():
+    id_s = np.arange(1, 21, dtype=float)  # 20 ID scores: 95% = 19 accepted -> t = 2
+    ood_s = np.array([1.0, 2.0, 2.0, 3.0])
+    assert detection_metrics(id_s, ood_s)["fpr95"] == 0.75  # 2, 2, 3 accepted; 1 rejected
+
+
+def test_perfect_separation_and_bad_input():
+    m = detection_metrics(np.linspace(5, 6, 100), np.linspace(0, 1, 50))
+    assert m == {"auroc": 1.0, "fpr95": 0.0, "aupr_in": 1.0, "aupr_out": 1.0}
+    with pytest.raises(ValueError, match=r"1 of 3 ood scores are non-finite"):
+        detection_metrics([1.0, 2.0], [0.0, float("nan"), 1.0])
+    with pytest.raises(ValueError, match=r"2 of 2 id scores are non-finite"):
+        detection_metrics(torch.tensor([float("inf"), float("-inf")]), [0.0])
+    with pytest.raises(ValueError, match="empty"):
+        detection_metrics([], [1.0])
