@@ -4,7 +4,7 @@ import pytest
 import torch
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from ncood import keys
 from ncood.ood import (JITTERS, SCORES, ClassGaussians, GaussianFitError, ScoreInputs, compute_scores,
@@ -165,6 +165,8 @@ def test_detection_metrics_with_ties(seed):
     assert set(m) == set(keys.DETECTION_METRICS)
     y = np.r_[np.ones(id_s.size), np.zeros(ood_s.size)]
     assert m["auroc"] == pytest.approx(roc_auc_score(y, np.r_[id_s, ood_s]), abs=1e-12)
+    assert m["aupr_in"] == pytest.approx(average_precision_score(y, np.r_[id_s, ood_s]), abs=1e-12)
+    assert m["aupr_out"] == pytest.approx(average_precision_score(1 - y, -np.r_[id_s, ood_s]), abs=1e-12)
     # ties count half: the exact rank formula
     pairs = (id_s[:, None] > ood_s[None, :]).mean() + 0.5 * (id_s[:, None] == ood_s[None, :]).mean()
     assert m["auroc"] == pytest.approx(pairs, abs=1e-12)

@@ -88,3 +88,24 @@ def test_cli_reports_bad_flags_clearly(tmp_path, capsys):
     assert "unknown architecture 'resnet7'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--epochs", "many"])
+
+
+def test_digits_summary_has_every_measurement_key_and_evaluation_is_cheaper_than_an_epoch(tmp_path):
+    """Issue 3 acceptance: width-8 ResNet18, 15 epochs on digits; every key for photos/scrambled/noise."""
+    from ncood.ood import SCORES
+    from ncood.pipeline import run_trial
+
+    cfg = make_config("digits", width=8, epochs=15, eval_every=5, device="cpu", data_root=str(tmp_path / "d"))
+    summary = run_trial(cfg, tmp_path / "run", progress=False)
+    final = summary["final"]
+    expected = {keys.LOSS_TRAIN, keys.ACC_TRAIN, keys.ACC_TEST, keys.GMM_JITTER}
+    expected |= {keys.nc_key(m) for m in keys.NC_METRICS}
+    expected |= {keys.ood_key(s, c, m) for s in ("photos", "scrambled", "noise") for c in SCORES
+                 for m in keys.DETECTION_METRICS}
+    assert expected <= set(final), sorted(expected - set(final))
+    evaluated = [e for e in summary["epochs"] if keys.EVAL_TIME in e]
+    assert [e["epoch"] for e in evaluated] == [5, 10, 15]
+    # Evaluation (train features + NC + GMM + 6 scores x 3 sets) vs the training epoch it follows, same process.
+    eval_s = sorted(e[keys.EVAL_TIME] for e in evaluated)[1]
+    epoch_s = sorted(e[keys.EPOCH_TIME] for e in summary["epochs"])[len(summary["epochs"]) // 2]
+    assert eval_s < epoch_s, (eval_s, epoch_s)

@@ -2,20 +2,23 @@
 
 In-distribution (ID) images are the positive class and a higher score means "more ID".
 
-    auroc     P(s_id > s_ood) + P(s_id = s_ood)/2       (sklearn.metrics.roc_auc_score; ties count half)
+    auroc     P(s_id > s_ood) + P(s_id = s_ood)/2       (= sklearn.metrics.roc_auc_score; ties count half)
     fpr95     the fraction of OoD images ACCEPTED (s >= t) at the threshold t that accepts 95% of ID images:
               t = the largest t with mean(s_id >= t) >= 0.95, i.e. the k-th largest ID score with
               k = ceil(0.95 n_id) (exact integer arithmetic). Ties at t are accepted on both sides.
               This is the papers' convention; OpenOOD prints the reverse one (ID rejected at 95% OoD
               caught) under the same name, which is not computed here.
-    aupr_in   average precision with ID positive, ranked by s       (sklearn average_precision_score)
+    aupr_in   average precision with ID positive, ranked by s       (= sklearn average_precision_score)
     aupr_out  average precision with OoD positive, ranked by -s
+
+All three ranking metrics come from ONE sort of the pooled scores (tie groups -> cumulative TP/FP counts).
+sklearn's functions give the same numbers (tests/test_ood.py checks them against sklearn to 1e-12), but their
+input validation costs ~2 ms a call: 3 calls x (sets x scores) made them half of a digits evaluation.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 __all__ = ["detection_metrics", "fpr_at_tpr"]
 
@@ -41,15 +44,31 @@ def fpr_at_tpr(id_scores: np.ndarray, ood_scores: np.ndarray, tpr_percent: int =
     return float(np.mean(ood_scores >= t))
 
 
+def _tie_group_counts(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative (TP, FP) at each distinct threshold, highest first, with a leading (0, 0): shapes (G+1,)."""
+    s = np.concatenate([pos, neg])
+    is_pos = np.concatenate([np.ones(pos.size, bool), np.zeros(neg.size, bool)])
+    order = np.argsort(-s, kind="stable")
+    s, is_pos = s[order], is_pos[order]
+    ends = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]  # last index of every tie group
+    tp = np.r_[0, np.cumsum(is_pos)[ends]]
+    fp = np.r_[0, (ends + 1) - tp[1:]]
+    return tp, fp
+
+
+def _auroc_and_ap(pos: np.ndarray, neg: np.ndarray) -> tuple[float, float]:
+    """AUROC (trapezoids over tie groups == ties count half) and average precision sum_k (R_k - R_k-1) P_k."""
+    tp, fp = _tie_group_counts(pos, neg)
+    auroc = float(np.sum(np.diff(fp) * (tp[1:] + tp[:-1])) / (2.0 * pos.size * neg.size))
+    precision = tp[1:] / (tp[1:] + fp[1:])
+    ap = float(np.sum(np.diff(tp) / pos.size * precision))
+    return auroc, ap
+
+
 def detection_metrics(id_scores, ood_scores) -> dict[str, float]:
     """{'auroc', 'fpr95', 'aupr_in', 'aupr_out'} for ID (positive) vs OoD scores; higher score = more ID."""
     s_id = _as_numpy(id_scores, "id")
     s_ood = _as_numpy(ood_scores, "ood")
-    y = np.concatenate([np.ones(s_id.size), np.zeros(s_ood.size)])  # ID = 1
-    s = np.concatenate([s_id, s_ood])
-    return {
-        "auroc": float(roc_auc_score(y, s)),
-        "fpr95": fpr_at_tpr(s_id, s_ood, 95),
-        "aupr_in": float(average_precision_score(y, s)),
-        "aupr_out": float(average_precision_score(1 - y, -s)),
-    }
+    auroc, aupr_in = _auroc_and_ap(s_id, s_ood)
+    _, aupr_out = _auroc_and_ap(-s_ood, -s_id)  # OoD positive, ranked by -score
+    return {"auroc": auroc, "fpr95": fpr_at_tpr(s_id, s_ood, 95), "aupr_in": aupr_in, "aupr_out": aupr_out}
