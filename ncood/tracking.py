@@ -1,0 +1,312 @@
+"""MLflow tracking for sweeps: the store, one parent run per sweep, one child run per trial.
+
+Layout (REFERENCE.md section 7 has the traps this avoids):
+- Store: `sqlite:///<repo>/mlruns/mlflow.db`, artifacts in `<repo>/mlruns/artifacts/<experiment>`, both absolute
+  (Ray trials run in temporary working dirs); `--tracking-uri` or MLFLOW_TRACKING_URI override it.
+- The driver creates the database, the experiment and the sweep's parent run before any trial starts: trials
+  racing to create them fail (duplicate column / UNIQUE constraint). Trials receive a `SweepRef` (URI + ids).
+- Each trial is a child run (`mlflow.parentRunId`) named `<condition>-s<seed>`, with every TrialConfig field as a
+  param, tags `condition`, `seed`, `ray_trial_id`, `mlflow.source.git.commit`, and one `log_batch` per epoch
+  (step = epoch). Only `MlflowClient` is used: the fluent API keeps a process-global active run, and with
+  `reuse_actors` one Ray worker runs many trials in turn.
+- A resumed trial continues its own run (the id lives in its Ray checkpoint; without one it is found by its Ray
+  trial id). Each step is logged at most once, so a retry never duplicates a metric value.
+Measurement modules never import this one (STYLE.md 8): they return dicts, tracking logs them.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
+from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH
+
+from ncood import keys
+
+# Tag names: the aggregator and the server filter on these, so they are spelled here only.
+TAG_ROLE = "ncood.role"  # "sweep" (parent) | "trial" (child)
+TAG_KIND = "ncood.kind"  # "ablation" | "search"
+TAG_CONDITION = "condition"
+TAG_SEED = "seed"
+TAG_TRIAL_ID = "ray_trial_id"
+TAG_RAY_EXPERIMENT = "ray_experiment_path"
+TAG_ERROR = "error"  # set on FAILED runs: exception type, message and traceback tail
+TAG_PREVIOUS_ERROR = "previous_error"  # an error the trial recovered from (retry from checkpoint)
+TAG_RESTARTS = "restarts"  # how often this run was resumed after a failure or an interruption
+TAG_STOPPED_EARLY = "stopped_early_at_epoch"  # ASHA (search) stopped the trial before its last epoch
+TAG_GIT_DIRTY = "git_dirty"  # "true": the run's code differs from the commit in mlflow.source.git.commit
+
+ACTIVE, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used as asked; the message says how to fix it."""
+
+
+# ---- the store ---------------------------------------------------------------------------------------------------
+def repo_root() -> Path:
+    """The source checkout (folder with pyproject.toml above the ncood package), else the current directory."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").exists() else Path.cwd().resolve()
+
+
+def in_ray_job_copy(path: Path | None = None) -> bool:
+    """True inside `ray job submit --working-dir` (an unpacked copy that Ray deletes when the job ends)."""
+    return "runtime_resources" in (path or repo_root()).parts
+
+
+def default_tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else sqlite:///<repo>/mlruns/mlflow.db (absolute)."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return resolve_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    if in_ray_job_copy():
+        raise TrackingError(
+            "running inside a Ray job's temporary working-dir copy: the default store (its mlruns/) would be deleted "
+            "with the job. Pass --tracking-uri sqlite:////ABS/PATH/mlruns/mlflow.db (a path on the head node) or an "
+            "http://tracking-server URI, or set MLFLOW_TRACKING_URI in the job's runtime env."
+        )
+    return "sqlite:///" + str(repo_root() / "mlruns" / "mlflow.db")
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """Absolute tracking URI: sqlite paths are made absolute; a bare '*.db' path means sqlite; servers pass as is."""
+    if not uri:
+        return default_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///"):]  # 'sqlite:////abs/x.db' -> '/abs/x.db'; 'sqlite:///rel.db' -> 'rel.db'
+        return "sqlite:///" + str(Path(path).expanduser().resolve())
+    if "://" not in uri:
+        if uri.endswith(".db"):
+            return "sqlite:///" + str(Path(uri).expanduser().resolve())
+        raise TrackingError(f"tracking URI {uri!r}: the file store is deprecated in MLflow 3; use a sqlite database "
+                            f"(sqlite:////abs/path/mlflow.db or a path ending in .db) or an http(s):// server")
+    return uri
+
+
+def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """sqlite stores keep artifacts beside the database (absolute); servers choose their own (None)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment)
+    return (Path(tracking_uri[len("sqlite:///"):]).parent / "artifacts" / safe).as_uri()
+
+
+def prepare_experiment(name: str, tracking_uri: str) -> str:
+    """Create (or find) the experiment on the driver, before any trial starts; returns its id."""
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri)  # the first access creates the sqlite schema (one process only)
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return client.create_experiment(name, artifact_location=_artifact_location(tracking_uri, name))
+    if exp.lifecycle_stage != "active":
+        raise TrackingError(f"MLflow experiment {name!r} is deleted; restore it in the UI, purge it with "
+                            f"`mlflow gc --backend-store-uri {tracking_uri}`, or choose another --experiment")
+    return exp.experiment_id
+
+
+def git_state(root: Path | None = None) -> dict[str, str]:
+    """Code version tags: `mlflow.source.git.commit` (HEAD) and `git_dirty` (uncommitted changes to tracked files).
+    A Ray job's working-dir copy has no .git: there NCOOD_GIT_COMMIT (set it in the job's runtime env) is used."""
+    env_sha = os.environ.get("NCOOD_GIT_COMMIT")
+    try:
+        cwd = str(root or repo_root())
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return {MLFLOW_GIT_COMMIT: env_sha} if env_sha else {}
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return {MLFLOW_GIT_COMMIT: sha.stdout.strip(), TAG_GIT_DIRTY: str(bool(dirty)).lower()}
+    except (OSError, subprocess.SubprocessError):
+        return {MLFLOW_GIT_COMMIT: env_sha} if env_sha else {}
+
+
+def ui_command(tracking_uri: str, port: int = 5000) -> str:
+    """How to open the MLflow UI on this store."""
+    if tracking_uri.startswith("sqlite:///"):
+        return (f"mlflow ui --backend-store-uri {tracking_uri} --port {port}\n"
+                f"  then open http://127.0.0.1:{port} (remote machine: ssh -L {port}:127.0.0.1:{port} <host> first)")
+    return f"open {tracking_uri} in a browser (tracking server)"
+
+
+# ---- the sweep (parent run) --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SweepRef:
+    """Everything a trial needs to log into its sweep; plain strings, so it pickles to Ray workers and to JSON."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    git: Mapping[str, str] = field(default_factory=dict)  # git_state() of the driver: tags for every run
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "git": dict(self.git)}
+
+
+def _param_value(v: Any) -> str:
+    """Params are strings in MLflow; lists read 'a,b' so the compare view shows them alike in every run."""
+    return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+
+def start_sweep(tracking_uri: str, experiment_id: str, name: str, params: Mapping[str, Any],
+                tags: Mapping[str, str]) -> SweepRef:
+    """Create the sweep's parent run (driver only) and return the reference trials log under."""
+    client = MlflowClient(tracking_uri)
+    git = git_state()
+    run = client.create_run(experiment_id, run_name=name, tags={TAG_ROLE: "sweep", **git, **tags})
+    items = [Param(k, _param_value(v)) for k, v in params.items()]
+    for i in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
+        client.log_batch(run.info.run_id, params=items[i:i + MAX_PARAMS_TAGS_PER_BATCH])
+    return SweepRef(tracking_uri, experiment_id, run.info.run_id, dict(git))
+
+
+def set_status(ref: SweepRef, run_id: str, status: str, tags: Mapping[str, str] | None = None) -> None:
+    client = MlflowClient(ref.tracking_uri)
+    for k, v in (tags or {}).items():
+        client.set_tag(run_id, k, v)
+    if status == ACTIVE:
+        client.update_run(run_id, status=ACTIVE)
+    else:
+        client.set_terminated(run_id, status)
+
+
+def child_runs(ref: SweepRef) -> list:
+    """Every trial run of the sweep (all statuses), oldest first."""
+    client, runs, token = MlflowClient(ref.tracking_uri), [], None
+    while True:
+        page = client.search_runs([ref.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{ref.parent_run_id}'",
+                                  max_results=1000, order_by=["attributes.start_time ASC"], page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def trial_run(ref: SweepRef, trial_id: str):
+    """The child run of Ray trial `trial_id` in this sweep, or None."""
+    runs = MlflowClient(ref.tracking_uri).search_runs(
+        [ref.experiment_id],
+        f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{ref.parent_run_id}' and tags.{TAG_TRIAL_ID} = '{trial_id}'", max_results=1)
+    return runs[0] if runs else None
+
+
+def close_orphans(ref: SweepRef, trial_errors: Mapping[str, str], interrupted: bool) -> list[tuple[str, str]]:
+    """Driver-side sweep once no trial runs: a child still RUNNING lost its process (killed actor, dead node,
+    Ctrl+C). It becomes FAILED (with the Ray error) if its trial errored, else KILLED (a resume revives it).
+    Returns [(run name, new status)]."""
+    changed = []
+    for run in child_runs(ref):
+        if run.info.status != ACTIVE:
+            continue
+        tid = run.data.tags.get(TAG_TRIAL_ID, "")
+        if tid in trial_errors:
+            set_status(ref, run.info.run_id, FAILED, {TAG_ERROR: _truncate(trial_errors[tid])})
+            changed.append((run.info.run_name, FAILED))
+        else:
+            note = "interrupted; resume with --resume" if interrupted else "trial process ended without closing its run"
+            set_status(ref, run.info.run_id, KILLED, {"killed_reason": note})
+            changed.append((run.info.run_name, KILLED))
+    return changed
+
+
+def _truncate(text: str, limit: int = MAX_TAG_VAL_LENGTH - 100) -> str:
+    """Keep the head (exception type and message) and the tail (innermost frames) of a long error text."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return text[:half] + "\n...\n" + text[-half:]
+
+
+def error_text(exc: BaseException) -> str:
+    """'ExcType: message' then the traceback: what the `error` tag shows in the UI."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return _truncate(f"{type(exc).__name__}: {exc}\n\n{tb}")
+
+
+# ---- one trial (child run) ---------------------------------------------------------------------------------------
+class TrialTracker:
+    """The child run of one trial: create or resume, log params once, one batch per epoch, artifacts, status.
+
+    cfg: the trial's TrialConfig (every field becomes a param). trial_id: Ray's trial id (stable across retries
+    and `Tuner.restore`), used to find the run when no checkpoint carries its id.
+    """
+
+    def __init__(self, ref: SweepRef, cfg: Any, trial_id: str, run_name: str | None = None) -> None:
+        self.ref, self.cfg, self.trial_id = ref, cfg, trial_id
+        self.run_name = run_name or f"{cfg.condition}-s{cfg.seed}"
+        self.client = MlflowClient(ref.tracking_uri)
+        self.run_id: str | None = None
+        self.last_step = 0  # highest epoch already logged: a resumed trial never logs a step twice
+
+    def start(self, run_id: str | None = None) -> str:
+        """Resume `run_id` (from the Ray checkpoint), else the run already tagged with this trial id, else create."""
+        run_id = run_id or self._find_by_trial_id()
+        if run_id is None:
+            tags = {
+                MLFLOW_PARENT_RUN_ID: self.ref.parent_run_id, TAG_ROLE: "trial", TAG_CONDITION: self.cfg.condition,
+                TAG_SEED: str(self.cfg.seed), TAG_TRIAL_ID: self.trial_id, **self.ref.git,
+            }
+            self.run_id = self.client.create_run(self.ref.experiment_id, run_name=self.run_name, tags=tags).info.run_id
+            self._log_params(set())
+            return self.run_id
+        self.run_id = run_id
+        run = self.client.get_run(run_id)
+        self._log_params(set(run.data.params))  # a crash right after create_run left none; values never change
+        history = self.client.get_metric_history(run_id, keys.LOSS_TRAIN)  # logged every epoch
+        self.last_step = max((m.step for m in history), default=0)
+        restarts = int(run.data.tags.get(TAG_RESTARTS, "0")) + 1
+        tags = [RunTag(TAG_RESTARTS, str(restarts)), RunTag(TAG_TRIAL_ID, self.trial_id)]
+        if TAG_ERROR in run.data.tags:  # recovered from this error: keep it, but the run is no longer failed
+            tags.append(RunTag(TAG_PREVIOUS_ERROR, run.data.tags[TAG_ERROR]))
+            self.client.delete_tag(run_id, TAG_ERROR)
+        self.client.log_batch(run_id, tags=tags)
+        self.client.update_run(run_id, status=ACTIVE)
+        return run_id
+
+    def _log_params(self, present: set[str]) -> None:
+        params = [Param(k, _param_value(v)) for k, v in self.cfg.to_dict().items() if k not in present]
+        for i in range(0, len(params), MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=params[i:i + MAX_PARAMS_TAGS_PER_BATCH])
+
+    def _find_by_trial_id(self) -> str | None:
+        run = trial_run(self.ref, self.trial_id)
+        return run.info.run_id if run else None
+
+    def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> bool:
+        """One batched write of the epoch's metric dict at step=epoch; False if this step was logged before."""
+        if epoch <= self.last_step:
+            return False
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, epoch) for k, v in metrics.items()]
+        for i in range(0, len(items), MAX_METRICS_PER_BATCH):  # MLflow caps a batch at 1000 metrics
+            self.client.log_batch(self.run_id, metrics=items[i:i + MAX_METRICS_PER_BATCH])
+        self.last_step = epoch
+        return True
+
+    def log_artifacts(self, paths: Iterable[str | Path], artifact_path: str | None = None) -> None:
+        for p in paths:
+            self.client.log_artifact(self.run_id, str(p), artifact_path)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def finish(self) -> None:
+        self.client.set_terminated(self.run_id, FINISHED)
+
+    def fail(self, exc: BaseException) -> None:
+        """FAILED with the error in the `error` tag; never raises (the original error matters more)."""
+        if self.run_id is None:
+            return
+        try:
+            self.client.set_tag(self.run_id, TAG_ERROR, error_text(exc))
+            self.client.set_terminated(self.run_id, FAILED)
+        except Exception:  # noqa: BLE001 - the store may be what failed
+            pass

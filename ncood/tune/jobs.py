@@ -1,0 +1,161 @@
+"""What tune_jobs/ablation.py and tune_jobs/search.py share: their flags, the settings built from them, and the
+summary printed at the end (conditions, seeds finished/failed, mean test accuracy and GMM AUROC per OoD set).
+
+Grid flags override any field of the preset: the condition axes take lists (`--l2 off on`, `--epochs 60,350`),
+every other TrialConfig field is one flag made from the dataclass (so the flags cannot drift from the config).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+from collections import defaultdict
+from typing import Any, Sequence
+
+from ncood import keys, tracking
+from ncood.config import TrialConfig
+from ncood.tune.grid import AXES, GRIDS
+from ncood.tune.sweep import SweepResult, SweepSettings
+
+_AXIS_FLAGS = {"arch": "--archs", "epochs": "--epochs", "l2": "--l2", "spectral_norm": "--spectral-norm",
+               "leaky_gap": "--leaky-gap"}
+_BOOL = {"on": True, "true": True, "yes": True, "1": True, "off": False, "false": False, "no": False, "0": False}
+
+
+def _split(values: Sequence[str] | None) -> list[str] | None:
+    """['60,350'] or ['60', '350'] -> ['60', '350']."""
+    return None if values is None else [v for s in values for v in s.split(",") if v]
+
+
+def _bool(text: str) -> bool:
+    if text.lower() not in _BOOL:
+        raise argparse.ArgumentTypeError(f"expected on/off, got {text!r}")
+    return _BOOL[text.lower()]
+
+
+def add_grid_flags(parser: argparse.ArgumentParser, seeds: bool = True) -> None:
+    """--preset, --seeds (unless `seeds=False`), the axis flags (lists) and one flag per other TrialConfig field."""
+    g = parser.add_argument_group("grid (every flag overrides the preset)")
+    presets = "; ".join(f"{k}: {v.help}" for k, v in GRIDS.items())
+    g.add_argument("--preset", choices=sorted(GRIDS), default="default", help=f"named grid ({presets})")
+    if seeds:
+        g.add_argument("--seeds", type=int, default=None, metavar="N",
+                       help="seeds 0..N-1 per condition (default 15)")
+    g.add_argument("--archs", nargs="+", metavar="ARCH", help="architectures, e.g. resnet18 resnet50")
+    g.add_argument("--epochs", nargs="+", metavar="E", help="epoch budgets, e.g. 60 350 (or 60,350)")
+    for name in ("l2", "spectral_norm", "leaky_gap"):
+        g.add_argument(_AXIS_FLAGS[name], nargs="+", metavar="off|on", dest=name,
+                       help=f"{name} values, e.g. `off on` for both")
+    for f in dataclasses.fields(TrialConfig):
+        if f.name in AXES or f.name == "seed":
+            continue
+        flag, help_ = "--" + f.name.replace("_", "-"), f.metadata.get("help", "")
+        if str(f.type) == "bool":
+            g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        else:
+            kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
+            g.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper(), help=help_)
+
+
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """Where results go and how trials run (SweepSettings)."""
+    r = parser.add_argument_group("run")
+    r.add_argument("--experiment", default=None, help="MLflow experiment name (default: <job>-<preset>)")
+    r.add_argument("--tracking-uri", default=None,
+                   help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlruns/mlflow.db)")
+    r.add_argument("--storage-path", default=None,
+                   help="Ray results/checkpoints (default: <repo>/runs/ray; inside a Ray job ~/ray_results)")
+    r.add_argument("--cpus-per-trial", type=float, default=1, help="CPU cores per trial (torch threads), default 1")
+    r.add_argument("--gpus-per-trial", type=float, default=None,
+                   help="GPUs per trial, fractions share one GPU (default: 1 if the cluster has GPUs, else 0)")
+    r.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once "
+                   "(default: as many as the resources allow)")
+    r.add_argument("--max-failures", type=int, default=1, help="retries of a failing trial from its last checkpoint (default 1)")
+    r.add_argument("--checkpoint-every", type=int, default=1, help="Ray checkpoint every K epochs, and at the end (default 1)")
+    r.add_argument("--keep-checkpoint-epochs", nargs="+", default=None, metavar="E",
+                   help="also log the checkpoint of these epochs to MLflow (checkpoints/epoch_NNN.pt)")
+    r.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all; not on a cluster)")
+    r.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
+                   help="continue an interrupted sweep (Tuner.restore): the newest one of --experiment, or PATH; "
+                        "finished trials are kept, unfinished and failed ones continue from their checkpoints. "
+                        "Grid flags are ignored: the sweep keeps its own settings")
+    r.add_argument("--quiet", action="store_true", help="no progress table")
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Grid overrides: axis lists + the other TrialConfig fields that were given."""
+    out: dict[str, Any] = {}
+    if args.archs:
+        out["arch"] = _split(args.archs)
+    if args.epochs:
+        out["epochs"] = [int(e) for e in _split(args.epochs)]
+    for name in ("l2", "spectral_norm", "leaky_gap"):
+        if getattr(args, name):
+            out[name] = [_bool(v) for v in _split(getattr(args, name))]
+    for f in dataclasses.fields(TrialConfig):
+        if f.name not in AXES and f.name != "seed" and getattr(args, f.name, None) is not None:
+            out[f.name] = getattr(args, f.name)
+    if isinstance(out.get("ood_sets"), str):
+        out["ood_sets"] = tuple(_split([out["ood_sets"]]))
+    return out
+
+
+def settings_from_args(args: argparse.Namespace, job: str) -> SweepSettings:
+    keep = tuple(int(e) for e in _split(args.keep_checkpoint_epochs)) if args.keep_checkpoint_epochs else ()
+    return SweepSettings(
+        experiment=args.experiment or f"{job}-{args.preset}", tracking_uri=args.tracking_uri,
+        storage_path=args.storage_path, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        max_concurrent=args.max_concurrent, max_failures=args.max_failures, checkpoint_every=args.checkpoint_every,
+        keep_checkpoint_epochs=keep, num_cpus=args.num_cpus, progress=not args.quiet,
+    )
+
+
+# ---- the end-of-sweep summary -------------------------------------------------------------------------------------
+def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return "-"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.4f} +- {sd:.4f}"
+
+
+def summary_table(runs: list) -> str:
+    """One row per condition: seeds finished / failed / other, test accuracy and GMM AUROC per OoD set (finished
+    runs, last logged value)."""
+    by_cond: dict[str, list] = defaultdict(list)
+    for run in runs:
+        by_cond[run.data.tags.get(tracking.TAG_CONDITION, "?")].append(run)
+    ood_sets = list(dict.fromkeys(p[0] for r in runs for k in r.data.metrics
+                                  if (p := keys.parse_ood_key(k)) and p[1:] == ("gmm", "auroc")))
+    head = ["condition", "finished", "failed", "other", "test accuracy"] + [f"gmm AUROC {s}" for s in ood_sets]
+    rows = [head]
+    for cond in sorted(by_cond):
+        group = by_cond[cond]
+        done = [r for r in group if r.info.status == tracking.FINISHED]
+        failed = sum(r.info.status == tracking.FAILED for r in group)
+        row = [cond, str(len(done)), str(failed), str(len(group) - len(done) - failed),
+               _mean_sd([r.data.metrics[keys.ACC_TEST] for r in done if keys.ACC_TEST in r.data.metrics])]
+        for s in ood_sets:
+            vals = [r.data.metrics[k] for r in done if (k := keys.ood_key(s, "gmm", "auroc")) in r.data.metrics]
+            row.append(f"{statistics.mean(vals):.4f}" if vals else "-")
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def print_report(result: SweepResult) -> None:
+    print("\n" + summary_table(result.runs) + "\n")
+    if result.num_errors:
+        print(f"{result.num_errors} of {result.num_trials} trials failed (their runs carry an `error` tag)")
+    if result.interrupted:
+        print(f"Interrupted. Continue with: --resume {result.experiment_path}")
+    print(f"MLflow: experiment {result.ref.experiment_id}, sweep run {result.ref.parent_run_id}, "
+          f"store {result.ref.tracking_uri}")
+    print("Open the MLflow UI on this store:\n  " + tracking.ui_command(result.ref.tracking_uri))
+
+
+def exit_code(result: SweepResult) -> int:
+    """0: every trial finished; 1: some failed (the rest finished); 130: interrupted (like Ctrl+C)."""
+    if result.interrupted:
+        return 130
+    finished = sum(r.info.status == tracking.FINISHED for r in result.runs)
+    return 0 if result.num_errors == 0 and finished == result.num_trials else 1

@@ -1,0 +1,233 @@
+"""Driver side of a sweep: Ray start-up, the MLflow parent run, the Tuner (or Tuner.restore), run statuses.
+
+Order matters (REFERENCE.md 7): the MLflow database, experiment and parent run exist before any trial starts;
+trials get absolute URIs and ids. After the Tuner returns no child run is left RUNNING: `SweepStatusCallback`
+closes what a trial's own process could not (killed actor, ASHA stop, Ctrl+C), `tracking.close_orphans` checks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import ray
+from ray import tune
+
+from ncood import keys, tracking
+from ncood.tune.grid import config_from_tune, make_param_space, trial_dirname, trial_name
+from ncood.tune.trial import TrialRuntime, train_trial
+
+SWEEP_FILE = "ncood_sweep.json"  # in the Ray experiment dir: what `--resume` needs to reattach to MLflow
+
+
+def _trial_error(trial) -> str:
+    path = trial.error_file
+    text = Path(path).read_text() if path and Path(path).exists() else "trial failed (no error file)"
+    return f"Ray trial {trial.trial_id} failed after {trial.num_failures} attempt(s)\n{text}"
+
+
+class SweepStatusCallback(tune.Callback):
+    """Keeps MLflow run statuses true where the trial's own process could not: an actor killed by the OS, a trial
+    stopped early by ASHA, Ctrl+C. Tune pickles it into the experiment state, so a restored sweep keeps it."""
+
+    def __init__(self, ref: tracking.SweepRef) -> None:
+        self.ref = ref
+
+    def _running_run(self, trial_id: str):
+        run = tracking.trial_run(self.ref, trial_id)
+        return run if run is not None and run.info.status == tracking.ACTIVE else None
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        run = self._running_run(trial.trial_id)  # normally the trial finished its run itself
+        if run is not None:
+            tags = {tracking.TAG_STOPPED_EARLY: str(trial.last_result.get("epoch", "?"))}
+            tracking.set_status(self.ref, run.info.run_id, tracking.FINISHED, tags)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        run = self._running_run(trial.trial_id)
+        if run is not None:
+            tracking.set_status(self.ref, run.info.run_id, tracking.FAILED, {tracking.TAG_ERROR: _trial_error(trial)})
+
+    def on_experiment_end(self, trials, **info) -> None:
+        errors = {t.trial_id: _trial_error(t) for t in trials if t.status == "ERROR"}
+        interrupted = any(t.status not in ("TERMINATED", "ERROR") for t in trials)
+        tracking.close_orphans(self.ref, errors, interrupted)
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Attach to a cluster only when asked (RAY_ADDRESS: `ray job submit` sets it); otherwise start a private local
+    Ray, never a stray cluster that happens to run on this machine (plain `ray.init()` would join it)."""
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+        return
+    # Local workers inherit this environment: make the ncood source importable there even without `pip install`.
+    src = str(Path(__file__).resolve().parents[2])  # the folder holding the ncood package
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join([src, *[p for p in paths if p != src]])
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
+
+
+@dataclass
+class SweepSettings:
+    """How and where a sweep runs (not trial config): the run flags of tune_jobs/ablation.py and search.py."""
+
+    experiment: str = "ablation-default"  # MLflow experiment; the Ray experiment dir is <experiment>_<timestamp>
+    tracking_uri: str | None = None  # default: tracking.default_tracking_uri()
+    storage_path: str | None = None  # default: <repo>/runs/ray (~/ray_results inside a Ray job's working dir)
+    cpus_per_trial: float = 1
+    gpus_per_trial: float | None = None  # None: 1 if the cluster has a GPU, else 0; fractions share a GPU
+    max_concurrent: int | None = None  # None: as many as the resources allow
+    max_failures: int = 1  # retries from the last checkpoint before a trial counts as FAILED
+    checkpoint_every: int = 1
+    keep_checkpoint_epochs: tuple[int, ...] = ()
+    num_cpus: int | None = None  # CPUs of a local Ray (default: all); ignored on a cluster
+    progress: bool = True  # Ray's progress table
+
+
+@dataclass
+class SweepResult:
+    ref: tracking.SweepRef
+    experiment_path: str  # the Ray experiment dir: `--resume` takes it
+    runs: list  # the MLflow child runs, after the run
+    interrupted: bool
+    num_trials: int  # Ray trials in the sweep
+    num_errors: int  # Ray trials that ended in ERROR (some may have failed before creating an MLflow run)
+
+
+def default_storage_path() -> str:
+    root = tracking.repo_root()
+    return str(Path("~/ray_results").expanduser() if tracking.in_ray_job_copy(root) else root / "runs" / "ray")
+
+
+def find_experiment(storage_path: str, experiment: str, resume: str) -> Path:
+    """`--resume PATH` -> PATH; `--resume` alone -> the newest `<experiment>_*` sweep under the storage path."""
+    if resume != "latest":
+        path = Path(resume).expanduser().resolve()  # Tuner.restore needs an absolute path
+    else:
+        found = sorted(Path(storage_path).glob(f"{experiment}_*/{SWEEP_FILE}"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise FileNotFoundError(f"no sweep '{experiment}_*' to resume under {storage_path} "
+                                    f"(pass --experiment and --storage-path as for the first run, or --resume PATH)")
+        path = found[-1].parent
+    if not (path / SWEEP_FILE).exists() or not tune.Tuner.can_restore(str(path)):
+        raise FileNotFoundError(f"{path} is not a resumable ncood sweep (no {SWEEP_FILE} / Tune experiment state)")
+    return path
+
+
+def _trainable(runtime: TrialRuntime, resources: Mapping[str, float]):
+    return tune.with_resources(tune.with_parameters(train_trial, runtime=runtime), dict(resources))
+
+
+def run_sweep(settings: SweepSettings, param_space: Mapping[str, Any] | None = None, *, kind: str = "ablation",
+              resume: str | None = None, tune_extra: Mapping[str, Any] | None = None,
+              metric_columns: Mapping[str, str] | None = None, parameter_columns: Sequence[str] = (),
+              sweep_params: Mapping[str, Any] | None = None, val_every_epoch: bool = False,
+              callbacks: Sequence[tune.Callback] = ()) -> SweepResult:
+    """Run (or, with `resume`, continue) one sweep: MLflow parent run, Ray Tuner, final status sweep.
+
+    tune_extra: extra TuneConfig arguments (search_alg, scheduler, metric, mode, num_samples for a search).
+    On resume, finished trials are kept, interrupted ones continue from their checkpoints and errored ones are
+    retried from theirs (resume_errored), each in its own MLflow run; the sweep keeps its original settings.
+    """
+    storage = Path(settings.storage_path or default_storage_path()).expanduser().resolve()
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the new output ignores our CLIReporter's metric columns
+    # num_to_keep=1 forces a (cheap, local) experiment snapshot per checkpoint; Tune warns about that each time.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if resume:
+        tuner, ref, exp_dir = _restored_tuner(settings, find_experiment(str(storage), settings.experiment, resume))
+    else:
+        reporter = tune.CLIReporter(metric_columns=dict(metric_columns or {}),
+                                    parameter_columns=list(parameter_columns) or ["seed"],
+                                    max_progress_rows=12, max_report_frequency=30)
+        tune_config = dict(max_concurrent_trials=settings.max_concurrent, reuse_actors=True,
+                           trial_name_creator=trial_name, trial_dirname_creator=trial_dirname, **dict(tune_extra or {}))
+        run_config = dict(storage_path=str(storage), verbose=1 if settings.progress else 0, progress_reporter=reporter,
+                          failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1))  # the latest is all a resume needs
+        tuner, ref, exp_dir = _new_tuner(settings, storage, dict(param_space or {}), kind, sweep_params or {},
+                                         val_every_epoch, tune_config, run_config, callbacks)
+    try:
+        tuner.fit()  # per-trial outcomes are read back from MLflow and the experiment state below
+    except BaseException as e:  # the driver itself failed (or a second Ctrl+C skipped Tune's own shutdown)
+        tracking.close_orphans(ref, {}, interrupted=True)
+        status = tracking.KILLED if isinstance(e, KeyboardInterrupt) else tracking.FAILED
+        tracking.set_status(ref, ref.parent_run_id, status, {tracking.TAG_ERROR: tracking.error_text(e)})
+        raise
+    # A trial neither TERMINATED nor ERROR was cut off (Ctrl+C): the sweep can be resumed. Statuses come from the
+    # experiment state Tune wrote last (a result's `done` flag is not reliable after a restore).
+    statuses = [t.status for t in tune.ExperimentAnalysis(str(exp_dir)).trials]
+    interrupted = any(s not in ("TERMINATED", "ERROR") for s in statuses)
+    tracking.close_orphans(ref, {}, interrupted)  # normally a no-op: SweepStatusCallback did it
+    runs = tracking.child_runs(ref)
+    counts = {s: sum(r.info.status == s for r in runs) for s in (tracking.FINISHED, tracking.FAILED, tracking.KILLED)}
+    tracking.set_status(ref, ref.parent_run_id, tracking.KILLED if interrupted else tracking.FINISHED,
+                        {f"trials_{s.lower()}": str(n) for s, n in counts.items()})
+    return SweepResult(ref, str(exp_dir), runs, interrupted, len(statuses), statuses.count("ERROR"))
+
+
+def _new_tuner(settings: SweepSettings, storage: Path, param_space: dict, kind: str, sweep_params: Mapping[str, Any],
+               val_every_epoch: bool, tune_config: dict, run_config: dict, callbacks: Sequence[tune.Callback]):
+    """MLflow experiment + parent run (before any trial: no DB races), the sweep file for --resume, the Tuner."""
+    uri = tracking.resolve_tracking_uri(settings.tracking_uri)
+    experiment_id = tracking.prepare_experiment(settings.experiment, uri)
+    init_ray(settings.num_cpus)
+    gpus = settings.gpus_per_trial
+    if gpus is None:
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    resources = {"cpu": settings.cpus_per_trial, "gpu": gpus}
+    name = f"{settings.experiment}_{time.strftime('%Y%m%d-%H%M%S')}"
+    exp_dir = storage / name
+    where = ("tracking_uri", "storage_path", "num_cpus", "progress")  # where and how it ran, not what ran
+    params = {**sweep_params, **{k: v for k, v in asdict(settings).items() if v is not None and k not in where},
+              "gpus_per_trial": gpus}
+    ref = tracking.start_sweep(uri, experiment_id, name, params,
+                               {tracking.TAG_KIND: kind, tracking.TAG_RAY_EXPERIMENT: str(exp_dir)})
+    runtime = TrialRuntime(ref, settings.cpus_per_trial, settings.checkpoint_every,
+                           tuple(settings.keep_checkpoint_epochs), val_every_epoch)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    (exp_dir / SWEEP_FILE).write_text(json.dumps({
+        "sweep": ref.to_dict(), "runtime": {k: v for k, v in asdict(runtime).items() if k != "sweep"},
+        "resources": resources, "kind": kind}, indent=2))
+    tuner = tune.Tuner(_trainable(runtime, resources), param_space=param_space,
+                       tune_config=tune.TuneConfig(**tune_config),
+                       run_config=tune.RunConfig(name=name, callbacks=[SweepStatusCallback(ref), *callbacks],
+                                                 **run_config))
+    return tuner, ref, exp_dir
+
+
+def _restored_tuner(settings: SweepSettings, exp_dir: Path):
+    """Tuner.restore with the sweep's own trainable settings; its MLflow parent run is RUNNING again."""
+    saved = json.loads((exp_dir / SWEEP_FILE).read_text())
+    ref = tracking.SweepRef(**saved["sweep"])
+    runtime = TrialRuntime(ref, **{k: tuple(v) if isinstance(v, list) else v for k, v in saved["runtime"].items()})
+    init_ray(settings.num_cpus)
+    tracking.set_status(ref, ref.parent_run_id, tracking.ACTIVE)
+    # resume_errored: failed trials get another go from their last checkpoint; restart_errored would drop it.
+    tuner = tune.Tuner.restore(str(exp_dir), _trainable(runtime, saved["resources"]),
+                               resume_unfinished=True, resume_errored=True, restart_errored=False)
+    return tuner, ref, exp_dir
+
+
+def run_grid(preset: str = "default", overrides: Mapping[str, Any] | None = None,
+             seeds: int | Sequence[int] | None = None, settings: SweepSettings | None = None, *,
+             resume: str | None = None, callbacks: Sequence[tune.Callback] = ()) -> SweepResult:
+    """The ablation: `make_param_space(preset, overrides, seeds)` run as one sweep (see run_sweep)."""
+    settings = settings or SweepSettings(experiment=f"ablation-{preset}")
+    if resume:
+        return run_sweep(settings, resume=resume)
+    space = make_param_space(preset, overrides, seeds)
+    conditions = space["condition"]["grid_search"]
+    seed_list = space["seed"]["grid_search"]
+    ood = list(space.get("ood_sets") or [])
+    columns = {keys.LOSS_TRAIN: "loss", keys.ACC_TEST: "test acc",
+               **({keys.ood_key(ood[0], "gmm", "auroc"): f"AUROC {ood[0]}"} if ood else {})}
+    params = {"preset": preset, "seeds": len(seed_list), "trials": len(conditions) * len(seed_list),
+              "conditions": [config_from_tune({**space, "condition": c, "seed": 0}).condition for c in conditions],
+              **{f"override.{k}": v for k, v in (overrides or {}).items()}}
+    return run_sweep(settings, space, kind="ablation", metric_columns=columns, sweep_params=params,
+                     callbacks=callbacks)

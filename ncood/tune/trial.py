@@ -1,0 +1,144 @@
+"""The Ray function trainable: one trial, resumable from its Ray checkpoint, logged to its own MLflow run.
+
+Per epoch: the metric dict goes to MLflow (one batch, step = epoch), then to `tune.report` with a checkpoint that
+also holds the MLflow run id, so a retried (max_failures) or restored (Tuner.restore) trial continues its own run.
+At the end: checkpoint.pt, gaussians.pt, config.json and summary.json become run artifacts, the run FINISHED.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import ray
+import torch
+from ray import tune
+
+from ncood import keys, tracking
+from ncood.config import TrialConfig
+from ncood.evaluate import extract
+from ncood.pipeline import Trial, build_trial, save_artifacts, write_summary
+from ncood.tune.grid import config_from_tune, run_name
+
+RUN_ID_FILE = "mlflow_run.json"  # inside every Ray checkpoint: {"mlflow_run_id": ..., "epoch": ...}
+
+
+@dataclass(frozen=True)
+class TrialRuntime:
+    """How trials run and where they log; the same for every trial of a sweep (and saved for --resume)."""
+
+    sweep: tracking.SweepRef
+    cpus_per_trial: float = 1
+    checkpoint_every: int = 1  # Ray checkpoint every k epochs, and always at the end
+    keep_checkpoint_epochs: tuple[int, ...] = ()  # also log checkpoints/epoch_NNN.pt to MLflow (NC intervention)
+    val_every_epoch: bool = False  # accuracy/val at every epoch (a search metric must be in every result)
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by the test-only failure injection."""
+
+
+def maybe_inject_failure(config: Mapping[str, Any], cfg: TrialConfig, epoch: int) -> None:
+    """TEST ONLY (tests/test_ablation.py), never set by presets or flags: param_space key "_fail" holds a list of
+    {"epoch": E, "seeds": [...], "marker_dir": "/abs/dir" or None}. A matching trial raises at epoch E before
+    that epoch is logged; with marker_dir only once (a marker file per trial), so the retry from the last
+    checkpoint passes; without marker_dir on every attempt, so the trial ends FAILED."""
+    for spec in config.get("_fail") or ():
+        if epoch != spec["epoch"] or cfg.seed not in spec.get("seeds", [cfg.seed]):
+            continue
+        marker_dir = spec.get("marker_dir")
+        if marker_dir:
+            marker = Path(marker_dir) / f"{cfg.condition}-s{cfg.seed}-e{epoch}"
+            if marker.exists():
+                continue
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        raise InjectedFailure(f"injected failure at epoch {epoch} ({cfg.condition} seed {cfg.seed})")
+
+
+def val_accuracy(trainer, epoch: int, metrics: dict[str, float]) -> None:
+    """Epoch callback: accuracy/val where the full evaluation did not run this epoch (a cheap forward pass)."""
+    if keys.ACC_VAL in metrics or trainer.data.val.x.shape[0] == 0:
+        return
+    logits = extract(trainer.model, trainer.data.val.x, max(trainer.cfg.batch_size, 256))[1]
+    metrics[keys.ACC_VAL] = float((logits.argmax(1) == trainer.data.val.y.to(logits.device)).double().mean())
+
+
+def _checkpoint_dir(trainer, run_id: str, out: Path) -> Path:
+    trainer.save_checkpoint(out / "checkpoint.pt")
+    (out / RUN_ID_FILE).write_text(json.dumps({"mlflow_run_id": run_id, "epoch": trainer.epoch}))
+    return out
+
+
+@dataclass
+class EpochReporter:
+    """Epoch callback (after the Evaluation callback): MLflow batch, then tune.report (+ checkpoint)."""
+
+    tracker: tracking.TrialTracker
+    runtime: TrialRuntime
+    config: Mapping[str, Any]
+
+    def __call__(self, trainer, epoch: int, metrics: dict[str, float]) -> None:
+        maybe_inject_failure(self.config, trainer.cfg, epoch)
+        self.tracker.log_epoch(epoch, metrics)  # first: a crash before the report re-runs the epoch, never re-logs
+        if epoch in self.runtime.keep_checkpoint_epochs:
+            with tempfile.TemporaryDirectory() as d:
+                path = trainer.save_checkpoint(Path(d) / f"epoch_{epoch:03d}.pt")
+                self.tracker.log_artifacts([path], "checkpoints")
+        if epoch == trainer.cfg.epochs:
+            return  # the last report follows the artifacts (train_trial): ASHA may stop a trial at its report
+        if self.runtime.checkpoint_every > 0 and epoch % self.runtime.checkpoint_every == 0:
+            with tempfile.TemporaryDirectory() as d:  # tune.report copies it into the storage path
+                _checkpoint_dir(trainer, self.tracker.run_id, Path(d))
+                tune.report({**metrics, "epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(d))
+        else:
+            tune.report({**metrics, "epoch": epoch})
+
+
+def log_trial_outputs(tracker: tracking.TrialTracker, trial: Trial, out_dir: Path) -> None:
+    """End-of-trial artifacts: checkpoint.pt (weights + optimizer + config), gaussians.pt, config.json, summary.json.
+    Hook for the serving issue: log the MLflow pyfunc model of this trial here (it has the fitted Gaussians)."""
+    tracker.log_artifacts(sorted(p for p in out_dir.iterdir() if p.name != RUN_ID_FILE))
+
+
+def train_trial(config: dict[str, Any], runtime: TrialRuntime) -> None:
+    """The Ray function trainable: one trial, resumable from its Ray checkpoint, logged to its own MLflow run."""
+    t0 = time.perf_counter()
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "Checkpoint successfully created" per epoch
+    torch.set_num_threads(max(1, int(runtime.cpus_per_trial)))  # Ray reserves these cores; torch would take all
+    cfg = config_from_tune(config)
+    if cfg.device == "auto":  # what Ray assigned, not what is visible: Ray 2.60 hides no GPU from a 0-GPU trial
+        cfg = cfg.replace(device="cuda" if ray.get_gpu_ids() else "cpu")
+    state, run_id = None, None
+    checkpoint = tune.get_checkpoint()  # set on a retry (max_failures) and on Tuner.restore
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / "checkpoint.pt", map_location="cpu", weights_only=False)
+            run_id = json.loads((Path(d) / RUN_ID_FILE).read_text())["mlflow_run_id"]
+    tracker = tracking.TrialTracker(runtime.sweep, cfg, tune.get_context().get_trial_id(), run_name(config))
+    try:
+        tracker.start(run_id)
+        callbacks = [val_accuracy] if runtime.val_every_epoch else []
+        trial = build_trial(cfg, callbacks=[*callbacks, EpochReporter(tracker, runtime, config)], progress=False)
+        if state is not None:
+            trial.trainer.load_state_dict(state)
+        trial.trainer.fit()
+        final = trial.trainer.history[-1]
+        if trial.evaluation.last_fit is None:  # restored after the last epoch: refit the scores for the artifacts
+            trial.evaluation(trial.trainer, trial.trainer.epoch, final)
+        with tempfile.TemporaryDirectory() as d:
+            out = Path(d)
+            write_summary(trial, out, save_artifacts(trial, out), time.perf_counter() - t0)
+            log_trial_outputs(tracker, trial, out)
+            tracker.finish()
+            _checkpoint_dir(trial.trainer, tracker.run_id, out)
+            tune.report({**final, "epoch": cfg.epochs}, checkpoint=tune.Checkpoint.from_directory(d))
+    except SystemExit:  # Tune stopped the trial (ASHA, Ctrl+C): the driver sets the run's status
+        raise
+    except BaseException as e:
+        tracker.fail(e)
+        raise

@@ -1,0 +1,309 @@
+"""The ablation and search jobs end to end on a local Ray (2 CPUs) with real MLflow stores in tmp dirs:
+a tiny grid's MLflow contents, retry and FAILED marking, Ctrl+C + --resume, the Optuna/ASHA search, and
+`ray job submit` against a `ray start --head` cluster (slow)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from ray import tune
+
+from ncood import keys, tracking
+from ncood.config import ConfigError, TrialConfig
+from ncood.tune import SweepSettings, grid_conditions, init_ray, make_param_space, run_grid, run_sweep
+from ncood.tune import jobs
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"epochs": [2], "width": 4, "eval_every": 1}  # digits, width-4 ResNet18: about a second per trial
+
+
+def _load_job(name: str):
+    spec = importlib.util.spec_from_file_location(f"job_{name}", REPO / "tune_jobs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One sqlite store (schema created once); each test has its own experiment and Ray storage path."""
+    root = tmp_path_factory.mktemp("store")
+    uri = tracking.resolve_tracking_uri(str(root / "mlflow.db"))
+    tracking.prepare_experiment("schema", uri)
+    return uri, root
+
+
+def _settings(store, name: str, **kw) -> SweepSettings:
+    uri, root = store
+    return SweepSettings(experiment=name, tracking_uri=uri, storage_path=str(root / "ray"), progress=False, **kw)
+
+
+def _runs(uri: str, experiment: str) -> tuple[list, list]:
+    """(parent runs, child runs) of one experiment."""
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "sweep"]
+    return parents, [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "trial"]
+
+
+def _steps(client: MlflowClient, run, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+
+
+# ---- grids (no Ray) ----------------------------------------------------------------------------------------------
+def test_presets_and_overrides():
+    _, default = grid_conditions("default")
+    assert [c["l2"] for c in default] == [False, True]
+    space = make_param_space("default")
+    assert len(space["seed"]["grid_search"]) == 15 and space["dataset"] == "digits" and space["width"] == 8
+    _, table1 = grid_conditions("table1")
+    assert sorted((c["arch"], c["epochs"]) for c in table1 if not c["l2"]) == [
+        ("resnet18", 60), ("resnet18", 350), ("resnet50", 100), ("resnet50", 350)]
+    _, table2 = grid_conditions("table2")
+    assert len(table2) == 8 and {c["arch"] for c in table2} == {"resnet18"} and {c["epochs"] for c in table2} == {60}
+    _, narrowed = grid_conditions("table1", {"epochs": [2], "arch": ["resnet18"]})
+    assert len(narrowed) == 2  # the two products collapse to one: duplicates are dropped
+    with pytest.raises(ConfigError, match="did you mean"):
+        grid_conditions("default", {"widht": 4})
+    with pytest.raises(ConfigError, match="--seeds"):
+        grid_conditions("default", {"seed": 3})
+
+
+def test_ablation_help_and_flags():
+    ablation = _load_job("ablation")
+    text = ablation.build_parser().format_help()
+    for flag in ("--preset", "--seeds", "--epochs", "--archs", "--dataset", "--data-root", "--experiment",
+                 "--tracking-uri", "--storage-path", "--gpus-per-trial", "--cpus-per-trial", "--max-concurrent",
+                 "--max-failures", "--resume", "--no-aggregate", "--l2", "--keep-checkpoint-epochs"):
+        assert flag in text
+    args = ablation.build_parser().parse_args(["--epochs", "60,350", "--l2", "on", "--archs", "resnet50",
+                                               "--ood-sets", "svhn,cifar100", "--gpus-per-trial", "0.25"])
+    assert jobs.overrides_from_args(args) == {"epochs": [60, 350], "l2": [True], "arch": ["resnet50"],
+                                              "ood_sets": ("svhn", "cifar100")}
+    assert jobs.settings_from_args(args, "ablation").gpus_per_trial == 0.25
+
+
+# ---- ray job submit (first: before this module starts its own local Ray) ------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _kill_leftovers(marker: str) -> None:
+    """SIGKILL any process still running from our cluster's temp dir (ours alone: the path is unique)."""
+    for pid in os.listdir("/proc"):
+        try:
+            if pid.isdigit() and marker in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="ignore"):
+                os.kill(int(pid), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_ray_job_submit_logs_to_the_given_store(store):
+    """ray start --head (token auth, as Ray 2.60 defaults to) + ray job submit --working-dir <repo>; the job's
+    driver joins the cluster through RAY_ADDRESS and logs into the absolute store given by --tracking-uri."""
+    uri, root = store
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    temp = tempfile.mkdtemp(prefix="ncood-ray-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    dash = _free_port()
+    # Token auth: the head, its job drivers and the submitting CLI all need RAY_AUTH_MODE=token and the token.
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", f"--port={_free_port()}", f"--dashboard-port={dash}",
+         "--include-dashboard=true", "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats",
+         f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
+         f"--dashboard-agent-grpc-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+         f"--runtime-env-agent-port={_free_port()}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 90
+        while True:  # the job server is up once the dashboard answers (401 without the token is an answer)
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{dash}/api/version", timeout=2)
+                break
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                assert head.poll() is None and time.time() < deadline, "ray start --head did not come up"
+                time.sleep(1)
+        job = subprocess.run(
+            [ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(REPO), "--",
+             sys.executable, "tune_jobs/ablation.py", "--seeds", "1", "--epochs", "1", "--width", "4",
+             "--experiment", "job-submit", "--tracking-uri", uri, "--storage-path", str(root / "ray-job"),
+             "--quiet", "--no-aggregate"],
+            env=env, capture_output=True, text=True, timeout=240)
+        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    finally:
+        head.send_signal(signal.SIGTERM)  # `ray start --block` drains and stops the processes it started
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+        _kill_leftovers(temp)
+        shutil.rmtree(temp, ignore_errors=True)
+    parents, children = _runs(uri, "job-submit")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(r.info.run_name for r in children) == ["resnet18-w4-l2-e1-s0", "resnet18-w4-nol2-e1-s0"]
+    assert all(r.info.status == "FINISHED" for r in children)
+
+
+# ---- local Ray -----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def local_ray():
+    saved = os.environ.pop("RAY_ADDRESS", None)  # never attach to a cluster someone else started
+    init_ray(num_cpus=2)
+    yield
+    ray.shutdown()
+    if saved is not None:
+        os.environ["RAY_ADDRESS"] = saved
+
+
+@pytest.fixture(scope="module")
+def tiny_grid(local_ray, store):
+    """2 seeds x L2 off/on, 2 epochs, evaluation every epoch, epoch-1 checkpoint kept in MLflow."""
+    result = run_grid("default", TINY, seeds=2, settings=_settings(store, "tiny", keep_checkpoint_epochs=(1,)))
+    return result, store[0]
+
+
+@pytest.mark.timeout(300)
+def test_tiny_grid_parent_and_children(tiny_grid):
+    result, uri = tiny_grid
+    parents, children = _runs(uri, "tiny")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].info.run_id == result.ref.parent_run_id
+    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
+    assert all(r.data.tags[MLFLOW_PARENT_RUN_ID] == result.ref.parent_run_id for r in children)
+    assert sorted(r.info.run_name for r in children) == sorted(
+        f"resnet18-w4-{l2}-e2-s{s}" for l2 in ("l2", "nol2") for s in (0, 1))
+    for r in children:
+        assert r.info.run_name == f"{r.data.tags[tracking.TAG_CONDITION]}-s{r.data.tags[tracking.TAG_SEED]}"
+        assert r.data.tags[tracking.TAG_TRIAL_ID]
+    assert not result.interrupted and result.num_errors == 0 and jobs.exit_code(result) == 0
+
+
+def test_tiny_grid_params_metrics_artifacts(tiny_grid):
+    _, uri = tiny_grid
+    client = MlflowClient(uri)
+    _, children = _runs(uri, "tiny")
+    param_names = set(TrialConfig.__dataclass_fields__)
+    for r in children:
+        assert set(r.data.params) == param_names  # one compare view: the same params everywhere
+        assert r.data.params["epochs"] == "2" and r.data.params["width"] == "4"
+        for key in (keys.ACC_TEST, keys.nc_key("nc1"), keys.ood_key("photos", "gmm", "auroc"), keys.LOSS_TRAIN):
+            assert _steps(client, r, key) == [1, 2], key
+        artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert {"checkpoint.pt", "gaussians.pt", "config.json", "summary.json", "checkpoints"} <= artifacts
+        assert [a.path for a in client.list_artifacts(r.info.run_id, "checkpoints")] == ["checkpoints/epoch_001.pt"]
+    assert len({frozenset(r.data.metrics) for r in children}) == 1  # the same metric names in every run
+
+
+def test_tiny_grid_summary(tiny_grid):
+    result, _ = tiny_grid
+    table = jobs.summary_table(result.runs)
+    assert "resnet18-w4-l2-e2" in table and "gmm AUROC photos" in table
+    assert [line.split()[1:3] for line in table.splitlines()[1:]] == [["2", "0"], ["2", "0"]]
+
+
+@pytest.mark.timeout(300)
+def test_failure_retried_from_checkpoint_and_failed_marked(local_ray, store, tmp_path):
+    """seed 0 raises once at epoch 2 (retried from its epoch-1 checkpoint), seed 1 raises at every attempt,
+    seed 2 is healthy: the grid finishes, with FINISHED / FAILED runs and no repeated metric step."""
+    space = make_param_space("default", {**TINY, "epochs": [3], "l2": [False]}, seeds=3)
+    space["_fail"] = [{"epoch": 2, "seeds": [0], "marker_dir": str(tmp_path / "markers")},
+                      {"epoch": 2, "seeds": [1]}]
+    result = run_sweep(_settings(store, "failures", max_failures=1), space)
+    uri = store[0]
+    client = MlflowClient(uri)
+    parents, children = _runs(uri, "failures")
+    by_seed = {int(r.data.tags[tracking.TAG_SEED]): r for r in children}
+    assert len(children) == 3 and parents[0].info.status == "FINISHED" and result.num_errors == 1
+    retried, failed, healthy = by_seed[0], by_seed[1], by_seed[2]
+    assert retried.info.status == "FINISHED" and retried.data.tags[tracking.TAG_RESTARTS] == "1"
+    assert "InjectedFailure" in retried.data.tags[tracking.TAG_PREVIOUS_ERROR]
+    for key in retried.data.metrics:  # the retry continued the same run: one value per step, none twice
+        assert _steps(client, retried, key) == [1, 2, 3], key
+    assert failed.info.status == "FAILED" and "InjectedFailure" in failed.data.tags[tracking.TAG_ERROR]
+    assert _steps(client, failed, keys.LOSS_TRAIN) == [1]
+    assert healthy.info.status == "FINISHED"
+    assert jobs.exit_code(result) == 1
+
+
+class InterruptOnce(tune.Callback):
+    """Ctrl+C for real: SIGINT to this driver when the first trial completes (Tune's handler stops the sweep and
+    saves its state). A marker file makes it fire once: Tune pickles callbacks, so the resumed sweep has it too."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        if not os.path.exists(self.marker):
+            Path(self.marker).touch()
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.timeout(300)
+def test_interrupt_then_resume(local_ray, store, tmp_path):
+    """Two trials at a time, one short (2 epochs) beside one long (5): Ctrl+C when the short one finishes cuts
+    the long one mid-run and leaves two pending. `ablation.py --resume` must finish all four, each in exactly one
+    run, without rerunning (or relogging) the finished one and without leaving anything RUNNING."""
+    uri = store[0]
+    settings = _settings(store, "interrupt", max_concurrent=2)
+    result = run_grid("default", {**TINY, "epochs": [2, 5]}, seeds=1, settings=settings,
+                      callbacks=[InterruptOnce(str(tmp_path / "interrupted"))])
+    assert result.interrupted and jobs.exit_code(result) == 130
+    client = MlflowClient(uri)
+    parents, before = _runs(uri, "interrupt")
+    assert parents[0].info.status == "KILLED"
+    assert "RUNNING" not in {r.info.status for r in before}
+    finished = {r.info.run_id: client.get_metric_history(r.info.run_id, keys.LOSS_TRAIN)
+                for r in before if r.info.status == "FINISHED"}
+    assert finished and len(before) < 4
+
+    ablation = _load_job("ablation")
+    rc = ablation.main(["--resume", "--experiment", "interrupt", "--storage-path", str(store[1] / "ray"),
+                        "--quiet", "--no-aggregate"])  # the newest sweep of the experiment: the one just cut off
+    assert rc == 0
+    parents, after = _runs(uri, "interrupt")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    names = sorted(r.info.run_name for r in after)
+    assert names == sorted(f"resnet18-w4-{l2}-e{e}-s0" for l2 in ("l2", "nol2") for e in (2, 5))  # no duplicates
+    assert {r.info.status for r in after} == {"FINISHED"}
+    for run_id, history in finished.items():  # finished before the interrupt: untouched
+        assert client.get_metric_history(run_id, keys.LOSS_TRAIN) == history
+        assert tracking.TAG_RESTARTS not in client.get_run(run_id).data.tags
+    for r in after:
+        epochs = int(r.data.params["epochs"])
+        assert _steps(client, r, keys.LOSS_TRAIN) == list(range(1, epochs + 1))
+
+
+@pytest.mark.timeout(300)
+def test_search_six_trials(local_ray, store):
+    search = _load_job("search")
+    uri, root = store
+    rc = search.main(["--trials", "6", "--epochs", "3", "--width", "4", "--experiment", "search",
+                      "--tracking-uri", uri, "--storage-path", str(root / "ray"), "--quiet"])
+    assert rc == 0
+    parents, children = _runs(uri, "search")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 6 and {r.info.status for r in children} == {"FINISHED"}
+    assert len({(r.data.params["lr"], r.data.params["weight_decay"]) for r in children}) == 6
+    assert all(keys.ACC_VAL in r.data.metrics for r in children)

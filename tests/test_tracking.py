@@ -1,0 +1,121 @@
+"""ncood.tracking without Ray: store resolution, experiment creation, the trial run's lifecycle (create, batched
+per-epoch metrics, resume without duplicate steps, FAILED with an error tag) and the driver's orphan sweep."""
+from __future__ import annotations
+
+import pytest
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from ncood import keys, tracking
+from ncood.config import TrialConfig, make_config
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One sqlite store for the module (creating the schema takes ~10 s of migrations); tests use own experiments."""
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = tracking.resolve_tracking_uri(str(root / "mlflow.db"))
+    tracking.prepare_experiment("schema", uri)
+    return uri
+
+
+def _sweep(store: str, name: str) -> tracking.SweepRef:
+    exp = tracking.prepare_experiment(name, store)
+    return tracking.start_sweep(store, exp, f"{name}-sweep", {"preset": "test"}, {tracking.TAG_KIND: "ablation"})
+
+
+def test_resolve_tracking_uri(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert tracking.resolve_tracking_uri("sqlite:///rel/m.db") == f"sqlite:///{tmp_path}/rel/m.db"
+    assert tracking.resolve_tracking_uri("m.db") == f"sqlite:///{tmp_path}/m.db"
+    assert tracking.resolve_tracking_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
+    assert tracking.resolve_tracking_uri("http://mlflow:5000") == "http://mlflow:5000"
+    with pytest.raises(tracking.TrackingError, match="sqlite"):
+        tracking.resolve_tracking_uri("mlruns")  # the deprecated file store
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.default_tracking_uri() == "sqlite:///" + str(tracking.repo_root() / "mlruns" / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env.db")
+    assert tracking.resolve_tracking_uri(None) == f"sqlite:///{tmp_path}/env.db"
+
+
+def test_prepare_experiment_absolute_artifacts_and_idempotent(store):
+    exp_id = tracking.prepare_experiment("exp a/b", store)
+    assert tracking.prepare_experiment("exp a/b", store) == exp_id
+    location = MlflowClient(store).get_experiment(exp_id).artifact_location
+    db_dir = store[len("sqlite:///"):].rsplit("/", 1)[0]
+    assert location == f"file://{db_dir}/artifacts/exp_a_b"
+
+
+def test_trial_run_lifecycle(store):
+    ref = _sweep(store, "lifecycle")
+    cfg = make_config("digits", width=4, epochs=3, seed=7)
+    tracker = tracking.TrialTracker(ref, cfg, trial_id="abc_00001")
+    run_id = tracker.start()
+    client = MlflowClient(store)
+    run = client.get_run(run_id)
+    assert run.info.run_name == f"{cfg.condition}-s7" and run.info.status == "RUNNING"
+    assert run.data.tags[MLFLOW_PARENT_RUN_ID] == ref.parent_run_id
+    assert run.data.tags[tracking.TAG_CONDITION] == cfg.condition and run.data.tags[tracking.TAG_SEED] == "7"
+    assert run.data.tags[tracking.TAG_TRIAL_ID] == "abc_00001"
+    assert set(run.data.params) == set(TrialConfig.__dataclass_fields__)
+    assert run.data.params["ood_sets"] == ",".join(cfg.ood_sets)
+
+    wide = {keys.LOSS_TRAIN: 1.0, **{f"extra/m{i}": float(i) for i in range(1500)}}  # > 1000: chunked batches
+    assert tracker.log_epoch(1, wide)
+    assert not tracker.log_epoch(1, {keys.LOSS_TRAIN: 9.0})  # a step is logged once
+    assert len(client.get_run(run_id).data.metrics) == 1501
+
+    tracker.fail(RuntimeError("boom at epoch 2"))
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED" and run.data.tags[tracking.TAG_ERROR].startswith("RuntimeError: boom")
+
+    # Retry from the checkpoint: same run, RUNNING again, the old error kept as previous_error, step 1 not repeated.
+    again = tracking.TrialTracker(ref, cfg, trial_id="abc_00001")
+    assert again.start(run_id) == run_id and again.last_step == 1
+    assert not again.log_epoch(1, {keys.LOSS_TRAIN: 2.0})
+    assert again.log_epoch(2, {keys.LOSS_TRAIN: 0.5})
+    again.finish()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and tracking.TAG_ERROR not in run.data.tags
+    assert "boom" in run.data.tags[tracking.TAG_PREVIOUS_ERROR] and run.data.tags[tracking.TAG_RESTARTS] == "1"
+    history = client.get_metric_history(run_id, keys.LOSS_TRAIN)
+    assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 0.5)]
+
+
+def test_run_found_by_trial_id_without_checkpoint(store):
+    ref = _sweep(store, "by-trial-id")
+    cfg = make_config("digits", width=4, epochs=2)
+    first = tracking.TrialTracker(ref, cfg, trial_id="t_00000").start()
+    assert tracking.TrialTracker(ref, cfg, trial_id="t_00000").start() == first  # no second run for the trial
+    assert tracking.TrialTracker(ref, cfg, trial_id="t_00001").start() != first
+    assert len(tracking.child_runs(ref)) == 2
+
+
+def test_close_orphans(store):
+    ref = _sweep(store, "orphans")
+    cfg = make_config("digits", width=4, epochs=2)
+    errored = tracking.TrialTracker(ref, cfg.replace(seed=0), trial_id="o_0")
+    cut_off = tracking.TrialTracker(ref, cfg.replace(seed=1), trial_id="o_1")
+    done = tracking.TrialTracker(ref, cfg.replace(seed=2), trial_id="o_2")
+    for t in (errored, cut_off, done):
+        t.start()
+    done.finish()
+    changed = tracking.close_orphans(ref, {"o_0": "worker died"}, interrupted=True)
+    assert sorted(changed) == sorted([(errored.run_name, "FAILED"), (cut_off.run_name, "KILLED")])
+    status = {r.info.run_name: r for r in tracking.child_runs(ref)}
+    assert status[errored.run_name].data.tags[tracking.TAG_ERROR] == "worker died"
+    assert status[done.run_name].info.status == "FINISHED"
+    assert tracking.close_orphans(ref, {}, interrupted=False) == []  # idempotent
+
+
+def test_ui_command_names_the_store(store):
+    assert f"mlflow ui --backend-store-uri {store}" in tracking.ui_command(store)
+
+
+def test_git_state_and_ray_job_copy(tmp_path, monkeypatch):
+    monkeypatch.delenv("NCOOD_GIT_COMMIT", raising=False)
+    assert tracking.git_state(tmp_path) == {}  # not a checkout (e.g. a Ray job's working-dir copy)
+    monkeypatch.setenv("NCOOD_GIT_COMMIT", "abc123")
+    assert tracking.git_state(tmp_path) == {"mlflow.source.git.commit": "abc123"}
+    copy = tmp_path / "session_1" / "runtime_resources" / "working_dir_files" / "_ray_pkg_x"
+    assert tracking.in_ray_job_copy(copy) and not tracking.in_ray_job_copy(tmp_path)
