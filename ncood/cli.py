@@ -1,4 +1,4 @@
-"""`ncood` command line: `ncood train | datasets | models`.
+"""`ncood` command line: `ncood train | aggregate | register | datasets | models`.
 
 Every TrialConfig field is a flag of `ncood train` (built from the dataclass, so the two cannot drift apart);
 values start from a named preset (`--preset`, default: the dataset's own preset, else `digits`).
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -67,7 +68,12 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+MODULE_COMMANDS = [
+    ("aggregate", "ncood.aggregate", "min/max/mean tables and figures from a sweep's MLflow runs"),
+]
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ncood",
         description="ncood: L2 feature normalization, Neural Collapse and OoD detection experiments "
@@ -87,13 +93,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
+    # Subcommands that live with their module (add_arguments(parser) + run(args)); imported only when chosen,
+    # because mlflow/ray imports take seconds and `ncood --help` should not.
+    chosen = next((a for a in (argv or []) if not a.startswith("-")), None)
+    for name, module, help_ in MODULE_COMMANDS:
+        p = sub.add_parser(name, help=help_, description=help_)
+        if name == chosen:
+            mod = importlib.import_module(module)
+            mod.add_arguments(p)
+            p.set_defaults(func=mod.run)
+
     sub.add_parser("datasets", help="list registered datasets").set_defaults(func=cmd_datasets)
     sub.add_parser("models", help="list registered architectures").set_defaults(func=cmd_models)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         return args.func(args)
     except ConfigError as e:

@@ -1,0 +1,84 @@
+"""Aggregation of a sweep: which conditions win, by how much, how bad the worst seed is, how NC relates to OoD.
+
+    runs.py     the sweep and its trial runs out of MLflow into pandas (final-epoch values, seeds found vs expected)
+    tables.py   seed report, Table 1 (OoD x score), Table 2 (ablation), Table 3 (NC), Table 4 (L2 vs no-L2 twin)
+    figures.py  NC2 vs AUROC scatter, NC metrics vs epoch, per-seed AUROC strip plot
+    report.py   files (md/csv/tex/html/png), terminal output, the aggregate MLflow run
+
+Entry points: `aggregate(...)` (library), `after_sweep(...)` (the end of tune_jobs/ablation.py),
+`add_arguments(parser)` + `run(args)` (the `ncood aggregate` subcommand), `main(argv)` (tune_jobs/aggregate.py).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from ncood import tracking
+from ncood.aggregate.report import (ROLE_AGGREGATE, TAG_SWEEP_RUN_ID, AggregateResult, aggregate, default_out,
+                                    to_markdown)
+from ncood.aggregate.runs import AggregateError, SweepData, load_sweep, metric_histories
+from ncood.aggregate.tables import Table, bootstrap_diff_ci, welch_p
+
+DEFAULT_EXPERIMENT = "ablation-default"  # what tune_jobs/ablation.py names its experiment without flags
+
+__all__ = [
+    "AggregateError", "AggregateResult", "DEFAULT_EXPERIMENT", "ROLE_AGGREGATE", "SweepData", "TAG_SWEEP_RUN_ID",
+    "Table", "add_arguments", "after_sweep", "aggregate", "bootstrap_diff_ci", "default_out", "load_sweep", "main",
+    "metric_histories", "run", "to_markdown", "welch_p",
+]
+
+
+def after_sweep(tracking_uri: str, experiment_id: str, parent_run_id: str,
+                out: str | None = None) -> AggregateResult | None:
+    """The hook at the end of tune_jobs/ablation.py: aggregate the sweep that just ran into `out` (default
+    <repo>/runs/aggregate/<experiment>) and an aggregate MLflow run. A failure here is reported, not raised: the
+    sweep's runs are safe in MLflow and `python tune_jobs/aggregate.py --parent-run <id>` redoes this step."""
+    try:
+        return aggregate(tracking_uri, experiment_id=experiment_id, parent_run_id=parent_run_id, out=out)
+    except Exception as e:  # noqa: BLE001 - an aggregation bug must not turn a finished sweep into a crash
+        import traceback
+
+        traceback.print_exc()
+        print(f"aggregate: failed ({type(e).__name__}: {e}); redo with: python tune_jobs/aggregate.py "
+              f"--tracking-uri {tracking_uri} --experiment {experiment_id} --parent-run {parent_run_id}",
+              file=sys.stderr)
+        return None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags of `tune_jobs/aggregate.py` and `ncood aggregate`."""
+    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
+                        help=f"MLflow experiment name or id (default: {DEFAULT_EXPERIMENT}, the ablation job's)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlruns/mlflow.db)")
+    parser.add_argument("--parent-run", default=None, metavar="RUN_ID",
+                        help="the sweep run to aggregate (default: the newest run tagged ncood.role=sweep)")
+    parser.add_argument("--out", default=None,
+                        help="folder for tables/ figures/ report.md (default: <repo>/runs/aggregate/<experiment>)")
+    parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (default 10000)")
+    parser.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    parser.add_argument("--no-log-run", action="store_true",
+                        help="write the files only; no aggregate MLflow run")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """0: aggregated; 2: nothing to aggregate (unknown experiment, no sweep, bad store)."""
+    try:
+        aggregate(args.tracking_uri, args.experiment, parent_run_id=args.parent_run, out=args.out,
+                  log_run=not args.no_log_run, resamples=args.resamples, seed=args.bootstrap_seed)
+    except (AggregateError, tracking.TrackingError) as e:
+        print(f"aggregate: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    return add_arguments(argparse.ArgumentParser(
+        prog=prog, description="Tables (Markdown/CSV/LaTeX/HTML) and figures of one sweep's final-epoch results, "
+                               "per condition over seeds, logged to an aggregate MLflow run in the same experiment."))
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    return run(build_parser(prog).parse_args(argv))

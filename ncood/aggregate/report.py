@@ -1,0 +1,188 @@
+"""The aggregation step end to end: read the sweep, build the tables and figures, write them as files (Markdown, CSV,
+LaTeX, HTML, PNG), print the tables, and log everything to one aggregate MLflow run in the sweep's experiment.
+
+The aggregate run: tag `ncood.role`=`aggregate`, tag `ncood.sweep_run_id`=<the sweep run id> (not an MLflow child:
+the trial queries of ncood.tracking list every child of the sweep), artifacts `tables/<name>.{md,csv,tex,html}`,
+`figures/*.png`, `report.md`, and each table once more through `log_table` (`tables/<name>.json`) so the MLflow
+UI shows it as a table.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from mlflow.entities import Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from ncood import keys, tracking
+from ncood.aggregate import figures
+from ncood.aggregate.runs import FAILED, INCOMPLETE, SweepData, load_sweep, metric_histories
+from ncood.aggregate.tables import GMM, Table, all_tables
+
+TAG_SWEEP_RUN_ID = "ncood.sweep_run_id"  # on the aggregate run: the sweep it summarises
+ROLE_AGGREGATE = "aggregate"  # value of tracking.TAG_ROLE on the aggregate run
+TABLE_FORMATS = ("md", "csv", "tex", "html")
+FIGURES = {"nc_vs_auroc": "fig_a_nc2_vs_auroc.png", "nc_curves": "fig_b_nc_vs_epoch.png",
+           "auroc_seeds": "fig_c_auroc_per_seed.png"}
+
+
+@dataclass
+class AggregateResult:
+    data: SweepData
+    tables: list[Table]
+    out: Path
+    files: list[Path] = field(default_factory=list)  # every file written, tables and figures
+    figures: dict[str, Path] = field(default_factory=dict)
+    pearson_r: float = np.nan  # figure (a)
+    run_id: str | None = None  # the aggregate MLflow run (None with log_run=False)
+
+
+# ---- rendering -------------------------------------------------------------------------------------------------------
+def to_markdown(df: pd.DataFrame) -> str:
+    """GitHub Markdown, columns padded so it also reads in a terminal (pandas' to_markdown needs `tabulate`)."""
+    cells = [[str(c) for c in df.columns]] + [["" if v is None else str(v) for v in row] for row in df.itertuples(
+        index=False)]
+    cells = [[c.replace("|", "\\|").replace("\n", " ") for c in row] for row in cells]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(df.columns))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells[1:])])
+
+
+_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+          "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def _latex_cell(text: str) -> str:
+    out = re.sub(r"[\\&%$#_{}~^]", lambda m: _LATEX[m.group()], str(text))
+    return out.replace("±", r"$\pm$").replace("–", "--")
+
+
+def to_latex(table: Table) -> str:
+    """A booktabs tabular (needs \\usepackage{booktabs}), cells escaped, ± as $\\pm$."""
+    df = table.display.map(_latex_cell)
+    df.columns = [_latex_cell(c) for c in df.columns]
+    body = df.to_latex(index=False, escape=False, column_format="l" * len(df.columns))
+    return f"% {table.title}\n{body}"
+
+
+def to_html(table: Table) -> str:
+    notes = "".join(f"<p>{n}</p>" for n in table.notes)
+    return (f"<h3>{table.title}</h3>\n" + table.display.to_html(index=False, border=0, na_rep="–") + notes + "\n")
+
+
+def render(table: Table) -> str:
+    """What the terminal shows: title, Markdown table, notes."""
+    parts = [f"## {table.title}", "", to_markdown(table.display) if len(table.display) else "(empty)"]
+    if table.notes:
+        parts += [""] + table.notes
+    return "\n".join(parts) + "\n"
+
+
+def write_table(table: Table, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {f: folder / f"{table.name}.{f}" for f in TABLE_FORMATS}
+    paths["md"].write_text(render(table))
+    table.numeric.to_csv(paths["csv"], index=False)
+    paths["tex"].write_text(to_latex(table))
+    paths["html"].write_text(to_html(table))
+    return list(paths.values())
+
+
+# ---- the step --------------------------------------------------------------------------------------------------------
+def default_out(experiment_name: str) -> Path:
+    """<repo>/runs/aggregate/<experiment> (absolute, beside runs/ray)."""
+    return tracking.repo_root() / "runs" / "aggregate" / re.sub(r"[^A-Za-z0-9._-]+", "_", experiment_name)
+
+
+def score_names(data: SweepData) -> list[str]:
+    """OoD scores found in the runs, GMM first, then in logged order."""
+    found = list(dict.fromkeys(p[1] for k in data.metric_keys if (p := keys.parse_ood_key(k))))
+    return sorted(found, key=lambda s: s != GMM)
+
+
+def ood_set_names(data: SweepData) -> list[str]:
+    """The trials' configured OoD sets (config order), then any other set found in the metrics."""
+    found = [p[0] for k in data.metric_keys if (p := keys.parse_ood_key(k))]
+    return list(dict.fromkeys([*data.ood_sets, *found]))
+
+
+def make_figures(data: SweepData, ood_sets: Sequence[str], folder: Path) -> tuple[dict[str, Path], float]:
+    used = data.used
+    curve_keys = [keys.nc_key(m) for m in dict.fromkeys([*figures.CURVE_METRICS, "nc2_equiangular_means"])]
+    if ood_sets:
+        curve_keys.append(keys.ood_key(ood_sets[0], GMM, "auroc"))
+    history = metric_histories(data.sweep.tracking_uri, list(used["run_id"]), curve_keys)
+    out = {}
+    out["nc_vs_auroc"], r, _ = figures.nc_vs_auroc(history, used, ood_sets[0] if ood_sets else "?",
+                                                   folder / FIGURES["nc_vs_auroc"])
+    out["nc_curves"] = figures.nc_curves(history, used, data.conditions, folder / FIGURES["nc_curves"])
+    out["auroc_seeds"] = figures.auroc_strip(used, data.conditions, list(ood_sets), folder / FIGURES["auroc_seeds"])
+    return out, r
+
+
+def log_aggregate_run(data: SweepData, result: AggregateResult, resamples: int, seed: int) -> str:
+    """One aggregate run in the sweep's experiment: tags, a few params, every file, and each table via log_table."""
+    client = MlflowClient(data.sweep.tracking_uri)
+    tags = {tracking.TAG_ROLE: ROLE_AGGREGATE, TAG_SWEEP_RUN_ID: data.sweep.run_id,
+            **({tracking.TAG_KIND: data.sweep.kind} if data.sweep.kind else {}), **tracking.git_state()}
+    run = client.create_run(data.sweep.experiment_id, run_name=f"aggregate-{data.sweep.run_name}", tags=tags)
+    rid = run.info.run_id
+    try:
+        runs = data.runs
+        params = {"sweep_run_id": data.sweep.run_id, "sweep_run_name": data.sweep.run_name,
+                  "conditions": len(data.conditions), "seeds_expected": len(data.expected_seeds),
+                  "runs_used": len(data.used), "runs_failed": int((runs["use"] == FAILED).sum()) if len(runs) else 0,
+                  "runs_incomplete": int((runs["use"] == INCOMPLETE).sum()) if len(runs) else 0,
+                  "bootstrap_resamples": resamples, "bootstrap_seed": seed,
+                  "figure_ood_set": ood_set_names(data)[0] if ood_set_names(data) else "", "figure_score": GMM}
+        client.log_batch(rid, params=[Param(k, str(v)) for k, v in params.items()],
+                         tags=[RunTag("pearson_r_nc2_auroc", f"{result.pearson_r:.4f}")])
+        for path in result.files:  # exactly this aggregation's files, whatever else the folder holds
+            sub = path.parent.relative_to(result.out).as_posix()
+            client.log_artifact(rid, str(path), None if sub == "." else sub)
+        for t in result.tables:
+            if len(t.display):
+                client.log_table(rid, t.display, f"tables/{t.name}.json")
+        client.set_terminated(rid, tracking.FINISHED)
+    except BaseException as e:
+        client.set_tag(rid, tracking.TAG_ERROR, tracking.error_text(e))
+        client.set_terminated(rid, tracking.FAILED)
+        raise
+    return rid
+
+
+def aggregate(tracking_uri: str | None = None, experiment: str | None = None, *, experiment_id: str | None = None,
+              parent_run_id: str | None = None, out: str | Path | None = None, log_run: bool = True,
+              resamples: int = 10_000, seed: int = 0, echo: Callable[[str], None] | None = print) -> AggregateResult:
+    """Aggregate one sweep (the newest in the experiment unless `parent_run_id`): tables, figures, files, MLflow run.
+
+    echo: where the tables and messages go (None: silent)."""
+    echo = echo or (lambda _: None)
+    data = load_sweep(tracking_uri, experiment, parent_run_id, experiment_id=experiment_id)
+    out = Path(out).expanduser().resolve() if out else default_out(data.sweep.experiment_name)
+    sets, scores = ood_set_names(data), score_names(data)
+    tables = all_tables(data.runs, data.conditions, data.expected_seeds, sets, scores, resamples, seed)
+    result = AggregateResult(data, tables, out)
+    for t in tables:
+        result.files += write_table(t, out / "tables")
+    result.figures, result.pearson_r = make_figures(data, sets, out / "figures")
+    result.files += list(result.figures.values())
+    head = (f"# Sweep {data.sweep.run_name} ({data.sweep.run_id}), experiment {data.sweep.experiment_name}\n\n"
+            f"{len(data.used)} runs used of {len(data.runs)}; {len(data.conditions)} conditions x "
+            f"{len(data.expected_seeds)} seeds expected; final-epoch values.\n")
+    report = head + "\n" + "\n".join(render(t) for t in tables) + "\n" + "\n".join(
+        f"![{k}](figures/{p.name})" for k, p in result.figures.items()) + "\n"
+    (out / "report.md").write_text(report)
+    result.files.append(out / "report.md")
+    echo(report)
+    echo(f"Files: {out}")
+    if log_run:
+        result.run_id = log_aggregate_run(data, result, resamples, seed)
+        echo(f"MLflow: aggregate run {result.run_id} in experiment {data.sweep.experiment_name} "
+             f"(tag {TAG_SWEEP_RUN_ID}={data.sweep.run_id})\n  " + tracking.ui_command(data.sweep.tracking_uri))
+    return result
+

@@ -1,0 +1,22 @@
+"""Aggregate a sweep: tables and figures over seeds per condition, logged to an aggregate MLflow run.
+
+    python tune_jobs/aggregate.py                                  # newest sweep of experiment ablation-default
+    python tune_jobs/aggregate.py --experiment ablation-table1 --tracking-uri sqlite:////abs/mlruns/mlflow.db
+    python tune_jobs/aggregate.py --parent-run <sweep run id> --out /tmp/agg
+
+Writes <out>/tables/*.{md,csv,tex,html}, <out>/figures/*.png and <out>/report.md; see `--help`.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+try:
+    import ncood  # noqa: F401
+except ImportError:  # a source checkout without `pip install -e .`: the package sits next to tune_jobs/
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ncood.aggregate import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(prog="aggregate.py"))
