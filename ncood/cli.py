@@ -70,6 +70,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 MODULE_COMMANDS = [
     ("aggregate", "ncood.aggregate", "min/max/mean tables and figures from a sweep's MLflow runs"),
+    ("register", "ncood.serve.register",
+     "register the best condition's median-seed model as ncood-ood-scorer@<alias> and print the serve command"),
 ]
 
 

@@ -16,7 +16,7 @@ import torch
 
 from ncood import keys
 from ncood.config import TrialConfig
-from ncood.data import IDData, load_id, load_ood
+from ncood.data import DatasetInfo, IDData, load_id, load_ood
 from ncood.evaluate import evaluate
 from ncood.models import create_model
 from ncood.train import EpochCallback, Trainer, every_epochs, resolve_device
@@ -59,6 +59,14 @@ class Trial:
     evaluation: Evaluation
 
 
+def model_kwargs(cfg: TrialConfig, info: DatasetInfo) -> dict[str, Any]:
+    """create_model keyword arguments of a trial: `create_model(cfg.arch, **model_kwargs(cfg, info))`.
+    One definition for training and for serving (which rebuilds the network from these)."""
+    c, h, _ = info.image_shape
+    return dict(num_classes=info.num_classes, in_channels=c, input_size=h, width=cfg.width, l2=cfg.l2,
+                spectral_norm=cfg.spectral_norm, sn_coeff=cfg.sn_coeff, leaky_gap=cfg.leaky_gap)
+
+
 def build_trial(cfg: TrialConfig, callbacks: Sequence[EpochCallback] = (), progress: bool = True) -> Trial:
     """Load the data onto the device, build the model with the trial's seed, wire the evaluation callback."""
     device = resolve_device(cfg.device)
@@ -66,10 +74,7 @@ def build_trial(cfg: TrialConfig, callbacks: Sequence[EpochCallback] = (), progr
     ood_sets = {name: load_ood(name, cfg.data_root, like=data, device=device, download=cfg.download, seed=DATA_SEED)
                 for name in cfg.ood_sets}
     torch.manual_seed(cfg.seed)
-    model = create_model(
-        cfg.arch, num_classes=data.num_classes, in_channels=data.image_shape[0], input_size=data.image_shape[1],
-        width=cfg.width, l2=cfg.l2, spectral_norm=cfg.spectral_norm, sn_coeff=cfg.sn_coeff, leaky_gap=cfg.leaky_gap,
-    )
+    model = create_model(cfg.arch, **model_kwargs(cfg, data.info))
     evaluation = Evaluation(ood_sets, cfg)
     trainer = Trainer(model, data, cfg, callbacks=[evaluation, *callbacks], progress=progress)
     return Trial(cfg, data, ood_sets, trainer, evaluation)

@@ -64,9 +64,11 @@ class ClassGaussians:
         out = []
         for start in range(0, z.shape[0], chunk):
             zc = z[start:start + chunk].to(device=self.device, dtype=torch.float64)  # (n, d)
-            resid = zc.T.unsqueeze(0) - self.means.unsqueeze(2)  # (C, d, n) z - mu_c
+            # (C, d, n) z - mu_c, stored column-major (a transposed (C, n, d)): LAPACK's layout, so the solve
+            # works on it without first copying it into a column-major buffer.
+            resid = (zc.unsqueeze(0) - self.means.unsqueeze(1)).transpose(1, 2)
             y = torch.linalg.solve_triangular(self.chol, resid, upper=False)  # (C, d, n) L_c^-1 (z - mu_c)
-            out.append((const.unsqueeze(1) - 0.5 * y.pow(2).sum(dim=1)).T)  # (n, C)
+            out.append((const.unsqueeze(1) - 0.5 * y.square_().sum(dim=1)).T)  # (n, C)
         return torch.cat(out) if out else torch.empty(0, c, dtype=torch.float64, device=self.device)
 
     def log_density(self, z: Tensor, chunk_size: int | None = None) -> Tensor:
@@ -92,6 +94,24 @@ class ClassGaussians:
         return cls.from_state_dict(torch.load(path, map_location=map_location, weights_only=True))
 
 
+def _gram(x: Tensor, out: Tensor, min_block: int = 256) -> Tensor:
+    """out (d, d) <- x^T x for x (n, d), computing each off-diagonal block once (a recursive SYRK).
+
+    Split the columns in halves [A B]: x^T x = [[A^T A, A^T B], [B^T A, B^T B]], and B^T A = (A^T B)^T is a copy,
+    not a product; the diagonal blocks recurse down to min_block columns. At d = 2048 this is 9/16 of the
+    multiply-adds of one x.T @ x, in products still large enough for the BLAS to run at full speed.
+    """
+    d = x.shape[1]
+    if d < 2 * min_block:
+        return torch.mm(x.T, x, out=out)
+    h = d // 2
+    _gram(x[:, :h], out[:h, :h], min_block)
+    _gram(x[:, h:], out[h:, h:], min_block)
+    torch.mm(x[:, :h].T, x[:, h:], out=out[:h, h:])  # (h, d - h) A^T B
+    out[h:, :h] = out[:h, h:].T
+    return out
+
+
 def fit_class_gaussians(features: Tensor, labels: Tensor, num_classes: int | None = None) -> ClassGaussians:
     """Fit the DDU class Gaussians on (N, d) features with (N,) labels in [0, C); float64 on the features' device.
 
@@ -100,9 +120,9 @@ def fit_class_gaussians(features: Tensor, labels: Tensor, num_classes: int | Non
     """
     if features.ndim != 2 or labels.shape != features.shape[:1]:
         raise ValueError(f"expected features (N, d) and labels (N,), got {tuple(features.shape)}, {tuple(labels.shape)}")
-    x = features.double()  # (N, d) float64: covariances of 512-2048-d features need it
-    bad = (~torch.isfinite(x)).any(dim=1)
-    if bool(bad.any()):
+    x = features  # (N, d) as given; each class's rows are widened to float64 below (no (N, d) float64 copy)
+    if not bool(torch.isfinite(x).all()):
+        bad = (~torch.isfinite(x)).any(dim=1)
         raise ValueError(f"{int(bad.sum())} of {x.shape[0]} training feature rows are non-finite")
     labels = labels.to(x.device).long()
     c = int(labels.max()) + 1 if num_classes is None else num_classes
@@ -114,12 +134,13 @@ def fit_class_gaussians(features: Tensor, labels: Tensor, num_classes: int | Non
     if small:
         raise ValueError(f"classes {small} have fewer than 2 samples ({counts[small].tolist()}); cannot fit a covariance")
 
-    means = torch.zeros(c, d, dtype=torch.float64, device=x.device).index_add_(0, labels, x) / counts.unsqueeze(1)
-    xc = x - means[labels]  # (N, d) centred by own class mean
+    means = torch.empty(c, d, dtype=torch.float64, device=x.device)
     cov = torch.empty(c, d, d, dtype=torch.float64, device=x.device)
-    for k in range(c):  # one (n_k, d)^T (n_k, d) product per class; never a (N, d, d) intermediate
-        xk = xc[labels == k]
-        cov[k] = xk.T @ xk / (xk.shape[0] - 1)
+    for k in range(c):  # per class: (n_k, d) float64 rows, centred in place, one symmetric product
+        xk = x[labels == k].double()  # float64: covariances of 512-2048-d features need it
+        means[k] = xk.mean(dim=0)
+        xk -= means[k]
+        _gram(xk, out=cov[k]).div_(xk.shape[0] - 1)
 
     eye = torch.eye(d, dtype=torch.float64, device=x.device)
     for eps in JITTERS:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["detection_metrics", "fpr_at_tpr"]
+__all__ = ["detection_metrics", "fpr_at_tpr", "threshold_at_tpr"]
 
 
 def _as_numpy(scores, which: str) -> np.ndarray:
@@ -36,12 +36,21 @@ def _as_numpy(scores, which: str) -> np.ndarray:
     return arr
 
 
+def threshold_at_tpr(id_scores: np.ndarray, tpr_percent: int = 95) -> float:
+    """The largest t with mean(id_scores >= t) >= tpr_percent/100: the k-th largest ID score, k = ceil(tpr * n).
+
+    Integer arithmetic avoids float rounding of tpr * n. Ties at t are accepted. The serving threshold (95% of
+    ID validation images accepted) and FPR95 both use this one definition.
+    """
+    s = _as_numpy(id_scores, "id")
+    n = s.size
+    k = (tpr_percent * n + 99) // 100  # ceil(tpr_percent * n / 100): 100 * k >= tpr_percent * n
+    return float(np.sort(s)[n - k])
+
+
 def fpr_at_tpr(id_scores: np.ndarray, ood_scores: np.ndarray, tpr_percent: int = 95) -> float:
-    """Fraction of OoD with score >= t, t = the largest t such that mean(id >= t) >= tpr_percent/100."""
-    n = id_scores.size
-    k = (tpr_percent * n + 99) // 100  # ceil(tpr * n) without float rounding: 100 * k >= tpr_percent * n
-    t = np.sort(id_scores)[n - k]  # the k-th largest ID score; mean(id >= t) >= k/n >= tpr
-    return float(np.mean(ood_scores >= t))
+    """Fraction of OoD with score >= t, t = threshold_at_tpr(id_scores, tpr_percent)."""
+    return float(np.mean(np.asarray(ood_scores) >= threshold_at_tpr(id_scores, tpr_percent)))
 
 
 def _tie_group_counts(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -22,6 +22,7 @@ from ncood import keys, tracking
 from ncood.config import TrialConfig
 from ncood.evaluate import extract
 from ncood.pipeline import Trial, build_trial, save_artifacts, write_summary
+from ncood.serve import log_ood_scorer
 from ncood.tune.grid import config_from_tune, run_name
 
 RUN_ID_FILE = "mlflow_run.json"  # inside every Ray checkpoint: {"mlflow_run_id": ..., "epoch": ...}
@@ -100,9 +101,10 @@ class EpochReporter:
 
 
 def log_trial_outputs(tracker: tracking.TrialTracker, trial: Trial, out_dir: Path) -> None:
-    """End-of-trial artifacts: checkpoint.pt (weights + optimizer + config), gaussians.pt, config.json, summary.json.
-    Hook for the serving issue: log the MLflow pyfunc model of this trial here (it has the fitted Gaussians)."""
+    """End-of-trial artifacts: checkpoint.pt (weights + optimizer + config), gaussians.pt, config.json, summary.json,
+    and the MLflow pyfunc model `ood_scorer` that `ncood register` / `mlflow models serve` use."""
     tracker.log_artifacts(sorted(p for p in out_dir.iterdir() if p.name != RUN_ID_FILE))
+    log_ood_scorer(trial, tracker.run_id, tracker.ref.tracking_uri)
 
 
 def train_trial(config: dict[str, Any], runtime: TrialRuntime) -> None:

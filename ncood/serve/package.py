@@ -1,0 +1,220 @@
+"""Package a finished trial as the MLflow pyfunc model `ood_scorer` and log it into the trial's own run.
+
+The model directory holds (artifacts of the pyfunc `ncood.serve.scorer.OODScorerModel`):
+
+    scorer.json    create_model arguments, preprocessing (dataset, C x H x W, mean/std), class names, the GMM
+                   feature space, the decision threshold, request limits, the trial's config (ScorerSpec)
+    weights.pt     the network's state_dict only (no optimizer state), CPU, loadable with weights_only=True
+    gaussians.pt   the fitted DDU class Gaussians (ClassGaussians.save; float64: C x d x d Cholesky factors)
+    code/ncood     this ncood source (MLflow `code_paths`): the model serves with the code it was trained with,
+                   also in an image built by `mlflow models build-docker` where ncood is not installed
+
+plus a signature (one string column `image` -> the response columns), an input example (a base64 PNG of an ID
+validation image) and pinned pip requirements (mlflow, torch, torchvision, numpy, pillow: ncood's imports).
+
+Decision threshold: t = the score that accepts 95% of the ID *validation* images under the GMM score, with the
+definition of ncood.ood.metrics.fpr_at_tpr (the k-th largest score, k = ceil(0.95 n); `threshold_at_tpr`),
+computed with the same fp32 forward the server uses (no autocast, no TF32), on the trial's device.
+
+MLflow 3 notes: `mlflow.pyfunc.log_model` logs into the *active fluent* run only; a trial owns its run through
+an MlflowClient (ncood.tracking), so this module creates the LoggedModel in that run's experiment with
+`MlflowClient.create_logged_model(source_run_id=...)` and writes it with `mlflow.models.Model.log(run_id=...,
+model_id=...)`. Model.log resolves its client from the process-wide tracking URI, which is set for the duration
+of the call only (and sys.path, which MLflow's input-example check extends with the model's code dir, restored).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Iterator
+
+import mlflow
+import mlflow.pyfunc
+import pandas as pd
+import torch
+from mlflow.models import Model, ModelSignature
+from mlflow.models.model import ModelInfo
+from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, Schema
+from torch import nn
+
+import ncood
+from ncood.config import TrialConfig
+from ncood.data import DatasetInfo, IDData
+from ncood.pipeline import model_kwargs
+from ncood.ood import ScoreFit
+from ncood.serve.scorer import (INPUT_COLUMN, SCORE_COLUMNS, Scorer, ScorerSpec, ServingLimits,
+                                encode_png, score_model_input, threshold_at_tpr)
+
+SCORER_NAME = "ood_scorer"  # the LoggedModel's name in every trial run
+THRESHOLD_TPR_PERCENT = 95  # is_ood threshold: accepts this % of ID validation images
+REQUIREMENTS = ("mlflow", "torch", "torchvision", "numpy", "pillow")  # what ncood.serve imports at serve time
+PYFUNC_ENTRY = Path(__file__).with_name("pyfunc_model.py")  # models-from-code file (set_model(OODScorerModel()))
+PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+FILES = {"spec": "scorer.json", "weights": "weights.pt", "gaussians": "gaussians.pt"}
+
+
+@dataclass
+class ScorerParts:
+    """What the scorer is built from: the trained network, the ID data (info, class names, val images), the
+    fitted scores (feature space + class Gaussians) and the trial's config."""
+
+    model: nn.Module
+    data: IDData
+    fit: ScoreFit
+    cfg: TrialConfig
+
+    @classmethod
+    def from_trial(cls, trial: Any) -> ScorerParts:
+        """From a finished ncood.pipeline.Trial (its last evaluation holds the fitted Gaussians)."""
+        fit = trial.evaluation.last_fit
+        if fit is None:
+            raise ValueError("the trial has no fitted scores yet: log the scorer after its last evaluation")
+        return cls(trial.trainer.model, trial.data, fit, trial.cfg)
+
+
+@contextlib.contextmanager
+def _exact_fp32(device: torch.device) -> Iterator[None]:
+    """No TF32 in CUDA convs/matmuls while the threshold is computed: the CPU server scores in true fp32."""
+    if device.type != "cuda":
+        yield
+        return
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    saved = conv.fp32_precision, matmul.fp32_precision
+    conv.fp32_precision = matmul.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = saved
+
+
+def decision_threshold(parts: ScorerParts, tpr_percent: int = THRESHOLD_TPR_PERCENT) -> tuple[float, int]:
+    """(t, n_val): the GMM score accepting tpr_percent % of the ID validation images, fp32 on the trial's device."""
+    val_x = parts.data.val.x
+    if val_x.shape[0] == 0:
+        raise ValueError("the trial has no validation images: the decision threshold is set on them")
+    device = next(parts.model.parameters()).device
+    with _exact_fp32(device):
+        gmm = score_model_input(parts.model, parts.fit, val_x)["gmm_log_density"]
+    return threshold_at_tpr(gmm.cpu().numpy(), tpr_percent), int(val_x.shape[0])
+
+
+def write_scorer(parts: ScorerParts, out_dir: str | Path, limits: ServingLimits | None = None,
+                 tpr_percent: int = THRESHOLD_TPR_PERCENT) -> dict[str, str]:
+    """Write scorer.json, weights.pt and gaussians.pt into out_dir; returns {artifact key: path}."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    info, cfg = parts.data.info, parts.cfg
+    threshold, n_val = decision_threshold(parts, tpr_percent)
+    spec = ScorerSpec(
+        arch=cfg.arch, model_kwargs=model_kwargs(cfg, info), dataset=info.name, image_shape=tuple(info.image_shape),
+        mean=tuple(info.mean), std=tuple(info.std), class_names=tuple(parts.data.class_names),
+        feature_space=parts.fit.feature_space, threshold=threshold, threshold_tpr=tpr_percent / 100,
+        threshold_n_val=n_val, limits=limits or ServingLimits(),
+        trial={"condition": cfg.condition, "seed": cfg.seed, "config": cfg.to_dict()},
+    )
+    paths = {key: str(out / name) for key, name in FILES.items()}
+    spec.save(paths["spec"])
+    weights = {k: v.detach().to("cpu").contiguous() for k, v in parts.model.state_dict().items()}  # no optimizer
+    torch.save(weights, paths["weights"])
+    parts.fit.gaussians.save(paths["gaussians"])
+    return paths
+
+
+def example_image(parts: ScorerParts) -> str:
+    """Base64 PNG of the first ID validation image, back in pixel space (the signature's input example)."""
+    info = parts.data.info
+    x = parts.data.val.x[0].detach().float().cpu()  # (C, H, W) normalized
+    mean, std = torch.tensor(info.mean)[:, None, None], torch.tensor(info.std)[:, None, None]
+    pixels = (x * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8)  # (C, H, W)
+    return encode_png(pixels[0] if pixels.shape[0] == 1 else pixels.permute(1, 2, 0))
+
+
+def signature() -> ModelSignature:
+    outputs = [ColSpec("double", c) for c in SCORE_COLUMNS]
+    return ModelSignature(inputs=Schema([ColSpec("string", INPUT_COLUMN)]),
+                          outputs=Schema([*outputs, ColSpec("string", "predicted_class"), ColSpec("boolean", "is_ood")]))
+
+
+def pip_requirements() -> list[str]:
+    """Pinned public versions of what the server imports (local labels such as '+cu132' dropped)."""
+    reqs = []
+    for name in REQUIREMENTS:
+        try:
+            reqs.append(f"{name}=={version(name).split('+')[0]}")
+        except PackageNotFoundError:
+            reqs.append(name)
+    return reqs
+
+
+@contextlib.contextmanager
+def process_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's Model.log and the sqlite registry's create_model_version resolve a client from the process-wide
+    tracking URI, whatever client called them: point it at `uri` for this block only (no progress bars either).
+
+    Restores both the global and the MLFLOW_TRACKING_URI variable: MLflow's own `_use_tracking_uri` deletes the
+    variable on exit when no global was set, which would cut a Ray worker off its configured store."""
+    from mlflow.tracking._tracking_service import utils
+
+    saved_env = {k: os.environ.get(k) for k in (TRACKING_URI_ENV, PROGRESS_BAR_ENV)}
+    saved_global = utils._tracking_uri
+    os.environ[PROGRESS_BAR_ENV] = "false"
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved_global)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def log_ood_scorer(trial: Any, run_id: str, tracking_uri: str, *, name: str = SCORER_NAME,
+                   limits: ServingLimits | None = None, tpr_percent: int = THRESHOLD_TPR_PERCENT) -> ModelInfo:
+    """Log the `ood_scorer` pyfunc model of a finished trial into its run `run_id` (any status but deleted).
+
+    trial: an ncood.pipeline.Trial after its last epoch, or ScorerParts, or a (model, IDData, ScoreFit,
+    TrialConfig) tuple. The run may be RUNNING or already FINISHED. Returns MLflow's ModelInfo
+    (model_uri 'models:/<model_id>'). Takes about a second plus the threshold's forward pass over the val set.
+    """
+    if isinstance(trial, tuple):
+        trial = ScorerParts(*trial)  # (model, data, fit, cfg)
+    parts = trial if isinstance(trial, ScorerParts) else ScorerParts.from_trial(trial)
+    cfg = parts.cfg
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(run_id)
+    with tempfile.TemporaryDirectory(prefix="ncood-scorer-") as d:
+        files = write_scorer(parts, d, limits, tpr_percent)
+        spec = ScorerSpec.load(files["spec"])
+        example = example_image(parts)
+        check = Scorer.from_files(files["spec"], files["weights"], files["gaussians"])
+        check.score_base64([example])  # fail here, loudly, rather than in the server
+        summary = {"condition": cfg.condition, "seed": cfg.seed, "dataset": spec.dataset,
+                   "image_shape": list(spec.image_shape), "class_names": list(spec.class_names),
+                   "feature_space": spec.feature_space, "gmm_threshold": spec.threshold,
+                   "threshold_tpr": spec.threshold_tpr, "threshold_n_val": spec.threshold_n_val}
+        logged = client.create_logged_model(
+            run.info.experiment_id, name=name, source_run_id=run_id, model_type="ncood-ood-scorer",
+            params={k: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)  # as the run's params
+                    for k, v in {**cfg.to_dict(), "gmm_threshold": spec.threshold}.items()},
+            tags={"condition": cfg.condition, "seed": str(cfg.seed)})
+        saved_path = list(sys.path)
+        try:
+            with process_tracking_uri(tracking_uri):
+                return Model.log(
+                    None, name=name, flavor=mlflow.pyfunc, run_id=run_id, model_id=logged.model_id,
+                    python_model=str(PYFUNC_ENTRY), artifacts=files,
+                    signature=signature(), input_example=pd.DataFrame({INPUT_COLUMN: [example]}),
+                    pip_requirements=pip_requirements(), code_paths=[str(Path(ncood.__file__).parent)],
+                    metadata={"ncood": summary}, step=cfg.epochs, await_registration_for=0,
+                )
+        finally:
+            sys.path[:] = saved_path

@@ -1,0 +1,8 @@
+"""The models-from-code entry point of the `ood_scorer` MLflow model (no pickle): MLflow runs this file when it
+loads the model, with the model's own copy of ncood first on sys.path (code_paths). The class lives in
+ncood.serve.scorer."""
+from mlflow.models import set_model
+
+from ncood.serve.scorer import OODScorerModel
+
+set_model(OODScorerModel())

@@ -1,0 +1,283 @@
+"""`ncood register`: register the median-seed `ood_scorer` of an experiment's best condition and alias it.
+
+    ncood register --experiment ablation-default [--metric ood/photos/gmm/auroc] [--alias champion]
+
+1. Candidates: the experiment's trial runs (tag ncood.role = trial) that FINISHED and were not stopped early,
+   each with the metric's value at its final epoch (step = its `epochs` param). A (condition, seed) seen in
+   several runs (a re-run sweep) counts once: the newest run.
+2. The best condition: highest mean of the metric over its runs (lowest for fpr95, loss/*, nc/*, time/*; or
+   --mode). Ties go to the condition with more runs, then to the name.
+3. Its median seed: runs sorted by the metric (ties by seed); the one at index (n - 1) // 2, i.e. the median for
+   an odd count and the lower of the two middle values for an even count. Not the best seed: a champion that is
+   typical of its condition, not a lucky draw (the papers report 15 seeds for that reason, REFERENCE.md 6).
+4. Its logged model `ood_scorer` becomes a new version of the registered model `ncood-ood-scorer` (tagged with the
+   reason) and gets the alias, which `mlflow models serve -m models:/ncood-ood-scorer@champion` then serves.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Sequence
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from ncood import keys, tracking
+from ncood.serve.package import SCORER_NAME, process_tracking_uri
+
+MODEL_NAME = "ncood-ood-scorer"
+DEFAULT_ALIAS = "champion"
+DEFAULT_PORT = 5001
+_LOWER_IS_BETTER = ("fpr95",)  # last path component of an ood/ key
+_LOWER_IS_BETTER_PREFIX = ("loss/", "nc/", "time/")
+
+
+class RegisterError(RuntimeError):
+    """Nothing can be registered as asked; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    run_id: str
+    run_name: str
+    condition: str
+    seed: int
+    value: float  # the metric at the run's final epoch
+    start_time: int = 0
+
+
+@dataclass(frozen=True)
+class ConditionStats:
+    condition: str
+    mean: float
+    sd: float  # sample standard deviation (0 for one run)
+    runs: tuple[Candidate, ...]  # sorted by (value, seed)
+
+
+@dataclass(frozen=True)
+class Choice:
+    metric: str
+    mode: str  # "max" | "min"
+    ranking: tuple[ConditionStats, ...]  # best first
+    run: Candidate  # the median seed of ranking[0]
+    rank: int  # 1-based position of run in ranking[0].runs (ascending by value)
+
+
+@dataclass(frozen=True)
+class Registration:
+    choice: Choice
+    experiment: str
+    tracking_uri: str
+    model_name: str
+    version: str
+    alias: str
+    model_id: str
+    notes: tuple[str, ...] = ()
+
+
+def metric_mode(metric: str) -> str:
+    """'min' for metrics where lower is better (fpr95, losses, NC metrics, times), else 'max'."""
+    parsed = keys.parse_ood_key(metric)
+    if (parsed and parsed[2] in _LOWER_IS_BETTER) or metric.startswith(_LOWER_IS_BETTER_PREFIX):
+        return "min"
+    return "max"
+
+
+def median_run(runs: Sequence[Candidate]) -> tuple[Candidate, int]:
+    """(the run at index (n - 1) // 2 of runs sorted by (value, seed), its 1-based rank)."""
+    ordered = sorted(runs, key=lambda c: (c.value, c.seed))
+    i = (len(ordered) - 1) // 2
+    return ordered[i], i + 1
+
+
+def choose(candidates: Sequence[Candidate], metric: str, mode: str | None = None) -> Choice:
+    """Best condition by mean metric, then its median-seed run (pure: no MLflow)."""
+    if not candidates:
+        raise RegisterError(f"no finished trial run has {metric!r} at its final epoch")
+    mode = mode or metric_mode(metric)
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    groups: dict[str, list[Candidate]] = defaultdict(list)
+    for c in candidates:
+        groups[c.condition].append(c)
+    stats = []
+    for cond, runs in groups.items():
+        values = [r.value for r in runs]
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        stats.append(ConditionStats(cond, statistics.fmean(values), sd,
+                                    tuple(sorted(runs, key=lambda c: (c.value, c.seed)))))
+    sign = -1.0 if mode == "max" else 1.0
+    stats.sort(key=lambda s: (sign * s.mean, -len(s.runs), s.condition))
+    run, rank = median_run(stats[0].runs)
+    return Choice(metric, mode, tuple(stats), run, rank)
+
+
+# ---- MLflow side -------------------------------------------------------------------------------------------
+def _trial_runs(client: MlflowClient, experiment_id: str) -> list:
+    query = f"tags.`{tracking.TAG_ROLE}` = 'trial' and attributes.status = '{tracking.FINISHED}'"
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], query, max_results=1000, page_token=token,
+                                  order_by=["attributes.start_time DESC"])
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def default_metric(runs: Sequence) -> str:
+    """ood/<first OoD set of the experiment's trials>/gmm/auroc."""
+    for run in runs:
+        sets = [s for s in run.data.params.get("ood_sets", "").split(",") if s]
+        if sets:
+            return keys.ood_key(sets[0], "gmm", "auroc")
+    raise RegisterError("the trial runs have no `ood_sets` param: pass --metric ood/<set>/gmm/auroc")
+
+
+def collect_candidates(client: MlflowClient, runs: Sequence, metric: str) -> tuple[list[Candidate], list[str]]:
+    """Candidates (metric at each run's final epoch; newest run per condition and seed) and notes on the rest."""
+    notes, seen, out = [], set(), []
+    skipped: dict[str, list[str]] = defaultdict(list)
+    for run in runs:  # newest first
+        tags, params, name = run.data.tags, run.data.params, run.info.run_name
+        if tracking.TAG_STOPPED_EARLY in tags:
+            skipped["stopped early"].append(name)
+            continue
+        if metric not in run.data.metrics:
+            skipped[f"no {metric}"].append(name)
+            continue
+        condition, seed, epochs = tags.get(tracking.TAG_CONDITION), tags.get(tracking.TAG_SEED), params.get("epochs")
+        if condition is None or seed is None or epochs is None:
+            skipped["missing condition/seed/epochs"].append(name)
+            continue
+        if (condition, seed) in seen:
+            skipped["older duplicate of a (condition, seed)"].append(name)
+            continue
+        final = [m.value for m in client.get_metric_history(run.info.run_id, metric) if m.step == int(epochs)]
+        if not final:
+            skipped[f"no {metric} at the final epoch {epochs}"].append(name)
+            continue
+        seen.add((condition, seed))
+        out.append(Candidate(run.info.run_id, name, condition, int(seed), float(final[-1]), run.info.start_time))
+    for why, names in skipped.items():
+        notes.append(f"left out {len(names)} run(s), {why}: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}")
+    return out, notes
+
+
+def scorer_model_id(client: MlflowClient, run_id: str) -> str:
+    """The READY `ood_scorer` LoggedModel of a run (the latest if several)."""
+    run = client.get_run(run_id)
+    outputs = sorted((run.outputs.model_outputs if run.outputs else []), key=lambda o: o.step)
+    for out in reversed(outputs):
+        model = client.get_logged_model(out.model_id)
+        if model.name == SCORER_NAME and str(model.status).endswith("READY"):
+            return model.model_id
+    raise RegisterError(f"run {run.info.run_name} ({run_id}) has no '{SCORER_NAME}' model: it ran without the "
+                        f"serving hook; log one with ncood.serve.log_ood_scorer or re-run the trial")
+
+
+def register_best(experiment: str, *, metric: str | None = None, alias: str = DEFAULT_ALIAS,
+                  tracking_uri: str | None = None, model_name: str = MODEL_NAME,
+                  mode: str | None = None) -> Registration:
+    """Choose (see the module docstring), register the chosen run's `ood_scorer` as a new version, set `alias`."""
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = [e.name for e in client.search_experiments()]
+        raise RegisterError(f"no experiment {experiment!r} in {uri}; experiments there: {names}")
+    runs = _trial_runs(client, exp.experiment_id)
+    if not runs:
+        raise RegisterError(f"experiment {experiment!r} has no FINISHED trial runs")
+    metric = metric or default_metric(runs)
+    candidates, notes = collect_candidates(client, runs, metric)
+    choice = choose(candidates, metric, mode)
+    model_id = scorer_model_id(client, choice.run.run_id)
+    try:
+        client.create_registered_model(model_name, description="ncood OoD scorer (base64 images -> OoD scores); "
+                                                                "see deploy/serving/README.md")
+    except MlflowException as e:
+        if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    best = choice.ranking[0]
+    reason = {"ncood.metric": metric, "ncood.mode": choice.mode, "ncood.condition": best.condition,
+              "ncood.condition_mean": f"{best.mean:.6g}", "ncood.n_seeds": str(len(best.runs)),
+              "ncood.seed": str(choice.run.seed), "ncood.seed_value": f"{choice.run.value:.6g}",
+              "ncood.experiment": experiment}
+    with process_tracking_uri(uri):  # the sqlite registry looks the LoggedModel up through the global URI
+        mv = client.create_model_version(
+            model_name, source=f"models:/{model_id}", run_id=choice.run.run_id, model_id=model_id, tags=reason,
+            description=f"median seed ({choice.run.seed}) of the best condition {best.condition} by mean {metric} "
+                        f"over {len(best.runs)} seeds in experiment {experiment}")
+    client.set_registered_model_alias(model_name, alias, mv.version)
+    return Registration(choice, experiment, uri, model_name, str(mv.version), alias, model_id, tuple(notes))
+
+
+def serve_command(reg: Registration, port: int = DEFAULT_PORT) -> str:
+    return (f"MLFLOW_TRACKING_URI={reg.tracking_uri} mlflow models serve -m models:/{reg.model_name}@{reg.alias} "
+            f"--env-manager local -h 127.0.0.1 -p {port}")
+
+
+def format_registration(reg: Registration, port: int = DEFAULT_PORT) -> str:
+    ch = reg.choice
+    best = ch.ranking[0]
+    better = "higher" if ch.mode == "max" else "lower"
+    n_runs = sum(len(s.runs) for s in ch.ranking)
+    lines = [f"experiment {reg.experiment!r}: {n_runs} finished trial runs in {len(ch.ranking)} conditions; "
+             f"metric {ch.metric} at the final epoch ({better} is better)"]
+    width = max(len(s.condition) for s in ch.ranking)
+    lines.append(f"  {'condition':<{width}s}  {'mean':>9s}  {'sd':>9s}  {'n':>3s}")
+    for i, s in enumerate(ch.ranking):
+        lines.append(f"  {s.condition:<{width}s}  {s.mean:9.4f}  {s.sd:9.4f}  {len(s.runs):3d}"
+                     + ("   <- best mean" if i == 0 else ""))
+    n = len(best.runs)
+    which = "the median" if n % 2 else "the lower of the two middle values (even count)"
+    lines += [
+        f"chosen run: {ch.run.run_name} (run id {ch.run.run_id})",
+        f"  why: condition {best.condition} has the best mean {ch.metric} = {best.mean:.4f} over {n} seed(s); "
+        f"seed {ch.run.seed} has {ch.run.value:.4f}, rank {ch.rank} of {n} ascending: {which}",
+        f"registered: {reg.model_name} version {reg.version} (models:/{reg.model_id}), alias @{reg.alias}",
+        *[f"note: {note}" for note in reg.notes],
+        "serve it:",
+        f"  {serve_command(reg, port)}",
+        f"  then: curl -s http://127.0.0.1:{port}/ping  (requests: deploy/serving/README.md)",
+    ]
+    return "\n".join(lines)
+
+
+# ---- command line (wired into ncood/cli.py as `ncood register`) ------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--experiment", required=True, help="MLflow experiment of the sweep (e.g. ablation-default)")
+    parser.add_argument("--metric", default=None,
+                        help="metric key to rank conditions by (default: ood/<first OoD set>/gmm/auroc)")
+    parser.add_argument("--mode", choices=("max", "min"), default=None,
+                        help="max or min is better (default: min for fpr95, loss/*, nc/*, time/*; else max)")
+    parser.add_argument("--alias", default=DEFAULT_ALIAS, help=f"alias to set (default: {DEFAULT_ALIAS})")
+    parser.add_argument("--model-name", default=MODEL_NAME, help=f"registered model name (default: {MODEL_NAME})")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlruns/mlflow.db)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port shown in the printed serve command")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        reg = register_best(args.experiment, metric=args.metric, alias=args.alias, tracking_uri=args.tracking_uri,
+                            model_name=args.model_name, mode=args.mode)
+    except (RegisterError, tracking.TrackingError) as e:
+        print(f"ncood register: {e}", file=sys.stderr)
+        return 2
+    print(format_registration(reg, args.port))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ncood register", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

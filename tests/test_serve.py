@@ -1,0 +1,300 @@
+"""Serving end to end: a tiny digits trial logged as `ood_scorer`, `ncood register` picking the median seed of the
+best condition, and the real `mlflow models serve --env-manager local` answering base64 PNGs (ID digits and OoD
+photo patches) with the in-process scores, and rejecting bad input with HTTP 400 while it keeps serving.
+
+One sqlite store, one trained model and one server per module (the server's start-up is the main cost)."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from ncood import keys, tracking
+from ncood.config import make_config
+from ncood.data import to_model_input
+from ncood.data.builtin import load_photos
+from ncood.evaluate import extract
+from ncood.ood import ScoreInputs, compute_scores, fpr_at_tpr
+from ncood.pipeline import build_trial
+from ncood.serve import InputError, Scorer, ScorerSpec, ServingLimits, encode_png, log_ood_scorer, threshold_at_tpr
+from ncood.serve.register import Candidate, choose, format_registration, metric_mode, register_best
+from ncood.serve.scorer import SCORE_COLUMNS, decode_batch, decode_image
+from ncood.serve.server import local_server
+
+EXPERIMENT = "serve-test"
+LIMITS = {"max_images": 40, "max_image_bytes": 60_000, "max_pixels": 100_000}  # NCOOD_SERVING_LIMITS override
+N_EACH = 16  # ID digits and OoD photo patches per good request
+
+
+# ---- pure parts: threshold, choice, decoding ------------------------------------------------------------------
+@pytest.mark.parametrize("n", [1, 19, 20, 21, 144, 1000])
+def test_threshold_is_fpr_at_tpr_definition(n):
+    g = torch.Generator().manual_seed(n)
+    id_s = torch.randn(n, generator=g).round(decimals=1).numpy()  # ties on purpose
+    ood_s = (torch.randn(500, generator=g) - 1).numpy()
+    t = threshold_at_tpr(id_s)
+    assert np.mean(id_s >= t) >= 0.95 and np.mean(id_s > t) < 0.95  # the largest such t
+    assert np.mean(ood_s >= t) == fpr_at_tpr(id_s, ood_s, 95)
+
+
+def test_choose_best_mean_then_median_seed():
+    def c(cond, seed, v):
+        return Candidate(f"id-{cond}-{seed}", f"{cond}-s{seed}", cond, seed, v)
+
+    runs = [c("a", 0, 0.90), c("a", 1, 0.80), c("a", 2, 0.85), c("a", 3, 0.95),  # mean 0.875, even count
+            c("b", 0, 0.99), c("b", 1, 0.70), c("b", 2, 0.80)]  # mean 0.83, the best single seed
+    ch = choose(runs, "ood/x/gmm/auroc")
+    assert ch.mode == "max" and ch.ranking[0].condition == "a"
+    assert (ch.run.seed, ch.rank) == (2, 2)  # sorted 0.80, 0.85, 0.90, 0.95: the lower of the two middle values
+    ch = choose(runs, "ood/x/gmm/fpr95")  # lower is better
+    assert ch.mode == "min" and ch.ranking[0].condition == "b" and ch.run.seed == 2  # 0.70, 0.80, 0.99
+    assert metric_mode("loss/train") == "min" and metric_mode("accuracy/test") == "max"
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _png_bytes(arr: np.ndarray, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_decode_colour_modes_like_training_data():
+    limits = ServingLimits()
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    x = decode_image(_png_bytes(rgb), limits)
+    assert x.shape == (1, 3, 5, 7) and torch.equal(x, torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255)
+    grey = rng.integers(0, 256, (5, 7), dtype=np.uint8)
+    assert torch.equal(decode_image(_png_bytes(grey), limits)[0, 0], torch.from_numpy(grey).float() / 255)
+    rgba = np.concatenate([rgb, np.full((5, 7, 1), 7, np.uint8)], axis=2)
+    assert torch.equal(decode_image(_png_bytes(rgba), limits), x)  # alpha dropped
+    deep = (grey.astype(np.uint16) * 257)  # 16-bit grey PNG
+    assert torch.allclose(decode_image(_png_bytes(deep), limits)[0, 0], torch.from_numpy(grey).float() / 255)
+    assert decode_image(_png_bytes(rgb, fmt="JPEG"), limits).shape == (1, 3, 5, 7)
+    with pytest.raises(ValueError, match="not an image"):  # TIFF is not among the accepted formats
+        decode_image(_png_bytes(rgb, fmt="TIFF"), limits)
+    wrapped = "data:image/png;base64," + "\n".join(encode_png(grey)[i:i + 76] for i in range(0, 200, 76))
+    assert decode_batch([wrapped], limits)[0].shape == (1, 1, 5, 7)  # data-URI prefix and line breaks are fine
+    with pytest.raises(InputError, match=r"2 of 3 images rejected: row 0: not valid base64.*; row 2: empty"):
+        decode_batch(["%%", encode_png(grey), ""], limits)  # every bad row named, good rows do not hide them
+
+
+# ---- the trained, logged and registered model ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A sqlite store in tmp; also the process default, so nothing falls back to ./mlflow.db."""
+    root = tmp_path_factory.mktemp("serve-store")
+    uri = tracking.resolve_tracking_uri(str(root / "mlflow.db"))
+    exp_id = tracking.prepare_experiment(EXPERIMENT, uri)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        yield uri, exp_id, root
+
+
+@pytest.fixture(scope="module")
+def trained(store, tmp_path_factory):
+    """A tiny digits trial run as the Ray trainable runs it (own MLflow run, one batch per epoch), then logged."""
+    uri, exp_id, _ = store
+    ref = tracking.start_sweep(uri, exp_id, "sweep", {"grid": "test"}, {tracking.TAG_KIND: "ablation"})
+    cfg = make_config("digits", width=4, epochs=3, device="cpu", data_root=str(tmp_path_factory.mktemp("data")))
+    tracker = tracking.TrialTracker(ref, cfg, trial_id="serve_00000")
+    run_id = tracker.start()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a width-4 net gains nothing from 2 threads; OpenMP spin-waits stall on a busy host
+    try:
+        trial = build_trial(cfg, callbacks=[lambda tr, epoch, m: tracker.log_epoch(epoch, m)], progress=False)
+        trial.trainer.fit()
+        path, env = list(sys.path), dict(os.environ)
+        info = log_ood_scorer(trial, run_id, uri)
+        # The trial process is left as it was (Ray reuses it for the next trial): grad mode, sys.path, env.
+        assert torch.is_grad_enabled() and sys.path == path and dict(os.environ) == env
+    finally:
+        torch.set_num_threads(threads)
+    tracker.finish()
+    return trial, ref, run_id, info
+
+
+def test_logged_model(trained, store):
+    trial, _, run_id, info = trained
+    uri = store[0]
+    client = MlflowClient(uri)
+    logged = client.get_logged_model(info.model_id)
+    assert logged.name == "ood_scorer" and logged.source_run_id == run_id and str(logged.status).endswith("READY")
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{info.model_id}", tracking_uri=uri))
+    spec = ScorerSpec.load(local / "artifacts" / "scorer.json")
+    assert spec.image_shape == (1, 8, 8) and spec.class_names == tuple(str(i) for i in range(10))
+    assert spec.mean == trial.data.info.mean and spec.feature_space == "raw"
+    weights = torch.load(local / "artifacts" / "weights.pt", weights_only=True)
+    assert set(weights) == set(trial.trainer.model.state_dict())  # the network only: no optimizer state
+    reqs = (local / "requirements.txt").read_text().split()
+    assert {r.split("==")[0] for r in reqs} >= {"mlflow", "torch", "torchvision", "numpy", "pillow"}
+    assert (local / "code" / "ncood" / "serve" / "scorer.py").exists()  # ships its code (build-docker)
+    assert sum(p.stat().st_size for p in local.rglob("*") if p.is_file()) < 2e6
+    # The threshold accepts 95% of the ID validation images under the served (fp32) scores.
+    scorer = Scorer.from_files(local / "artifacts" / "scorer.json", local / "artifacts" / "weights.pt",
+                               local / "artifacts" / "gaussians.pt")
+    val_gmm = scorer.score(trial.data.val.x)["gmm_log_density"]
+    assert spec.threshold_n_val == len(val_gmm) and np.mean(val_gmm >= spec.threshold) >= 0.95
+    assert spec.threshold == threshold_at_tpr(val_gmm)
+    # The pyfunc itself (as the server loads it), in process.
+    model = mlflow.pyfunc.load_model(f"models:/{info.model_id}")
+    example = json.loads((local / "serving_input_example.json").read_text())["dataframe_split"]["data"][0][0]
+    out = model.predict(pd.DataFrame({"image": [example]}))
+    assert list(out.columns) == [*SCORE_COLUMNS, "predicted_class", "is_ood"] and len(out) == 1
+    with pytest.raises(mlflow.exceptions.MlflowException, match="row 0: not valid base64"):
+        model.predict(pd.DataFrame({"image": ["%%%"]}))
+
+
+@pytest.fixture(scope="module")
+def registered(trained, store):
+    """Two more seeds around the real run's value in its condition and a worse condition, then `register`."""
+    trial, ref, run_id, _ = trained
+    uri, metric = store[0], keys.ood_key(trial.cfg.ood_sets[0], "gmm", "auroc")
+    value = MlflowClient(uri).get_run(run_id).data.metrics[metric]
+    fake = [(trial.cfg, 1, value - 0.02), (trial.cfg, 2, value + 0.005)]
+    other = trial.cfg.replace(l2=True)
+    fake += [(other, 0, value - 0.1), (other, 1, value - 0.05), (other, 2, value + 0.01)]
+    for cfg, seed, v in fake:
+        tr = tracking.TrialTracker(ref, cfg.replace(seed=seed), trial_id=f"fake_{cfg.condition}_{seed}")
+        tr.start()
+        tr.log_epoch(cfg.epochs, {metric: v})
+        tr.finish()
+    return register_best(EXPERIMENT, tracking_uri=uri), metric
+
+
+def test_register_picks_median_seed_of_best_condition(registered, trained):
+    reg, metric = registered
+    trial, _, run_id, info = trained
+    assert reg.choice.metric == metric == "ood/photos/gmm/auroc"  # the default: first OoD set, GMM AUROC
+    best = reg.choice.ranking[0]
+    assert best.condition == trial.cfg.condition and len(best.runs) == 3
+    assert reg.choice.run.run_id == run_id and reg.model_id == info.model_id
+    mv = MlflowClient(reg.tracking_uri).get_model_version_by_alias("ncood-ood-scorer", "champion")
+    assert str(mv.version) == reg.version and mv.run_id == run_id and mv.tags["ncood.condition"] == best.condition
+    text = format_registration(reg)
+    assert f"{trial.cfg.condition}-s0" in text and "median" in text and "3 seed" in text
+    assert "mlflow models serve -m models:/ncood-ood-scorer@champion --env-manager local" in text
+
+
+# ---- the real server -------------------------------------------------------------------------------------------
+def _request(url: str, body: dict | None = None, timeout: float = 30) -> tuple[int, str]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+@pytest.fixture(scope="module")
+def server(registered, tmp_path_factory):
+    """`mlflow models serve -m models:/ncood-ood-scorer@champion --env-manager local` on a free loopback port,
+    with lowered request limits (NCOOD_SERVING_LIMITS); stopped, with its child, when the module ends."""
+    reg, _ = registered
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with local_server("models:/ncood-ood-scorer@champion", tracking_uri=reg.tracking_uri, model_config=LIMITS,
+                      log_path=log, extra_env={"OMP_NUM_THREADS": "1"}) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def images(trained):
+    """(uint8 pixel arrays, their PNGs in base64): N_EACH ID test digits (8x8 grey), then N_EACH photo patches
+    (64x64 RGB crops of scikit-learn's sample photos, the `photos` OoD set before preparation)."""
+    trial = trained[0]
+    info = trial.data.info
+    x = trial.data.test.x[:N_EACH] * info.std[0] + info.mean[0]  # back to pixel space, (N, 1, 8, 8)
+    digits = [a for a in x[:, 0].clamp(0, 1).mul(255).round().to(torch.uint8).numpy()]  # (8, 8)
+    photos = load_photos(Path("."), "test", download=False, like=trial.data, seed=0).x[:N_EACH]  # (N, 3, 64, 64)
+    patches = [a for a in photos.permute(0, 2, 3, 1).numpy()]  # (64, 64, 3) uint8
+    arrays = digits + patches
+    return arrays, [encode_png(a) for a in arrays]
+
+
+def _pixels01(a: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W) or (H, W, 3) -> (1, C, H, W) float in [0, 1], as the dataset loaders widen uint8."""
+    t = torch.from_numpy(a)
+    return (t[None] if a.ndim == 2 else t.permute(2, 0, 1))[None].float().div(255)
+
+
+def _in_process(trial, arrays) -> dict[str, np.ndarray]:
+    """The trainer's own model and fitted scores on to_model_input(pixels / 255): no serving code involved."""
+    x = torch.cat([to_model_input(_pixels01(a), trial.data.info) for a in arrays])  # (N, 1, 8, 8)
+    feats, logits = extract(trial.trainer.model, x)
+    scores = compute_scores(ScoreInputs(feats, logits), trial.evaluation.last_fit, scores=tuple(SCORE_COLUMNS.values()))
+    out = {col: scores[name].numpy() for col, name in SCORE_COLUMNS.items()}
+    out["predicted_class"] = np.array([trial.data.class_names[i] for i in logits.argmax(1).tolist()])
+    return out
+
+
+def test_server_scores_equal_in_process(server, trained, images):
+    trial = trained[0]
+    arrays, b64 = images
+    status, text = _request(server + "/invocations", {"dataframe_split": {"columns": ["image"],
+                                                                          "data": [[s] for s in b64]}})
+    assert status == 200, text
+    preds = json.loads(text)["predictions"]
+    ref = _in_process(trial, arrays)
+    for col in SCORE_COLUMNS:
+        np.testing.assert_allclose([p[col] for p in preds], ref[col], rtol=1e-5, atol=1e-5, err_msg=col)
+    assert [p["predicted_class"] for p in preds] == ref["predicted_class"].tolist()
+    threshold = mlflow.models.get_model_info(f"models:/{trained[3].model_id}").metadata["ncood"]["gmm_threshold"]
+    assert [p["is_ood"] for p in preds] == (ref["gmm_log_density"] < threshold).tolist()
+    gmm = ref["gmm_log_density"]
+    assert gmm[N_EACH:].mean() < gmm[:N_EACH].mean()  # photo patches score lower than ID digits on average
+    # The other request format gives the same answer.
+    status, text = _request(server + "/invocations", {"inputs": {"image": b64[:3]}})
+    assert status == 200, text
+    np.testing.assert_allclose([p["gmm_log_density"] for p in json.loads(text)["predictions"]], gmm[:3],
+                               rtol=1e-5, atol=1e-5)
+
+
+def _bad_payloads(good: str) -> dict[str, tuple[dict, list[str]]]:
+    png = base64.b64decode(good)
+    noisy = encode_png(np.random.default_rng(0).integers(0, 256, (160, 160, 3), dtype=np.uint8))  # ~77 kB
+    huge = encode_png(np.zeros((400, 400), np.uint8))  # 160k pixels, a few hundred bytes
+    split = lambda rows, cols=("image",): {"dataframe_split": {"columns": list(cols), "data": rows}}  # noqa: E731
+    return {
+        "not base64": (split([[good], ["@@ not base64 @@"]]), ["row 1", "not valid base64"]),
+        "not an image": (split([[_b64(b"GIF? no, just text")]]), ["row 0", "not an image"]),
+        "truncated": (split([[good], [good], [_b64(png[: len(png) // 2])]]), ["row 2", "truncated"]),
+        "empty batch": (split([]), ["empty batch"]),
+        "empty inputs": ({"inputs": {"image": []}}, ["empty batch"]),
+        "missing column": (split([[good]], cols=("img",)), ["missing inputs", "image"]),
+        "too many bytes": (split([[good], [noisy]]), ["row 1", "bytes, over the cap of 60000"]),
+        "too many pixels": (split([[huge]]), ["row 0", "400x400", "over the cap of 100000 pixels"]),
+        "too many images": (split([[good]] * 41), ["too many images", "41", "40"]),
+        "null": (split([[None]]), ["row 0", "null"]),
+    }
+
+
+def test_server_rejects_bad_input_and_keeps_serving(server, images):
+    good = images[1][0]
+    for name, (body, expected) in _bad_payloads(good).items():
+        status, text = _request(server + "/invocations", body)
+        assert 400 <= status < 500, f"{name}: HTTP {status} {text[:300]}"
+        message = json.loads(text)["message"]
+        for fragment in expected:
+            assert fragment in message, f"{name}: {fragment!r} not in {message[-400:]!r}"
+    assert _request(server + "/ping")[0] == 200
+    status, text = _request(server + "/invocations", {"dataframe_split": {"columns": ["image"], "data": [[good]]}})
+    assert status == 200 and len(json.loads(text)["predictions"]) == 1
+
+
