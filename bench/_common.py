@@ -1,0 +1,69 @@
+"""Shared helpers of the benchmarks in bench/: side-by-side timing, the environment line, the JSON result line.
+
+Every figure says where it was measured (STYLE.md 5): `environment()` gives device, torch and CPU-thread count.
+Timings compare implementations in the same process, interleaved (A, B, A, B, ...), so a shared or throttled
+machine slows both alike; the ratio of medians is the reported speedup (reference time / ncood time).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    """(seconds, result) of one call, synchronizing the device before and after."""
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - t0, out
+
+
+def side_by_side(fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int) -> tuple[dict, dict]:
+    """Run each fn `repeats` times, interleaved; returns ({name: {median_s, best_s, all_s}}, {name: last result})."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    results: dict[str, Any] = {}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t, results[name] = timed(fn, device)
+            times[name].append(t)
+    summary = {k: {"median_s": statistics.median(v), "best_s": min(v), "all_s": v} for k, v in times.items()}
+    return summary, results
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+    return {"device": name, "device_type": device.type, "torch": torch.__version__,
+            "cuda": torch.version.cuda if device.type == "cuda" else None, "cpu_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(), "python": platform.python_version(), "git": git_sha(),
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def print_json(obj: dict[str, Any]) -> None:
+    """The machine-readable result: one JSON object, the last line of stdout."""
+    print(json.dumps(obj, default=float), flush=True)

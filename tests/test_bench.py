@@ -1,0 +1,45 @@
+"""The benchmarks in bench/ run end to end at tiny sizes and their JSON says the compared results agree.
+
+No timing assertions: a shared CI machine makes speed ratios meaningless; bench/README.md records the figures.
+"""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def run_json(script: str, *args: str) -> dict:
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--smoke", "--json", *args], capture_output=True,
+                          text=True, timeout=120, cwd=BENCH.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # the JSON object is the last line
+
+
+def test_measure_smoke_results_agree():
+    out = run_json("measure.py")
+    assert out["benchmark"] == "measure" and {"device", "torch"} <= set(out["env"])
+    assert [r["d"] for r in out["runs"]] == [16, 48]
+    for row in out["runs"]:
+        for what in ("nc", "gaussian"):
+            r = row[what]
+            assert r["speedup"] > 0 and set(r["time"]) == {"ncood", "reference"}
+            assert r["max_rel_diff"] < 1e-6, (row["d"], what, r["max_rel_diff"])
+        assert set(row["nc"]["values"]["ncood"]) == set(row["nc"]["values"]["reference"])
+        assert all(eps == row["gaussian"]["jitter_ncood"] for eps in row["gaussian"]["jitter_reference"])
+
+
+def test_train_smoke_loops_agree():
+    out = run_json("train.py", "--device", "cpu")
+    assert out["benchmark"] == "train" and out["env"]["device_type"] == "cpu"
+    (row,) = out["runs"]
+    assert row["agreement"] == {"same_init": True, "input_max_abs_diff": pytest.approx(0.0, abs=1e-5)}
+    assert row["ncood"]["img_s"] > 0 and row["reference"]["img_s"] > 0 and row["speedup"] > 0
+    assert math.isfinite(row["ncood"]["loss"]) and math.isfinite(row["reference"]["loss"])
+    assert row["flops_per_image"] > 0
+    ev = row["eval"]
+    assert "error" not in ev and ev["eval_s"] > 0 and ev["overhead_at_eval_every_10"] > 0
