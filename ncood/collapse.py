@@ -37,6 +37,8 @@ from torch import Tensor
 
 __all__ = ["nc_metrics", "nc_loss"]
 
+_CPU_BLOCK_ELEMENTS = 2**18  # float64 elements of one row block in nc_metrics on a CPU (2 MiB: stays in cache)
+
 
 def _check_inputs(features: Tensor, labels: Tensor, classifier_weight: Tensor) -> tuple[int, Tensor]:
     """Shape checks; returns (C, per-class counts (C,) int64). Raises ValueError for classes absent from labels."""
@@ -107,21 +109,36 @@ def nc_metrics(features: Tensor, labels: Tensor, classifier_weight: Tensor,
         missing = torch.nonzero(counts == 0).flatten().tolist()
         raise ValueError(f"classes {missing} have no samples; NC metrics need every one of the {num_classes} classes")
     labels = labels.long()
-    h = features.double()  # (N, d) float64: Sigma_W / Sigma_B ratios need the precision
+    if predictions is not None and predictions.shape != labels.shape:
+        raise ValueError(f"predictions must be (N,)={tuple(labels.shape)}, got {tuple(predictions.shape)}")
     w = classifier_weight.detach().double()  # (C, d)
-    n = h.shape[0]
+    n, d = features.shape
+    # Two passes over the features in row blocks widened to float64 one at a time (Sigma_W / Sigma_B ratios need
+    # the precision): no (N, d) float64 copy is ever made, which on a CPU is most of the cost (memory traffic).
+    rows = n if features.device.type == "cuda" else max(1, _CPU_BLOCK_ELEMENTS // d)
+    blocks = [(i, min(i + rows, n)) for i in range(0, n, rows)]
 
-    means = _class_means(h, labels, counts)  # (C, d) uncentred, for NC4
+    sums = torch.zeros(num_classes, d, dtype=torch.float64, device=features.device)
+    for a, b in blocks:
+        sums.index_add_(0, labels[a:b], features[a:b].double())
+    means = sums / counts.to(torch.float64).unsqueeze(1)  # (C, d) uncentred, for NC4
     m = means - means.mean(dim=0)  # (C, d) rows = columns of M
-    centred = h - means[labels]  # (N, d) h_i - mu_{y_i}
 
     # NC1 in the span of M: thin SVD of M (d, C) == m.T; Vh unused.
     u, s, _ = torch.linalg.svd(m.T, full_matrices=False)  # u (d, C), s (C,) descending
     tol = max(m.shape) * torch.finfo(torch.float64).eps * s[0]
     keep = s > tol  # rank r <= min(d, C-1); s[-1] ~ 0 because columns of M sum to zero
-    if bool(keep.any()):
-        proj = centred @ u[:, keep]  # (N, r)
-        nc1 = (proj.pow(2).sum(dim=0) / s[keep].pow(2)).sum() / n  # Tr(U^T Sigma_W U S^-2) = Tr(Sigma_W Sigma_B^+)/C
+    u = u[:, keep]  # (d, r)
+    proj_sq = torch.zeros(u.shape[1], dtype=torch.float64, device=features.device)  # (r,) sum_i ((h_i - mu_y_i) U)^2
+    ncc = []  # NC4: argmin_c ||h - mu_c||^2 = argmin_c (||mu_c||^2 - 2 h.mu_c)
+    mean_sq = means.pow(2).sum(dim=1)  # (C,)
+    for a, b in blocks:
+        h = features[a:b].double()  # (B, d)
+        if predictions is not None:
+            ncc.append((mean_sq - 2.0 * h @ means.T).argmin(dim=1))  # (B,)
+        proj_sq += ((h - means[labels[a:b]]) @ u).pow(2).sum(dim=0)  # centred rows projected on the span of M
+    if u.shape[1] > 0:
+        nc1 = (proj_sq / s[keep].pow(2)).sum() / n  # Tr(U^T Sigma_W U S^-2) = Tr(Sigma_W Sigma_B^+)/C
     else:
         nc1 = torch.tensor(float("nan"), dtype=torch.float64)  # all class means equal: NC1 undefined
 
@@ -135,10 +152,7 @@ def nc_metrics(features: Tensor, labels: Tensor, classifier_weight: Tensor,
         "nc3_self_duality": _self_duality(w, m),
     }
     if predictions is not None:
-        if predictions.shape != labels.shape:
-            raise ValueError(f"predictions must be (N,)={tuple(labels.shape)}, got {tuple(predictions.shape)}")
-        # argmin_c ||h - mu_c||^2 = argmin_c (||mu_c||^2 - 2 h.mu_c); (N, C) float64
-        ncc = (means.pow(2).sum(dim=1) - 2.0 * h @ means.T).argmin(dim=1)
+        ncc = torch.cat(ncc)  # (N,) nearest class mean, from the blocks above
         out["nc4_ncc_mismatch"] = (ncc != predictions.to(ncc.device).long()).double().mean()
     return {k: float(v) for k, v in out.items()}  # one host transfer per scalar, nothing large leaves the device
 
