@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 # The papers' LR schedules (seed paper section 3; DDU): epochs -> the two epochs where LR is multiplied by 0.1.
 PAPER_MILESTONES = {60: (40, 50), 100: (75, 90), 350: (150, 250)}
+LOSSES = ("ce", "nc")  # cross-entropy; the seed paper's NC intervention loss (ncood.collapse.nc_loss)
 
 
 class ConfigError(ValueError):
@@ -57,6 +58,8 @@ class TrialConfig:
     spectral_norm: bool = _f(False, "DDU soft spectral normalization on every conv")
     sn_coeff: float = _f(3.0, "spectral-norm coefficient (DDU: 3)")
     leaky_gap: bool = _f(False, "DDU 'mod': leaky ReLU + average-pool/zero-pad shortcuts")
+    etf_projector: bool = _f(False, "ICML 2025 NC control: fixed simplex-ETF projector whose L2-normalized output "
+                                    "feeds the classifier")
     # optimisation (REFERENCE.md section 3)
     epochs: int = _f(60, "training epochs; LR x0.1 at 40/50 (60), 75/90 (100), 150/250 (350), else 2/3 and 5/6")
     batch_size: int | None = _f(None, "batch size; default: the dataset's (1024 for CIFAR as in the papers)")
@@ -64,6 +67,11 @@ class TrialConfig:
     momentum: float = _f(0.9, "SGD momentum")
     weight_decay: float = _f(5e-4, "SGD weight decay")
     seed: int = _f(0, "seed for initialisation, batch order and augmentation")
+    lr_steps: tuple[int, ...] | None = _f(None, "comma-separated epochs where LR is multiplied by 0.1; "
+                                               "default: the papers' milestones for the epoch budget")
+    loss: str = _f("ce", "training loss: ce (cross-entropy) | nc (seed paper Sec. 4.2 NC intervention loss)")
+    entropy_reg: float = _f(0.0, "weight of the nearest-neighbour entropy regularizer on normalized features "
+                                 "(ICML 2025 NC control: 0.05; 0 = off)")
     # measurement and runtime
     eval_every: int = _f(10, "evaluate NC + OoD every k epochs and at the last one (0 = last only)")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
@@ -89,6 +97,13 @@ class TrialConfig:
                 get_info(name)
             except ValueError as e:
                 raise ConfigError(f"ood_sets: {e}") from None
+        if isinstance(self.lr_steps, (list, str, int)):
+            steps = self.lr_steps.split(",") if isinstance(self.lr_steps, str) else (
+                [self.lr_steps] if isinstance(self.lr_steps, int) else self.lr_steps)
+            try:
+                object.__setattr__(self, "lr_steps", tuple(int(e) for e in steps if str(e).strip()))
+            except ValueError:
+                raise ConfigError(f"lr_steps={self.lr_steps!r}: expected comma-separated epochs, e.g. 10") from None
         if self.batch_size is None:
             object.__setattr__(self, "batch_size", int(info.default_batch_size or 128))
         object.__setattr__(self, "data_root", str(Path(self.data_root).expanduser().resolve()))
@@ -102,6 +117,9 @@ class TrialConfig:
             (self.lr > 0, "lr", "must be > 0"),
             (0 <= self.momentum < 1, "momentum", "must be in [0, 1)"),
             (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
+            (self.loss in LOSSES, "loss", f"must be one of {LOSSES}"),
+            (self.entropy_reg >= 0, "entropy_reg", "must be >= 0 (0 = off; the ICML 2025 paper uses 0.05)"),
+            (self.lr_steps is None or all(e >= 1 for e in self.lr_steps), "lr_steps", "epochs must be >= 1"),
             (self.eval_every >= 0, "eval_every", "must be >= 0 (0 = evaluate only after the last epoch)"),
             (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
              "must be auto, cpu, cuda or cuda:N"),
@@ -111,8 +129,8 @@ class TrialConfig:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: {why}")
 
     @property
-    def milestones(self) -> tuple[int, int]:
-        return lr_milestones(self.epochs)
+    def milestones(self) -> tuple[int, ...]:
+        return lr_milestones(self.epochs) if self.lr_steps is None else self.lr_steps
 
     @property
     def condition(self) -> str:
@@ -120,12 +138,17 @@ class TrialConfig:
         parts = [self.arch, f"w{self.width}", "l2" if self.l2 else "nol2"]
         parts += ["sn"] if self.spectral_norm else []
         parts += ["lg"] if self.leaky_gap else []
+        # NC control / intervention: only when set, so the names of the papers' conditions never change
+        parts += ["etf"] if self.etf_projector else []
+        parts += [f"ent{self.entropy_reg:g}"] if self.entropy_reg else []
+        parts += [f"{self.loss}loss"] if self.loss != "ce" else []
         parts += [f"e{self.epochs}"]
         return "-".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["ood_sets"] = list(self.ood_sets)
+        d["lr_steps"] = None if self.lr_steps is None else list(self.lr_steps)
         return d
 
     def replace(self, **overrides: Any) -> "TrialConfig":
@@ -136,8 +159,9 @@ class TrialConfig:
     def from_dict(cls, d: dict[str, Any]) -> "TrialConfig":
         _check_keys(d)
         d = dict(d)
-        if isinstance(d.get("ood_sets"), list):
-            d["ood_sets"] = tuple(d["ood_sets"])
+        for name in ("ood_sets", "lr_steps"):
+            if isinstance(d.get(name), list):
+                d[name] = tuple(d[name])
         return cls(**d)
 
 

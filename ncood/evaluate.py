@@ -8,7 +8,8 @@ The evaluation of the seed paper (Sec. 4, Tables 1-3) and the TMLR 2024 paper (T
 
 Feature space: for an L2 model (`l2=True`) the classifier sees z / max(||z||, eps); the NC metrics (whose
 NC3/NC4 relate the classifier to the class means) and the GMM are computed on those normalized features,
-as the seed paper does; for other models on the raw z. The feature-norm score always uses the raw z.
+as the seed paper does; for other models on the raw z; with the ICML 2025 ETF projector the NC metrics use the
+classifier's input normalize(P(z)) (the GMM stays on z). The feature-norm score always uses the raw z.
 Keys come from ncood.keys; measurement knows nothing of MLflow (tracking logs the returned dict).
 """
 from __future__ import annotations
@@ -72,8 +73,13 @@ def evaluate(model: nn.Module, data, ood_sets: Mapping[str, Tensor], *, l2: bool
 
     train_f, train_lg = extract(model, data.train.x, batch_size)
     train_y = data.train.y.to(train_f.device)
-    nc = nc_metrics(to_feature_space(train_f, space), train_y, weight.to(train_f.device),
-                    predictions=train_lg.argmax(dim=1))
+    if getattr(model, "projector", None) is not None:  # ETF projector (ICML 2025): NC where the classifier looks
+        with torch.no_grad():
+            nc_f = model.classifier_input(train_f.to(weight.device)).float().to(train_f.device)
+    else:
+        nc_f = to_feature_space(train_f, space)
+    nc = nc_metrics(nc_f, train_y, weight.to(train_f.device), predictions=train_lg.argmax(dim=1))
+    del nc_f
     results.update({keys.nc_key(k): v for k, v in nc.items()})
     fit = fit_scores(train_f, train_y, feature_space=space, train_logits=train_lg, scores=scores,
                      num_classes=num_classes)

@@ -64,7 +64,8 @@ def model_kwargs(cfg: TrialConfig, info: DatasetInfo) -> dict[str, Any]:
     One definition for training and for serving (which rebuilds the network from these)."""
     c, h, _ = info.image_shape
     return dict(num_classes=info.num_classes, in_channels=c, input_size=h, width=cfg.width, l2=cfg.l2,
-                spectral_norm=cfg.spectral_norm, sn_coeff=cfg.sn_coeff, leaky_gap=cfg.leaky_gap)
+                spectral_norm=cfg.spectral_norm, sn_coeff=cfg.sn_coeff, leaky_gap=cfg.leaky_gap,
+                **({"etf_projector": True} if cfg.etf_projector else {}))  # absent when off: old packages load
 
 
 def build_trial(cfg: TrialConfig, callbacks: Sequence[EpochCallback] = (), progress: bool = True) -> Trial:

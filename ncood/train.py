@@ -1,4 +1,8 @@
-"""The training loop: SGD + MultiStepLR, cross-entropy, per-epoch callbacks, exact checkpoint/resume.
+"""The training loop: SGD + MultiStepLR, the training loss, per-epoch callbacks, exact checkpoint/resume.
+
+The loss (`training_loss`) is cross-entropy by default; `cfg.loss="nc"` is the seed paper's NC intervention loss
+(Sec. 4.2: the differentiable NC metrics, no cross-entropy) on the features the classifier sees, and
+`cfg.entropy_reg` adds the ICML 2025 nearest-neighbour entropy regularizer on the L2-normalized encoder features.
 
 Recipe from the papers (REFERENCE.md section 3). The trainer receives built objects (model, data, config); it does
 not construct them from strings. Systems choices follow airbench: the training set lives on the device, batches
@@ -21,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ncood import keys
+from ncood.collapse import nc_loss
 from ncood.config import TrialConfig
 from ncood.data import DeviceLoader, IDData, normalized_zero
 
@@ -41,6 +46,32 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device '{name}' requested but CUDA is not available; use --device cpu (or auto)")
     return torch.device(name)
+
+
+def nn_entropy(z: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """-mean_i log ||u_i - u_nn(i)||, u = z / ||z|| (B, d), nn(i) the nearest other sample of the batch.
+
+    The Kozachenko-Leonenko entropy estimate up to constants (Sablayrolles et al. 2019), as the entropy
+    regularizer of Harun et al. (ICML 2025) that keeps encoder features spread out (mitigates NC).
+    fp32 even under autocast; eps keeps the log finite for duplicate samples.
+    """
+    u = F.normalize(z.float(), dim=1)  # (B, d)
+    dist = torch.cdist(u, u)  # (B, B)
+    dist = dist + torch.diag(torch.full((u.shape[0],), float("inf"), device=u.device))  # exclude i itself
+    return -torch.log(dist.min(dim=1).values + eps).mean()
+
+
+def training_loss(model: torch.nn.Module, logits: torch.Tensor, z: torch.Tensor, y: torch.Tensor,
+                  cfg: TrialConfig) -> torch.Tensor:
+    """The training objective of `cfg`: cross-entropy (loss="ce") or the NC loss (loss="nc") on the classifier's
+    input features, plus entropy_reg * nn_entropy(z) when entropy_reg > 0 (defaults: plain cross-entropy)."""
+    if cfg.loss == "nc":
+        loss = nc_loss(model.classifier_input(z), y, model.classifier.weight)
+    else:
+        loss = F.cross_entropy(logits.float(), y)
+    if cfg.entropy_reg:
+        loss = loss + cfg.entropy_reg * nn_entropy(z)
+    return loss
 
 
 @dataclass
@@ -119,8 +150,8 @@ class Trainer:
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast:
-                logits, _ = self.forward(x)
-                loss = F.cross_entropy(logits.float(), y)
+                logits, z = self.forward(x)
+                loss = training_loss(self.model, logits, z, y, self.cfg)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

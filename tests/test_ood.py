@@ -134,7 +134,8 @@ def test_new_score_with_own_fit_state_is_one_decorated_function(id_ood):
             return torch.full((inputs.features.shape[0],), float("nan"))
 
         fit = fit_scores(x, y, feature_space="raw", train_logits=x @ w.T)
-        assert set(fit.state) == {"gmm", "_test_centroid"}
+        assert set(fit.state) == {n for n, sc in SCORES.items() if sc.fit is not None}
+        assert {"gmm", "_test_centroid"} <= set(fit.state)
         with pytest.raises(ValueError, match="'_test_nan': 200 of 200 values are non-finite"):
             compute_scores(id_in, fit)
         assert compute_scores(id_in, fit, ["_test_centroid"])["_test_centroid"].shape == (200,)
@@ -191,3 +192,25 @@ def test_perfect_separation_and_bad_input():
         detection_metrics(torch.tensor([float("inf"), float("-inf")]), [0.0])
     with pytest.raises(ValueError, match="empty"):
         detection_metrics([], [1.0])
+
+
+@pytest.mark.parametrize("space", ["raw", "l2"])
+def test_neco_matches_numpy(space, id_ood):
+    """NECO = ||P z|| / ||z||, P onto the top-C principal directions of the centred train features (numpy PCA)."""
+    x, y, w, id_in, ood_in = id_ood
+    fit = fit_scores(x, y, feature_space=space, train_logits=x @ w.T, scores=["neco", "neco_maxlogit"],
+                     num_classes=w.shape[0])
+    tr = x.double().numpy()
+    if space == "l2":
+        tr = tr / np.linalg.norm(tr, axis=1, keepdims=True)
+    _, _, vt = np.linalg.svd(tr - tr.mean(0), full_matrices=False)
+    v = vt[: w.shape[0]].T  # (d, C)
+    for inputs in (id_in, ood_in):
+        z = inputs.features.double().numpy()
+        if space == "l2":
+            z = z / np.linalg.norm(z, axis=1, keepdims=True)
+        expect = np.linalg.norm(z @ v, axis=1) / np.linalg.norm(z, axis=1)
+        got = compute_scores(inputs, fit)
+        np.testing.assert_allclose(got["neco"].numpy(), expect, rtol=1e-6, atol=1e-9)  # l2: normalized in float32
+        np.testing.assert_allclose(got["neco_maxlogit"].numpy(),
+                                   expect * inputs.logits.double().numpy().max(1), rtol=1e-6, atol=1e-9)

@@ -9,10 +9,12 @@ Collapse in Deep Neural Networks for Improved OoD Detection"), which adds L2 fea
 """
 
 from ncood.models import resnet, vgg  # noqa: F401  (importing fills the registry)
-from ncood.models.layers import FeatureClassifier, LayerSpec, SNConv2d, l2_normalize, spectral_norm_layers
+from ncood.models.layers import (ETFProjector, FeatureClassifier, LayerSpec, SNConv2d, l2_normalize, simplex_etf,
+                                 spectral_norm_layers)
 from ncood.models.registry import create_model, list_models, register_model
 
 __all__ = [
+    "ETFProjector",
     "FeatureClassifier",
     "LayerSpec",
     "SNConv2d",
@@ -20,5 +22,6 @@ __all__ = [
     "l2_normalize",
     "list_models",
     "register_model",
+    "simplex_etf",
     "spectral_norm_layers",
 ]

@@ -8,7 +8,10 @@ Implements
 - DDU's "mod" ("Leaky/GAP" in the seed paper, sec. 2.2): LeakyReLU(0.01) everywhere and downsampling
   shortcuts by average pooling + zero-padded channels instead of a strided 1x1 conv;
 - the L2 feature normalization of the seed paper ("Inducing Early Neural Collapse in Deep Neural
-  Networks for Improved OoD Detection", sec. 3.3, eq. 9): logits = fc(z / max(||z||_2, eps)).
+  Networks for Improved OoD Detection", sec. 3.3, eq. 9): logits = fc(z / max(||z||_2, eps));
+- the fixed simplex-ETF projector of Harun et al. (ICML 2025, "Controlling Neural Collapse Enhances OoD
+  Detection and Transfer Learning"): logits = fc(normalize(P(z))), P = Linear d->4d, ReLU, Linear 4d->d
+  with untrained simplex-ETF weights (REFERENCE.md section 2).
 
 Spatial sizes are propagated at construction (square maps, one int) because the operator norm of a
 convolution depends on the shape of the map it acts on. This module knows nothing of `ncood.models`.
@@ -16,6 +19,7 @@ convolution depends on the shape of the map it acts on. This module knows nothin
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -204,12 +208,46 @@ def l2_normalize(z: Tensor, eps: float = L2_EPS) -> Tensor:
     return F.normalize(z.float(), dim=1, eps=eps).to(z.dtype)
 
 
+def simplex_etf(in_features: int, out_features: int, seed: int = 0) -> Tensor:
+    """(out, in) weight of a Linear whose rows form a simplex ETF: sqrt(c/(c-1)) (I - 11^T/c) U^T, c = out_features.
+
+    As the ETF classifiers of Yang et al. 2022 / Harun et al. 2025: U (in, c) has orthonormal columns when
+    in >= c, then W W^T = c/(c-1) (I - 11^T/c) exactly (the simplex-ETF Gram); when in < c (the expanding
+    d -> 4d layer) U has orthonormal rows instead and the rows are the ETF's projection. U comes from a fixed
+    seed, not the global RNG, so adding the projector never changes the rest of the initialisation.
+    """
+    c = out_features
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(max(in_features, c), min(in_features, c), generator=g, dtype=torch.float64))
+    u = q if in_features >= c else q.T  # (in, c)
+    centre = torch.eye(c, dtype=torch.float64) - 1.0 / c  # I - 11^T/c
+    return (math.sqrt(c / (c - 1)) * centre @ u.T).float()  # (c, in)
+
+
+class ETFProjector(nn.Module):
+    """Fixed (never trained) projector Linear d->4d, ReLU, Linear 4d->d with simplex-ETF weights (ICML 2025).
+
+    The weights are buffers, not parameters: no optimizer ever sees them, and they are saved in state_dict.
+    """
+
+    def __init__(self, dim: int, expansion: int = 4) -> None:
+        super().__init__()
+        hidden = expansion * dim
+        self.register_buffer("w1", simplex_etf(dim, hidden, seed=0))  # (4d, d)
+        self.register_buffer("w2", simplex_etf(hidden, dim, seed=1))  # (d, 4d)
+
+    def forward(self, z: Tensor) -> Tensor:  # (B, d) -> (B, d)
+        return F.linear(F.relu(F.linear(z, self.w1.to(z.dtype))), self.w2.to(z.dtype))
+
+
 class FeatureClassifier(nn.Module):
     """Encoder + linear head with the same interface for every architecture (timm-style split).
 
     Subclasses build the encoder and implement `forward_features`; the head is shared:
       forward_features(x) -> z (B, d), pre-normalization (||z|| is the TMLR 2024 feature-norm OoD score)
-      forward_head(z)     -> logits (B, C) = classifier(z / max(||z||, eps)) if l2 else classifier(z)
+      classifier_input(z) -> what the classifier sees: z, z / max(||z||, eps) if l2, normalize(P(z)) with the
+                             ETF projector P (`attach_etf_projector`, ICML 2025 NC control)
+      forward_head(z)     -> logits (B, C) = classifier(classifier_input(z))
       forward(x)          -> (logits, z)
     `classifier` is a plain nn.Linear (C x d): never spectrally normalized.
     """
@@ -219,12 +257,23 @@ class FeatureClassifier(nn.Module):
         self.feature_dim = int(feature_dim)
         self.l2 = bool(l2)
         self.classifier = nn.Linear(feature_dim, num_classes)
+        self.projector: ETFProjector | None = None
+
+    def attach_etf_projector(self) -> "FeatureClassifier":
+        """Route the classifier input through a fixed simplex-ETF projector, L2-normalized (ICML 2025)."""
+        self.projector = ETFProjector(self.feature_dim)
+        return self
 
     def forward_features(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def classifier_input(self, z: Tensor) -> Tensor:
+        if self.projector is not None:
+            return l2_normalize(self.projector(z))
+        return l2_normalize(z) if self.l2 else z
+
     def forward_head(self, z: Tensor) -> Tensor:
-        return self.classifier(l2_normalize(z) if self.l2 else z)
+        return self.classifier(self.classifier_input(z))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         z = self.forward_features(x)  # (B, d)

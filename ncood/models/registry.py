@@ -36,13 +36,14 @@ def _check_positive_int(name: str, value: int) -> None:
 
 def create_model(name: str, *, num_classes: int, in_channels: int = 3, input_size: int = 32,
                  width: int = 64, l2: bool = False, spectral_norm: bool = False, sn_coeff: float = 3.0,
-                 leaky_gap: bool = False) -> FeatureClassifier:
+                 leaky_gap: bool = False, etf_projector: bool = False) -> FeatureClassifier:
     """Build model `name` (see list_models()).
 
     width: base channel count (64 as in the papers; 8 is a tiny CPU variant of the same architecture).
     input_size: side of the square input map; sets the spectral-norm operator shapes and VGG's pooling.
     l2: classifier sees z / max(||z||, eps) (seed paper eq. 9); features are returned before it.
     spectral_norm / sn_coeff: DDU soft spectral norm of every conv. leaky_gap: DDU's `mod`.
+    etf_projector: the classifier sees the L2-normalized output of a fixed simplex-ETF projector (ICML 2025).
     """
     fn = _MODELS.get(name)
     if fn is None:
@@ -51,5 +52,6 @@ def create_model(name: str, *, num_classes: int, in_channels: int = 3, input_siz
                        ("input_size", input_size), ("width", width)):
         _check_positive_int(arg, value)
     spec = LayerSpec(leaky=bool(leaky_gap), spectral_norm=bool(spectral_norm), sn_coeff=float(sn_coeff))
-    return fn(num_classes=num_classes, in_channels=in_channels, input_size=input_size, width=width,
-              l2=bool(l2), spec=spec)
+    model = fn(num_classes=num_classes, in_channels=in_channels, input_size=input_size, width=width,
+               l2=bool(l2), spec=spec)
+    return model.attach_etf_projector() if etf_projector else model

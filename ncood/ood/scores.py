@@ -7,6 +7,9 @@
     max_logit     max_c logits_c                          (Hendrycks et al. 2022)
     energy        logsumexp_c logits_c, i.e. -E(x) at T=1 (Liu et al. 2020)
     logit_norm    ||logits||_2                            (TMLR 2024, Table 2 baseline)
+    neco          ||P z|| / ||z||, P the projection on the top-C principal directions of the ID train
+                  features (NECO, Ammar et al. ICLR 2024: under NC, ID features live in the class-mean span)
+    neco_maxlogit neco * max_c logits_c                    (NECO's variant for models with a bias)
 
 Feature space: `fit_scores(..., feature_space=...)` fixes where fitted scores live. "l2": the features the
 classifier of an L2 model sees, z / max(||z||, 1e-12) (the seed paper normalizes at fit and at test time);
@@ -172,3 +175,31 @@ def energy(inputs: ScoreInputs, fit: ScoreFit) -> Tensor:
 @register_score("logit_norm")
 def logit_norm(inputs: ScoreInputs, fit: ScoreFit) -> Tensor:
     return inputs.logits.double().norm(dim=1)
+
+
+# ---- NECO (Ammar et al., "NECO: NEural Collapse Based Out-of-distribution detection", ICLR 2024) --------------------
+def _fit_neco(train: ScoreInputs, labels: Tensor, feature_space: FeatureSpace, num_classes: int | None) -> Tensor:
+    """(d, k) orthonormal principal directions of the train features (in the run's feature space), k = C.
+
+    PCA on the centred features (as sklearn's PCA in the NECO code); k = number of classes: under neural
+    collapse the class means span C-1 dimensions (NECO tunes k per model; C is the NC-motivated choice).
+    """
+    h = to_feature_space(train.features, feature_space).double()  # (N, d)
+    k = int(num_classes if num_classes is not None else int(labels.max()) + 1)
+    _, _, vh = torch.linalg.svd(h - h.mean(dim=0), full_matrices=False)  # vh (min(N, d), d)
+    return vh[: min(k, vh.shape[0])].T.contiguous()  # (d, k)
+
+
+@register_score("neco", fit=_fit_neco)
+def neco(inputs: ScoreInputs, fit: ScoreFit) -> Tensor:
+    """||P z|| / ||z|| with P = V V^T (V from _fit_neco); z uncentred, so the ratio is in [0, 1]."""
+    z = fit.project(inputs.features).double()  # (N, d)
+    v = fit.state["neco"].to(z.device)  # (d, k)
+    return (z @ v).norm(dim=1) / z.norm(dim=1).clamp_min(1e-12)
+
+
+@register_score("neco_maxlogit", fit=_fit_neco)
+def neco_maxlogit(inputs: ScoreInputs, fit: ScoreFit) -> Tensor:
+    v = fit.state["neco_maxlogit"].to(inputs.features.device)
+    z = fit.project(inputs.features).double()
+    return (z @ v).norm(dim=1) / z.norm(dim=1).clamp_min(1e-12) * inputs.logits.double().amax(dim=1)

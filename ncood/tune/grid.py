@@ -6,6 +6,7 @@ paper Table 1 gives ResNet18 and ResNet50 different epoch budgets, so one `grid_
 """
 from __future__ import annotations
 
+import importlib
 import itertools
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -14,8 +15,10 @@ from ray import tune
 
 from ncood.config import ConfigError, TrialConfig, make_config
 
-AXES = ("arch", "l2", "spectral_norm", "leaky_gap", "epochs")  # what a condition varies (the seed is separate)
+# What a condition varies (the seed is separate); etf_projector / entropy_reg: ICML 2025 NC control (REFERENCE.md 2).
+AXES = ("arch", "l2", "spectral_norm", "leaky_gap", "epochs", "etf_projector", "entropy_reg")
 NAME_PARAMS_KEY = "_name_params"  # param_space key: config fields that also go into run names (search)
+NAME_FN_KEY = "_name_fn"  # param_space key: "module:function" naming trials of a non-grid space (NC intervention)
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,7 @@ class GridPreset:
     products: tuple[Mapping[str, tuple], ...]  # union of product grids over AXES
     seeds: int = 15
     help: str = ""
+    keep_checkpoint_epochs: tuple[int, ...] = ()  # logged as MLflow artifacts (the NC intervention restarts there)
 
 
 _OFF_ON = (False, True)
@@ -32,11 +36,13 @@ GRIDS: dict[str, GridPreset] = {
     # eval_every 1: a digits evaluation costs less than an epoch, and every epoch gets its NC/OoD metrics.
     "default": GridPreset("digits", {"width": 8, "epochs": 15, "eval_every": 1},
                           ({"arch": ("resnet18",), "l2": _OFF_ON},),
-                          help="embedded digits, width-8 ResNet18, 15 epochs, L2 off/on x 15 seeds = 30 trials (CPU)"),
+                          help="embedded digits, width-8 ResNet18, 15 epochs, L2 off/on x 15 seeds = 30 trials (CPU)",
+                          keep_checkpoint_epochs=(10,)),  # tune_jobs/nc_intervention.py --from-epoch 10
     "table1": GridPreset("cifar10", {"width": 64, "ood_sets": ("svhn", "cifar100", "tinyimagenet")},
                          ({"arch": ("resnet18",), "epochs": (60, 350), "l2": _OFF_ON},
                           {"arch": ("resnet50",), "epochs": (100, 350), "l2": _OFF_ON}),
-                         help="seed paper Table 1: ResNet18 60/350 and ResNet50 100/350 epochs, L2 off/on, CIFAR-10"),
+                         help="seed paper Table 1: ResNet18 60/350 and ResNet50 100/350 epochs, L2 off/on, CIFAR-10",
+                         keep_checkpoint_epochs=(50,)),  # seed paper Sec. 4.2: the NC intervention starts at 50
     "table2": GridPreset("cifar10", {"width": 64, "arch": "resnet18", "epochs": 60},
                          ({"spectral_norm": _OFF_ON, "leaky_gap": _OFF_ON, "l2": _OFF_ON},),
                          help="seed paper Table 2: ResNet18 60 epochs, spectral norm x leaky/GAP x L2 (8 conditions)"),
@@ -84,6 +90,9 @@ def config_from_tune(config: Mapping[str, Any]) -> TrialConfig:
 
 def run_name(config: Mapping[str, Any]) -> str:
     """'<condition>-s<seed>' (MLflow run name = Ray trial name); a search appends its sampled values."""
+    if config.get(NAME_FN_KEY):
+        module, _, attr = config[NAME_FN_KEY].partition(":")
+        return getattr(importlib.import_module(module), attr)(config)
     cfg = config_from_tune(config)
     short = {"lr": "lr", "weight_decay": "wd", "batch_size": "bs"}
     extra = "".join(f"-{short.get(p, p)}{getattr(cfg, p):.3g}" for p in config.get(NAME_PARAMS_KEY, ()))

@@ -18,7 +18,7 @@ from ncood.tune.grid import AXES, GRIDS
 from ncood.tune.sweep import SweepResult, SweepSettings
 
 _AXIS_FLAGS = {"arch": "--archs", "epochs": "--epochs", "l2": "--l2", "spectral_norm": "--spectral-norm",
-               "leaky_gap": "--leaky-gap"}
+               "leaky_gap": "--leaky-gap", "etf_projector": "--etf-projector", "entropy_reg": "--entropy-reg"}
 _BOOL = {"on": True, "true": True, "yes": True, "1": True, "off": False, "false": False, "no": False, "0": False}
 
 
@@ -43,9 +43,11 @@ def add_grid_flags(parser: argparse.ArgumentParser, seeds: bool = True) -> None:
                        help="seeds 0..N-1 per condition (default 15)")
     g.add_argument("--archs", nargs="+", metavar="ARCH", help="architectures, e.g. resnet18 resnet50")
     g.add_argument("--epochs", nargs="+", metavar="E", help="epoch budgets, e.g. 60 350 (or 60,350)")
-    for name in ("l2", "spectral_norm", "leaky_gap"):
+    for name in ("l2", "spectral_norm", "leaky_gap", "etf_projector"):
         g.add_argument(_AXIS_FLAGS[name], nargs="+", metavar="off|on", dest=name,
                        help=f"{name} values, e.g. `off on` for both")
+    g.add_argument("--entropy-reg", nargs="+", metavar="W", dest="entropy_reg",
+                   help="entropy regularizer weights, e.g. `0 0.05` (ICML 2025 NC control; 0 = off)")
     for f in dataclasses.fields(TrialConfig):
         if f.name in AXES or f.name == "seed":
             continue
@@ -73,7 +75,8 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--max-failures", type=int, default=1, help="retries of a failing trial from its last checkpoint (default 1)")
     r.add_argument("--checkpoint-every", type=int, default=1, help="Ray checkpoint every K epochs, and at the end (default 1)")
     r.add_argument("--keep-checkpoint-epochs", nargs="+", default=None, metavar="E",
-                   help="also log the checkpoint of these epochs to MLflow (checkpoints/epoch_NNN.pt)")
+                   help="also log the checkpoint of these epochs to MLflow (checkpoints/epoch_NNN.pt), e.g. 10,50; "
+                        "default: the preset's (default: 10, table1: 50), where tune_jobs/nc_intervention.py starts")
     r.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all; not on a cluster)")
     r.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
                    help="continue an interrupted sweep (Tuner.restore): the newest one of --experiment, or PATH; "
@@ -89,9 +92,11 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         out["arch"] = _split(args.archs)
     if args.epochs:
         out["epochs"] = [int(e) for e in _split(args.epochs)]
-    for name in ("l2", "spectral_norm", "leaky_gap"):
+    for name in ("l2", "spectral_norm", "leaky_gap", "etf_projector"):
         if getattr(args, name):
             out[name] = [_bool(v) for v in _split(getattr(args, name))]
+    if getattr(args, "entropy_reg", None):
+        out["entropy_reg"] = [float(v) for v in _split(args.entropy_reg)]
     for f in dataclasses.fields(TrialConfig):
         if f.name not in AXES and f.name != "seed" and getattr(args, f.name, None) is not None:
             out[f.name] = getattr(args, f.name)
@@ -101,7 +106,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def settings_from_args(args: argparse.Namespace, job: str) -> SweepSettings:
-    keep = tuple(int(e) for e in _split(args.keep_checkpoint_epochs)) if args.keep_checkpoint_epochs else ()
+    keep = (tuple(int(e) for e in _split(args.keep_checkpoint_epochs)) if args.keep_checkpoint_epochs
+            else GRIDS[args.preset].keep_checkpoint_epochs if job == "ablation" else ())
     return SweepSettings(
         experiment=args.experiment or f"{job}-{args.preset}", tracking_uri=args.tracking_uri,
         storage_path=args.storage_path, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,

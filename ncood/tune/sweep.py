@@ -6,12 +6,13 @@ closes what a trial's own process could not (killed actor, ASHA stop, Ctrl+C), `
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import ray
 from ray import tune
@@ -119,17 +120,31 @@ def find_experiment(storage_path: str, experiment: str, resume: str) -> Path:
     return path
 
 
-def _trainable(runtime: TrialRuntime, resources: Mapping[str, float]):
-    return tune.with_resources(tune.with_parameters(train_trial, runtime=runtime), dict(resources))
+Trainable = Callable[[dict, TrialRuntime], None]  # (Ray config, runtime) -> None, reports through tune.report
+
+
+def _trainable_name(fn: Trainable) -> str:
+    return f"{fn.__module__}:{fn.__qualname__}"
+
+
+def _trainable_from_name(name: str) -> Trainable:
+    module, _, attr = name.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _trainable(runtime: TrialRuntime, resources: Mapping[str, float], fn: Trainable = train_trial):
+    return tune.with_resources(tune.with_parameters(fn, runtime=runtime), dict(resources))
 
 
 def run_sweep(settings: SweepSettings, param_space: Mapping[str, Any] | None = None, *, kind: str = "ablation",
               resume: str | None = None, tune_extra: Mapping[str, Any] | None = None,
               metric_columns: Mapping[str, str] | None = None, parameter_columns: Sequence[str] = (),
               sweep_params: Mapping[str, Any] | None = None, val_every_epoch: bool = False,
-              callbacks: Sequence[tune.Callback] = ()) -> SweepResult:
+              callbacks: Sequence[tune.Callback] = (), trainable: Trainable = train_trial) -> SweepResult:
     """Run (or, with `resume`, continue) one sweep: MLflow parent run, Ray Tuner, final status sweep.
 
+    trainable: the Ray function trainable `fn(config, runtime)` (default: ncood.tune.trial.train_trial; the NC
+    intervention passes its continuation trainable); a resumed sweep uses the one it was started with.
     tune_extra: extra TuneConfig arguments (search_alg, scheduler, metric, mode, num_samples for a search).
     On resume, finished trials are kept, interrupted ones continue from their checkpoints and errored ones are
     retried from theirs (resume_errored), each in its own MLflow run; the sweep keeps its original settings.
@@ -150,7 +165,7 @@ def run_sweep(settings: SweepSettings, param_space: Mapping[str, Any] | None = N
                           failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                           checkpoint_config=tune.CheckpointConfig(num_to_keep=1))  # the latest is all a resume needs
         tuner, ref, exp_dir = _new_tuner(settings, storage, dict(param_space or {}), kind, sweep_params or {},
-                                         val_every_epoch, tune_config, run_config, callbacks)
+                                         val_every_epoch, tune_config, run_config, callbacks, trainable)
     try:
         tuner.fit()  # per-trial outcomes are read back from MLflow and the experiment state below
     except BaseException as e:  # the driver itself failed (or a second Ctrl+C skipped Tune's own shutdown)
@@ -171,7 +186,8 @@ def run_sweep(settings: SweepSettings, param_space: Mapping[str, Any] | None = N
 
 
 def _new_tuner(settings: SweepSettings, storage: Path, param_space: dict, kind: str, sweep_params: Mapping[str, Any],
-               val_every_epoch: bool, tune_config: dict, run_config: dict, callbacks: Sequence[tune.Callback]):
+               val_every_epoch: bool, tune_config: dict, run_config: dict, callbacks: Sequence[tune.Callback],
+               trainable: Trainable = train_trial):
     """MLflow experiment + parent run (before any trial: no DB races), the sweep file for --resume, the Tuner."""
     uri = tracking.resolve_tracking_uri(settings.tracking_uri)
     experiment_id = tracking.prepare_experiment(settings.experiment, uri)
@@ -192,8 +208,8 @@ def _new_tuner(settings: SweepSettings, storage: Path, param_space: dict, kind: 
     exp_dir.mkdir(parents=True, exist_ok=True)
     (exp_dir / SWEEP_FILE).write_text(json.dumps({
         "sweep": ref.to_dict(), "runtime": {k: v for k, v in asdict(runtime).items() if k != "sweep"},
-        "resources": resources, "kind": kind}, indent=2))
-    tuner = tune.Tuner(_trainable(runtime, resources), param_space=param_space,
+        "resources": resources, "kind": kind, "trainable": _trainable_name(trainable)}, indent=2))
+    tuner = tune.Tuner(_trainable(runtime, resources, trainable), param_space=param_space,
                        tune_config=tune.TuneConfig(**tune_config),
                        run_config=tune.RunConfig(name=name, callbacks=[SweepStatusCallback(ref), *callbacks],
                                                  **run_config))
@@ -208,7 +224,8 @@ def _restored_tuner(settings: SweepSettings, exp_dir: Path):
     init_ray(settings.num_cpus)
     tracking.set_status(ref, ref.parent_run_id, tracking.ACTIVE)
     # resume_errored: failed trials get another go from their last checkpoint; restart_errored would drop it.
-    tuner = tune.Tuner.restore(str(exp_dir), _trainable(runtime, saved["resources"]),
+    fn = _trainable_from_name(saved.get("trainable", _trainable_name(train_trial)))
+    tuner = tune.Tuner.restore(str(exp_dir), _trainable(runtime, saved["resources"], fn),
                                resume_unfinished=True, resume_errored=True, restart_errored=False)
     return tuner, ref, exp_dir
 

@@ -1,0 +1,181 @@
+"""NC control and the NC intervention: the ETF projector is fixed and a simplex ETF, the entropy regularizer and the
+loss switch leave default training bit-identical, the NC loss drives NC down faster than cross-entropy, and (slow) the
+ablation -> nc_intervention -> aggregation chain on digits with a local Ray and a tmp MLflow store."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ncood import keys, train
+from ncood.config import ConfigError, make_config
+from ncood.intervention import GROUPS, InterventionSettings, continuation_config
+from ncood.models import create_model, simplex_etf
+from ncood.pipeline import build_trial
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(width=4, epochs=2, eval_every=0, device="cpu", data_root=str(tmp_path / "data"), seed=3)
+    return make_config("digits", **{**base, **kw})
+
+
+def test_simplex_etf_gram():
+    for d_in, c in ((256, 64), (10, 10), (64, 256)):
+        w = simplex_etf(d_in, c).double()  # (c, d_in)
+        assert w.shape == (c, d_in)
+        if d_in >= c:  # exact simplex ETF: W W^T = c/(c-1) (I - 11^T/c)
+            gram = w @ w.T
+            expect = c / (c - 1) * (torch.eye(c, dtype=torch.float64) - 1.0 / c)
+            assert torch.allclose(gram, expect, atol=1e-5)
+
+
+def test_etf_projector_is_fixed_during_training(tmp_path):
+    cfg = _cfg(tmp_path, etf_projector=True)
+    assert cfg.condition == "resnet18-w4-nol2-etf-e2"
+    trial = build_trial(cfg, progress=False)
+    model = trial.trainer.model
+    proj = model.projector
+    assert proj is not None and not list(proj.parameters())  # buffers: no optimizer can see them
+    before = {k: v.clone() for k, v in proj.state_dict().items()}
+    c = model.feature_dim
+    w2 = proj.w2.double()
+    assert torch.allclose(w2 @ w2.T, c / (c - 1) * (torch.eye(c, dtype=torch.float64) - 1.0 / c), atol=1e-5)
+    cls_before = model.classifier.weight.detach().clone()
+    trial.trainer.fit()
+    for k, v in proj.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert not torch.equal(model.classifier.weight, cls_before)  # the rest trains
+    x = trial.data.train.x[:5]
+    model.eval()
+    logits, z = model(x)
+    assert torch.allclose(model.classifier_input(z).norm(dim=1), torch.ones(5), atol=1e-5)
+    assert not torch.allclose(z.norm(dim=1), torch.ones(5))  # forward returns pre-normalization features
+
+
+def test_defaults_reproduce_plain_cross_entropy_exactly(tmp_path, monkeypatch):
+    """entropy_reg=0, loss='ce' (the defaults) give bit-identical weights to a loop that calls F.cross_entropy."""
+    cfg = _cfg(tmp_path, entropy_reg=0.0, loss="ce")
+    assert cfg.condition == "resnet18-w4-nol2-e2"  # condition names of the papers' grids are unchanged
+    ours = build_trial(cfg, progress=False)
+    ours.trainer.fit()
+    monkeypatch.setattr(train, "training_loss", lambda model, logits, z, y, c: F.cross_entropy(logits.float(), y))
+    plain = build_trial(cfg, progress=False)
+    plain.trainer.fit()
+    a, b = ours.trainer.model.state_dict(), plain.trainer.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    monkeypatch.undo()
+    reg = build_trial(cfg.replace(entropy_reg=0.05), progress=False)
+    reg.trainer.fit()
+    assert not torch.equal(reg.trainer.model.classifier.weight, ours.trainer.model.classifier.weight)
+
+
+def test_nn_entropy_matches_direct_computation():
+    z = torch.randn(20, 6, generator=torch.Generator().manual_seed(0))
+    u = z / z.norm(dim=1, keepdim=True)
+    d = torch.cdist(u, u) + torch.diag(torch.full((20,), float("inf")))
+    assert torch.allclose(train.nn_entropy(z), -torch.log(d.min(1).values + 1e-8).mean(), atol=1e-6)
+
+
+def test_config_validation_and_condition():
+    with pytest.raises(ConfigError, match="loss"):
+        make_config("digits", loss="mse")
+    with pytest.raises(ConfigError, match="entropy_reg"):
+        make_config("digits", entropy_reg=-1.0)
+    cfg = make_config("digits", lr_steps="10", entropy_reg=0.05, loss="nc")
+    assert cfg.milestones == (10,) and cfg.condition.endswith("-ent0.05-ncloss-e15")
+    assert make_config("digits").milestones == make_config("digits", lr_steps=None).milestones
+
+
+def test_continuation_groups_differ_only_in_loss(tmp_path):
+    src = _cfg(tmp_path, epochs=15)
+    st = InterventionSettings(from_epoch=10)
+    ctrl, inter = (continuation_config(src, g, st) for g in ("control", "intervention"))
+    assert (ctrl.loss, inter.loss) == (GROUPS["control"], GROUPS["intervention"]) == ("ce", "nc")
+    assert ctrl.replace(loss="nc") == inter
+    assert (ctrl.lr, ctrl.milestones, ctrl.batch_size, ctrl.epochs) == (1e-2, (10,), 2048, 20)
+
+
+def test_nc_loss_training_collapses_faster_than_cross_entropy(tmp_path):
+    """From the same weights, a few NC-loss epochs lower NC1 more than cross-entropy epochs do."""
+    base = build_trial(_cfg(tmp_path, width=8, epochs=8), progress=False)  # past the early, chaotic phase
+    base.trainer.fit()
+    state = base.trainer.model.state_dict()
+    nc1 = {}
+    for loss in ("ce", "nc"):
+        t = build_trial(_cfg(tmp_path, width=8, epochs=5, lr=1e-2, batch_size=2048, eval_every=5, loss=loss),
+                        progress=False)
+        t.trainer.model.load_state_dict(state)
+        t.trainer.fit()
+        nc1[loss] = t.trainer.history[-1][keys.nc_key("nc1")]
+    assert nc1["nc"] < nc1["ce"], nc1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ablation_then_intervention_end_to_end(tmp_path):
+    """Tiny ablation (2 seeds, 3 epochs, checkpoint at 2) -> intervention (3 epochs) -> tables, figures, MLflow runs."""
+    import ray
+    from mlflow.tracking import MlflowClient
+
+    from ncood import tracking
+    from ncood.tune import SweepSettings, init_ray, run_grid
+
+    saved = os.environ.pop("RAY_ADDRESS", None)
+    init_ray(num_cpus=2)
+    try:
+        uri = tracking.resolve_tracking_uri(str(tmp_path / "mlflow.db"))
+        settings = SweepSettings(experiment="abl", tracking_uri=uri, storage_path=str(tmp_path / "ray"),
+                                 progress=False, keep_checkpoint_epochs=(2,))
+        result = run_grid("default", {"epochs": [3], "width": 4, "eval_every": 1}, seeds=2, settings=settings)
+        assert result.num_errors == 0
+        spec = importlib.util.spec_from_file_location("job_nci", REPO / "tune_jobs" / "nc_intervention.py")
+        job = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(job)
+        rc = job.main(["--experiment", "abl", "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray"),
+                       "--from-epoch", "3", "--intervention-epochs", "3", "--lr-step", "2", "--quiet",
+                       "--aggregate-out", str(tmp_path / "aggregate")])
+        assert rc == 0
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name("abl-nc-intervention")
+        runs = client.search_runs([exp.experiment_id], max_results=100)
+        children = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "trial"]
+        assert sorted(r.data.tags["group"] for r in children) == ["control"] * 2 + ["intervention"] * 2
+        assert all(r.data.tags["onset_epoch"] == "2" and r.data.tags["requested_epoch"] == "3" for r in children)
+        assert all(r.data.params["loss"] == GROUPS[r.data.tags["group"]] for r in children)
+        hist = client.get_metric_history(children[0].info.run_id, keys.nc_key("nc1"))
+        assert sorted(m.step for m in hist) == [2, 3, 4, 5]  # onset + every continuation epoch
+        agg = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "aggregate"]
+        assert len(agg) == 1
+        files = {f.path for f in client.list_artifacts(agg[0].info.run_id, "figures")}
+        assert {"figures/fig3_nc_curves.png", "figures/fig4_auroc_change.png"} <= files
+        assert (tmp_path / "aggregate" / "tables" / "nc_summary.csv").exists()
+    finally:
+        ray.shutdown()
+        if saved is not None:
+            os.environ["RAY_ADDRESS"] = saved
+
+
+def test_nc_control_grid_axes_and_flags():
+    from ncood.config import TrialConfig
+    from ncood.tune import grid_conditions, jobs
+    from ncood.tune.grid import GRIDS
+
+    spec = importlib.util.spec_from_file_location("job_ablation", REPO / "tune_jobs" / "ablation.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    args = job.build_parser().parse_args(["--etf-projector", "off", "on", "--entropy-reg", "0,0.05"])
+    overrides = jobs.overrides_from_args(args)
+    assert overrides == {"etf_projector": [False, True], "entropy_reg": [0.0, 0.05]}
+    shared, conds = grid_conditions("default", overrides)
+    assert len(conds) == 8
+    names = {TrialConfig.from_dict({**shared, **c, "seed": 0}).condition for c in conds}
+    assert len(names) == 8 and "resnet18-w8-nol2-e15" in names and "resnet18-w8-l2-etf-ent0.05-e15" in names
+    assert jobs.settings_from_args(args, "ablation").keep_checkpoint_epochs == GRIDS["default"].keep_checkpoint_epochs
+    assert jobs.settings_from_args(job.build_parser().parse_args(["--keep-checkpoint-epochs", "3,7"]),
+                                   "ablation").keep_checkpoint_epochs == (3, 7)
