@@ -276,6 +276,17 @@ class TrialTracker:
         for i in range(0, len(params), MAX_PARAMS_TAGS_PER_BATCH):
             self.client.log_batch(self.run_id, params=params[i:i + MAX_PARAMS_TAGS_PER_BATCH])
 
+    def finished_metrics(self, run_id: str | None = None) -> dict[str, float] | None:
+        """The final metrics if this trial's run is already FINISHED, else None.
+
+        A trial marks its run FINISHED just before its last `tune.report`; a Ctrl+C between the two leaves Ray
+        thinking the trial unfinished, and `--resume` would start it again. The trainable checks this first."""
+        run_id = run_id or self._find_by_trial_id()
+        if run_id is None:
+            return None
+        run = self.client.get_run(run_id)
+        return dict(run.data.metrics) if run.info.status == FINISHED else None
+
     def _find_by_trial_id(self) -> str | None:
         run = trial_run(self.ref, self.trial_id)
         return run.info.run_id if run else None

@@ -122,6 +122,10 @@ def train_trial(config: dict[str, Any], runtime: TrialRuntime) -> None:
             state = torch.load(Path(d) / "checkpoint.pt", map_location="cpu", weights_only=False)
             run_id = json.loads((Path(d) / RUN_ID_FILE).read_text())["mlflow_run_id"]
     tracker = tracking.TrialTracker(runtime.sweep, cfg, tune.get_context().get_trial_id(), run_name(config))
+    done = tracker.finished_metrics(run_id)
+    if done is not None:  # finished and logged, but interrupted before Ray saw its last report: do not rerun
+        tune.report({**done, "epoch": cfg.epochs}, checkpoint=checkpoint)
+        return
     try:
         tracker.start(run_id)
         callbacks = [val_accuracy] if runtime.val_every_epoch else []
