@@ -1,0 +1,506 @@
+"""deploy/: the shared MLflow tracking server (PostgreSQL, basic-auth, proxied artifacts) and the GPU Ray cluster.
+
+Static: every YAML file parses; the cluster launcher config passes Ray's own schema (as `ray up` checks it);
+every flag the deploy files give to `mlflow server`, `ray start`, `ray job submit`, `ray up`, `ray dashboard`
+and `tune_jobs/ablation.py` is listed by that command's `--help` in the pinned versions (flags are extracted
+from the files, not listed here); compose secrets, mounts and images resolve, and no secret value is inline.
+
+Integration (slow, about 1 min on 2 idle cores): a throwaway PostgreSQL cluster on 127.0.0.1 in a temp dir
+(deploy/mlflow/install-postgres.sh apt-installs PostgreSQL when it is missing and we are root), the tracking
+server from deploy/mlflow/start-server.sh against it with basic-auth on and a random admin password,
+`ray start --head` with token auth, and `ray job submit` of a tiny ablation grid that tracks into the server as a
+non-admin user. Every run, param, metric and artifact is read back with credentials (and found in PostgreSQL and
+the artifact store); anonymous and wrong-password requests get 401. Finalizers stop everything started.
+"""
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import os
+import pwd
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ncood import keys, tracking
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY = REPO / "deploy"
+BIN = Path(sys.executable).parent  # the venv's mlflow and ray
+ADMIN = "admin"
+SERVICE_USER = "ray-job"  # the non-admin account the Ray job logs in as
+
+# ---- static checks: flags ------------------------------------------------------------------------------------------
+# command -> (where an invocation starts, the help that must list its flags (None: the job's own argparse help),
+# a file that must invoke it, with flags or not: so the check can never pass vacuously)
+COMMANDS = {
+    "mlflow server": (r'(?:\bmlflow|"\$MLFLOW")\s+server\b', ("mlflow", "server"), "mlflow/start-server.sh", True),
+    "ray start": (r"\bray\s+start\b", ("ray", "start"), "ray/cluster.yaml", True),
+    "ray job submit": (r"\bray\s+job\s+submit\b", ("ray", "job", "submit"), "README.md", True),
+    "ray up": (r"\bray\s+up\b", ("ray", "up"), "README.md", False),
+    "ray dashboard": (r"\bray\s+dashboard\b", ("ray", "dashboard"), "README.md", False),
+    "ablation.py": (r"\btune_jobs/ablation\.py\b", None, "ray/rayjob.yaml", True),
+}
+# Where a command's arguments end: shell separators, a `--` before a job entrypoint, a comment, inline code.
+_END = re.compile(r"\s--\s|\s--$|&&|\|\||[;|`]|\s#")
+_FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+
+
+def _deploy_files() -> list[Path]:
+    return sorted(p for p in DEPLOY.rglob("*") if p.is_file() and "secrets" not in p.parts)
+
+
+def _strings(node) -> list[str]:
+    """Every string (keys and values) in parsed YAML: folded command lines come back joined."""
+    if isinstance(node, dict):
+        return [s for k, v in node.items() for s in _strings(k) + _strings(v)]
+    if isinstance(node, list):
+        return [s for v in node for s in _strings(v)]
+    return [node] if isinstance(node, str) else []
+
+
+def _command_lines(path: Path) -> list[str]:
+    """Logical lines of a deploy file: backslash continuations joined; for YAML also every parsed string."""
+    text = path.read_text()
+    lines = text.replace("\\\n", " ").splitlines()
+    if path.suffix in (".yaml", ".yml"):
+        lines += [ln for s in _strings(list(yaml.safe_load_all(text))) for ln in s.replace("\\\n", " ").splitlines()]
+    return lines
+
+
+def _invocations(name: str) -> dict[str, set[str]]:
+    """{file (relative): flags given to command `name` there} for every deploy file that invokes it."""
+    pattern = re.compile(COMMANDS[name][0])
+    found: dict[str, set[str]] = {}
+    for path in _deploy_files():
+        for line in _command_lines(path):
+            for m in pattern.finditer(line):
+                rest = line[m.end():]
+                end = _END.search(rest)
+                flags = set(_FLAG.findall(rest[:end.start()] if end else rest))
+                found.setdefault(str(path.relative_to(DEPLOY)), set()).update(flags)
+    return found
+
+
+@lru_cache(maxsize=None)
+def _help(name: str) -> str:
+    argv = COMMANDS[name][1]
+    if argv is None:
+        return _ablation_parser().format_help()
+    out = subprocess.run([str(BIN / argv[0]), *argv[1:], "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def _ablation_parser():
+    spec = importlib.util.spec_from_file_location("job_ablation_deploy", REPO / "tune_jobs" / "ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build_parser()
+
+
+def _listed(flag: str, help_text: str) -> bool:
+    return re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", help_text) is not None
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_deploy_files_use_only_existing_flags(name):
+    found, (_, _, where, with_flags) = _invocations(name), COMMANDS[name]
+    assert where in found, f"no `{name}` invocation found in {where}"
+    assert found[where] or not with_flags, f"`{name}` in {where}: no flags extracted"
+    help_text = _help(name)  # also: the (sub)command exists in the pinned version
+    unknown = {f"{file}: {flag}" for file, flags in found.items() for flag in flags if not _listed(flag, help_text)}
+    assert not unknown, f"flags that `{name} --help` does not list: {sorted(unknown)}"
+
+
+def test_yaml_files_parse():
+    files = [p for p in _deploy_files() if p.suffix in (".yaml", ".yml")]
+    assert {p.name for p in files} >= {"compose.yaml", "cluster.yaml", "rayjob.yaml"}
+    for path in files:
+        assert all(doc is not None for doc in yaml.safe_load_all(path.read_text())), path
+
+
+def test_cluster_launcher_config_passes_ray_schema():
+    """What `ray up` does first: fill in the provider defaults, then validate against ray-schema.json."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((DEPLOY / "ray" / "cluster.yaml").read_text())
+    validate_config(prepare_config(config))
+    workers = config["available_node_types"]["gpu_worker"]
+    assert workers["min_workers"] == 0 and workers["max_workers"] >= 1
+    for cmd in config["head_start_ray_commands"] + config["worker_start_ray_commands"]:
+        if "ray start" in cmd:  # the MLflow credentials and RAY_AUTH_MODE reach the raylet (and so every trial)
+            assert "ncood-node.env" in cmd
+    assert "~/ncood-node.env" in config["file_mounts"] and "~/.ray/auth_token" in config["file_mounts"]
+    assert "node.env" in (DEPLOY / "ray" / ".gitignore").read_text().split()
+    env_example = (DEPLOY / "ray" / "node.env.example").read_text()
+    for var in ("RAY_AUTH_MODE=token", "MLFLOW_TRACKING_URI=", "MLFLOW_TRACKING_USERNAME=",
+                "MLFLOW_TRACKING_PASSWORD="):
+        assert var in env_example
+
+
+def test_rayjob_manifest():
+    docs = {d["kind"]: d for d in yaml.safe_load_all((DEPLOY / "ray" / "rayjob.yaml").read_text())}
+    job = docs["RayJob"]
+    assert job["apiVersion"] == "ray.io/v1"
+    spec = job["spec"]
+    argv = shlex.split(spec["entrypoint"])
+    assert argv[0] == "python" and argv[1].endswith("tune_jobs/ablation.py")
+    try:
+        args = _ablation_parser().parse_args(argv[2:])  # values too: a typo in --preset fails here
+    except SystemExit:
+        pytest.fail(f"tune_jobs/ablation.py rejects the RayJob entrypoint (its error is printed above): {argv}")
+    assert args.preset == "table1" and args.gpus_per_trial and args.storage_path.startswith("/mnt/ncood")
+    env = yaml.safe_load(spec["runtimeEnvYAML"])["env_vars"]
+    assert env["MLFLOW_TRACKING_URI"].startswith("http") and "MLFLOW_TRACKING_PASSWORD" not in env
+    cluster = spec["rayClusterSpec"]
+    assert cluster["rayVersion"].startswith("2.60") and cluster["authOptions"]["mode"] == "token"
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    start_help = _help("ray start")
+    claim = docs["PersistentVolumeClaim"]["metadata"]["name"]
+    for group in groups:
+        for key in group["rayStartParams"]:
+            assert _listed(f"--{key}", start_help), f"rayStartParams {key}: not a `ray start` flag"
+        pod = group["template"]["spec"]
+        assert any(v.get("persistentVolumeClaim", {}).get("claimName") == claim for v in pod["volumes"])
+        for c in pod["containers"]:
+            env_names = {e["name"]: e for e in c["env"]}
+            for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+                assert "secretKeyRef" in env_names[var]["valueFrom"], var  # from a Secret, never inline
+            assert {m["mountPath"] for m in c["volumeMounts"]} >= {"/mnt/ncood"}
+    assert any("nvidia.com/gpu" in c["resources"]["limits"]
+               for g in cluster["workerGroupSpecs"] for c in g["template"]["spec"]["containers"])
+
+
+def test_compose_file():
+    """Secrets come from git-ignored files, mounts and build inputs exist, every MLFLOW_* variable is one that
+    start-server.sh, init-db.sh or MLflow reads."""
+    import mlflow.environment_variables as mlflow_env
+
+    folder = DEPLOY / "mlflow"
+    compose = yaml.safe_load((folder / "compose.yaml").read_text())
+    services = compose["services"]
+    assert {"postgres", "mlflow"} <= set(services)
+    assert "secrets/" in (folder / ".gitignore").read_text().split()
+    for name, secret in compose["secrets"].items():
+        assert secret["file"].startswith("./secrets/"), name
+    scripts = (folder / "start-server.sh").read_text() + (folder / "init-db.sh").read_text()
+    for name, service in services.items():
+        assert "image" in service or (folder / service["build"] / "Dockerfile").exists(), name
+        assert set(service.get("secrets", [])) <= set(compose["secrets"]), name
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            assert source in compose["volumes"] or (folder / source).exists(), f"{name}: {volume}"
+        for var, value in service.get("environment", {}).items():
+            if re.search(r"PASSWORD|SECRET", var) and not var.endswith("_FILE"):
+                pytest.fail(f"{name}: {var} set inline; pass it as a secret file ({var}_FILE)")
+            if var.startswith("MLFLOW_"):  # `X[_FILE]`: start-server.sh reads X or the file named by X_FILE
+                known = var in scripts or f"{var.removesuffix('_FILE')}[_FILE]" in scripts or hasattr(mlflow_env, var)
+                assert known, f"{name}: {var} is read by nothing"
+    dockerfile = (folder / "Dockerfile").read_text()
+    assert services["mlflow"]["command"][0] in dockerfile  # the script the image installs
+    for port in services["mlflow"]["ports"]:
+        assert port.startswith("127.0.0.1:"), "publish on loopback; a TLS proxy exposes it"
+
+
+def test_ray_image_copies_what_exists():
+    dockerfile = (DEPLOY / "ray" / "Dockerfile").read_text()
+    allowed = (DEPLOY / "ray" / "Dockerfile.dockerignore").read_text()
+    for line in dockerfile.splitlines():
+        if line.startswith("COPY"):
+            for src in [w for w in line.split()[1:-1] if not w.startswith("--")]:
+                assert (REPO / src).exists(), src
+                assert f"!{src}" in allowed or f"!{src}/" in allowed, f"{src} is not in the build context"
+
+
+# ---- integration: PostgreSQL + tracking server + Ray head + ray job submit ------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _require_server_deps() -> None:
+    """The server's PostgreSQL driver and the basic-auth app's Flask-WTF (pyproject's dev extra)."""
+    missing = [m for m in ("psycopg", "flask_wtf") if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.fail(f"the tracking server needs {missing}: pip install 'psycopg[binary]>=3.1' 'Flask-WTF<2'")
+
+
+def _postgres_bindir() -> Path:
+    """deploy/mlflow/install-postgres.sh: the server binaries' folder, installing them with apt-get if needed."""
+    out = subprocess.run(["bash", str(DEPLOY / "mlflow" / "install-postgres.sh")], capture_output=True, text=True,
+                         timeout=900)
+    if out.returncode == 3 and os.geteuid() != 0:
+        pytest.skip(f"PostgreSQL is not installed and installing it needs root: {out.stderr.strip()}")
+    assert out.returncode == 0, f"install-postgres.sh failed:\n{out.stdout[-2000:]}{out.stderr[-4000:]}"
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def _log_tail(path: Path, n: int = 4000) -> str:
+    return path.read_text(errors="replace")[-n:] if path.exists() else "(no log)"
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:  # gone meanwhile
+        return None
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="ignore").replace("\0", " ")
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True)
+class Postgres:
+    port: int
+    password: str  # of the `mlflow` role
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway cluster in a temp dir on 127.0.0.1:<free port>, set up with deploy/mlflow/init-db.sh."""
+    _require_server_deps()
+    bindir = _postgres_bindir()
+    root = Path(tempfile.mkdtemp(prefix="deploy-pg-", dir="/tmp"))  # short: the socket path must fit 107 bytes
+    as_owner: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses root: the server runs as the `postgres` user the package created
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.fail("running as root but there is no `postgres` user to run the server as")
+        os.chown(root, owner.pw_uid, owner.pw_gid)
+        as_owner = ["runuser", "-u", "postgres", "--"]
+    data, log, port = root / "data", root / "postgres.log", _free_port()
+    pg_ctl = [*as_owner, str(bindir / "pg_ctl"), "-D", str(data)]
+    try:
+        # trust on the socket (in our 0700 dir), passwords over TCP: the server logs in like a remote client
+        subprocess.run([*as_owner, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-E", "UTF8",
+                        "--no-locale", "--auth-local=trust", "--auth-host=scram-sha-256", "--no-instructions"],
+                       check=True, capture_output=True, timeout=120)
+        subprocess.run([*pg_ctl, "-l", str(log), "-w", "-t", "60", "-o",
+                        f"-c listen_addresses=127.0.0.1 -p {port} -k {root}", "start"],
+                       check=True, capture_output=True, timeout=90)
+        password = secrets.token_urlsafe(24)
+        env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "PGHOST": str(root), "PGPORT": str(port),
+               "PGUSER": "postgres", "MLFLOW_DB_PASSWORD": password}
+        out = subprocess.run(["bash", str(DEPLOY / "mlflow" / "init-db.sh")], env=env, capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        yield Postgres(port, password)
+    except subprocess.CalledProcessError as e:
+        pytest.fail(f"{e.cmd[len(as_owner)]} failed: {e.stderr!r}\n{_log_tail(log)}")
+    finally:
+        if (data / "postmaster.pid").exists():
+            subprocess.run([*pg_ctl, "-m", "fast", "-w", "-t", "30", "stop"], capture_output=True, timeout=60)
+        if (data / "postmaster.pid").exists():  # did not stop: kill the postmaster (first line of its pid file)
+            try:
+                os.kill(int((data / "postmaster.pid").read_text().split()[0]), signal.SIGKILL)
+            except (OSError, ValueError, IndexError):
+                pass
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Server:
+    uri: str
+    admin_password: str
+    artifacts: Path
+    log: Path
+    pgid: int
+
+
+def _stop_group(proc: subprocess.Popen, grace: float) -> None:
+    """SIGTERM the process group we started (start_new_session=True); SIGKILL whatever is left after `grace` s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # workers that outlived the leader, or a leader that hung
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=10)
+
+
+def _http_status(url: str, auth: tuple[str, str] | None = None) -> int:
+    """HTTP status of a GET (basic auth if given); -1 when nothing answers."""
+    req = urllib.request.Request(url)
+    if auth:
+        req.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return -1
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(postgres):
+    """deploy/mlflow/start-server.sh on 127.0.0.1 with basic-auth, against the throwaway PostgreSQL."""
+    root = Path(tempfile.mkdtemp(prefix="deploy-mlflow-", dir="/tmp"))
+    port, admin_password, log = _free_port(), secrets.token_urlsafe(18), root / "server.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PG"))}
+    env.update({
+        "PATH": f"{BIN}:{env['PATH']}", "MLFLOW_DB_HOST": "127.0.0.1", "MLFLOW_DB_PORT": str(postgres.port),
+        "MLFLOW_DB_PASSWORD": postgres.password, "MLFLOW_ARTIFACTS_DESTINATION": str(root / "artifacts"),
+        "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN, "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32), "MLFLOW_HOST": "127.0.0.1",
+        "MLFLOW_PORT": str(port), "MLFLOW_WORKERS": "1", "MLFLOW_RUN_DIR": str(root / "run"),
+    })
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["bash", str(DEPLOY / "mlflow" / "start-server.sh")], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 150
+        while proc.poll() is None and _http_status(f"{uri}/health") != 200:
+            assert time.time() < deadline, f"tracking server not up after 150 s:\n{_log_tail(log)}"
+            time.sleep(1)
+        assert proc.poll() is None, f"start-server.sh exited with {proc.returncode}:\n{_log_tail(log)}"
+        yield Server(uri, admin_password, root / "artifacts", log, proc.pid)
+    finally:
+        _stop_group(proc, grace=15)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _kill_leftovers(marker: str) -> None:
+    """SIGKILL any process still running from our Ray temp dir (ours alone: the path is unique)."""
+    for pid in os.listdir("/proc"):
+        try:
+            if pid.isdigit() and marker in _cmdline(int(pid)):
+                os.kill(int(pid), signal.SIGKILL)
+        except OSError:  # gone meanwhile
+            pass
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """`ray start --head --block` on 127.0.0.1 with token auth (RAY_AUTH_MODE=token + a random RAY_AUTH_TOKEN:
+    the head, its job drivers and the submitting CLI all need both); yields (dashboard address, env)."""
+    temp = tempfile.mkdtemp(prefix="deploy-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    dash = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_") and k != "RAY_ADDRESS"}
+    env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)})
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true", "--num-cpus=2",
+         f"--temp-dir={temp}", "--disable-usage-stats", f"--ray-client-server-port={_free_port()}",
+         f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+         f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.time() + 120
+        while _http_status(f"{address}/api/version") == -1:  # the job server is up once the dashboard answers
+            assert head.poll() is None and time.time() < deadline, "ray start --head did not come up"
+            time.sleep(1)
+        yield address, env
+    finally:
+        head.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started (per-cluster
+        try:  # `ray stop` would stop every Ray cluster of this user on the machine)
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+        _kill_leftovers(temp)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_server_refuses_anonymous_and_wrong_password(mlflow_server):
+    search = f"{mlflow_server.uri}/api/2.0/mlflow/experiments/search?max_results=1"
+    assert _http_status(search) == 401
+    assert _http_status(search, (ADMIN, mlflow_server.admin_password + "x")) == 401
+    assert _http_status(search, (ADMIN, mlflow_server.admin_password)) == 200
+
+
+@pytest.mark.slow
+def test_ray_job_tracks_into_the_shared_server(postgres, mlflow_server, ray_head, monkeypatch):
+    """The deployment path end to end: a service user made by the admin, `ray job submit` with the server URI and
+    that user's credentials in the job's runtime env, every run and metric back through an authenticated client."""
+    import mlflow.server
+    import psycopg
+    from mlflow.tracking import MlflowClient
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    uri = mlflow_server.uri
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN)  # this process is the admin (deploy/README.md, step 2)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", mlflow_server.admin_password)
+    service_password = secrets.token_urlsafe(18)
+    user = mlflow.server.get_app_client("basic-auth", tracking_uri=uri).create_user(SERVICE_USER, service_password)
+    assert not user.is_admin
+
+    address, env = ray_head
+    storage = Path(tempfile.mkdtemp(prefix="deploy-rayres-", dir="/tmp"))
+    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": uri, "MLFLOW_TRACKING_USERNAME": SERVICE_USER,
+                                "MLFLOW_TRACKING_PASSWORD": service_password}}
+    try:
+        job = subprocess.run(
+            [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
+             "--runtime-env-json", json.dumps(runtime_env), "--",
+             sys.executable, "tune_jobs/ablation.py", "--seeds", "1", "--epochs", "1", "--width", "4",
+             "--experiment", "deploy-e2e", "--storage-path", str(storage), "--quiet", "--no-aggregate"],
+            env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
+    assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-3000:]
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("deploy-e2e")
+    assert experiment is not None and experiment.artifact_location.startswith("mlflow-artifacts:")
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "sweep"]
+    children = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(r.info.run_name for r in children) == ["resnet18-w4-l2-e1-s0", "resnet18-w4-nol2-e1-s0"]
+    for run in children:
+        assert run.info.status == "FINISHED" and run.data.tags[MLFLOW_PARENT_RUN_ID] == parents[0].info.run_id
+        params = run.data.params  # the trial's TrialConfig, one param per field
+        assert (params["arch"], params["epochs"], params["width"], params["seed"]) == ("resnet18", "1", "4", "0")
+        for key in (keys.LOSS_TRAIN, keys.ACC_TEST, keys.nc_key("nc1"), keys.ood_key("photos", "gmm", "auroc")):
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1], key
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"checkpoint.pt", "summary.json", "config.json"} <= artifacts
+        # proxied: the bytes sit in the server's --artifacts-destination, not anywhere on the client side
+        stored = mlflow_server.artifacts / experiment.experiment_id / run.info.run_id / "artifacts"
+        assert (stored / "checkpoint.pt").stat().st_size > 0
+    assert len({frozenset(r.data.metrics) for r in children}) == 1 and children[0].data.metrics
+    assert len({frozenset(r.data.params) for r in children}) == 1
+
+    # The runs are rows in PostgreSQL (not some local sqlite fallback).
+    with psycopg.connect(host="127.0.0.1", port=postgres.port, user="mlflow", password=postgres.password,
+                         dbname="mlflow") as conn:
+        rows = conn.execute("SELECT r.status FROM runs r JOIN experiments e ON r.experiment_id = e.experiment_id "
+                            "WHERE e.name = %s", ("deploy-e2e",)).fetchall()
+    assert sorted(rows) == [("FINISHED",)] * 3
+
+    server_text = _log_tail(mlflow_server.log, 10**7) + " ".join(
+        _cmdline(int(p)) for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == mlflow_server.pgid)
+    for secret in (postgres.password, mlflow_server.admin_password, service_password):
+        assert secret not in server_text  # neither on the server's command lines nor in its log
+
