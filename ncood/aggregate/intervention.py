@@ -19,7 +19,8 @@ from mlflow.tracking import MlflowClient
 
 from ncood import keys, tracking
 from ncood.aggregate import figures
-from ncood.aggregate.report import ROLE_AGGREGATE, TAG_SWEEP_RUN_ID, default_out, render, write_table
+from ncood.aggregate.report import (ROLE_AGGREGATE, TAG_SWEEP_RUN_ID, default_out, fail_run, log_outputs, render,
+                                   write_table)
 from ncood.aggregate.runs import AggregateError, _child_runs, find_experiment, metric_histories
 from ncood.aggregate.tables import Table, fmt, mean_sd
 
@@ -200,16 +201,9 @@ def aggregate_intervention(tracking_uri: str | None, experiment: str, *, parent_
             params = [Param("sweep_run_id", parent_run_id), Param("runs", str(len(runs))),
                       Param("figure_metric", key or "")]
             client.log_batch(rid, params=params, tags=[RunTag("groups", ",".join(_groups(hist)))])
-            for p in result.files:
-                sub = p.parent.relative_to(out).as_posix()
-                client.log_artifact(rid, str(p), None if sub == "." else sub)
-            for t in tables:
-                if len(t.display):
-                    client.log_table(rid, t.display, f"tables/{t.name}.json")
-            client.set_terminated(rid, tracking.FINISHED)
+            log_outputs(client, rid, result.files, out, tables)
         except BaseException as e:
-            client.set_tag(rid, tracking.TAG_ERROR, tracking.error_text(e))
-            client.set_terminated(rid, tracking.FAILED)
+            fail_run(client, rid, e)
             raise
         result.run_id = rid
         echo(f"MLflow: aggregate run {rid} in experiment {exp_name}")

@@ -141,18 +141,28 @@ def log_aggregate_run(data: SweepData, result: AggregateResult, resamples: int, 
                   "figure_ood_set": ood_set_names(data)[0] if ood_set_names(data) else "", "figure_score": GMM}
         client.log_batch(rid, params=[Param(k, str(v)) for k, v in params.items()],
                          tags=[RunTag("pearson_r_nc2_auroc", f"{result.pearson_r:.4f}")])
-        for path in result.files:  # exactly this aggregation's files, whatever else the folder holds
-            sub = path.parent.relative_to(result.out).as_posix()
-            client.log_artifact(rid, str(path), None if sub == "." else sub)
-        for t in result.tables:
-            if len(t.display):
-                client.log_table(rid, t.display, f"tables/{t.name}.json")
-        client.set_terminated(rid, tracking.FINISHED)
+        log_outputs(client, rid, result.files, result.out, result.tables)
     except BaseException as e:
-        client.set_tag(rid, tracking.TAG_ERROR, tracking.error_text(e))
-        client.set_terminated(rid, tracking.FAILED)
+        fail_run(client, rid, e)
         raise
     return rid
+
+
+def log_outputs(client: MlflowClient, rid: str, files: Sequence[Path], out: Path, tables: Sequence[Table]) -> None:
+    """Every file (keeping its sub-folder under `out`), each non-empty table via log_table, then FINISHED."""
+    for path in files:  # exactly this aggregation's files, whatever else the folder holds
+        sub = path.parent.relative_to(out).as_posix()
+        client.log_artifact(rid, str(path), None if sub == "." else sub)
+    for t in tables:
+        if len(t.display):
+            client.log_table(rid, t.display, f"tables/{t.name}.json")
+    client.set_terminated(rid, tracking.FINISHED)
+
+
+def fail_run(client: MlflowClient, rid: str, error: BaseException) -> None:
+    """Mark an aggregate run FAILED with the error in its `error` tag (nothing is left RUNNING)."""
+    client.set_tag(rid, tracking.TAG_ERROR, tracking.error_text(error))
+    client.set_terminated(rid, tracking.FAILED)
 
 
 def aggregate(tracking_uri: str | None = None, experiment: str | None = None, *, experiment_id: str | None = None,
