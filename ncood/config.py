@@ -133,7 +133,7 @@ class TrialConfig:
         return lr_milestones(self.epochs) if self.lr_steps is None else self.lr_steps
 
     @property
-    def condition(self) -> str:
+    def condition(self) -> str:  # made of CONDITION_FIELDS (below); tests/test_aggregate.py keeps the two in step
         """The experimental condition (every grid axis except the seed), e.g. 'resnet18-w8-l2-sn-lg-e15'."""
         parts = [self.arch, f"w{self.width}", "l2" if self.l2 else "nol2"]
         parts += ["sn"] if self.spectral_norm else []
@@ -164,6 +164,11 @@ class TrialConfig:
                 d[name] = tuple(d[name])
         return cls(**d)
 
+
+# The fields TrialConfig.condition is made of: every axis of an experiment except the seed. The ablation grid's
+# axes (ncood.tune.grid.AXES) are a subset; aggregation groups runs by all of them.
+CONDITION_FIELDS = ("arch", "width", "l2", "spectral_norm", "leaky_gap", "epochs", "etf_projector", "entropy_reg",
+                    "loss")
 
 # Named presets: partial configs. "digits" is the embedded CPU-sized default; "cifar10" the papers' setting.
 PRESETS: dict[str, dict[str, Any]] = {

@@ -28,11 +28,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from ncood import tracking
-from ncood.config import TrialConfig
-
-# The fields TrialConfig.condition is made of (every grid axis except the seed); tests/test_aggregate.py checks that
-# this stays in step with TrialConfig.condition. Kept here, not imported from ncood.tune.grid: that imports Ray.
-CONDITION_FIELDS = ("arch", "width", "l2", "spectral_norm", "leaky_gap", "epochs", "etf_projector", "entropy_reg", "loss")
+from ncood.config import CONDITION_FIELDS, TrialConfig
 USED, FAILED, INCOMPLETE, DUPLICATE = "used", "failed", "incomplete", "duplicate"  # `use` column values
 
 _META = ("run_id", "run_name", "status", "start_time", "condition", "seed", "final_step", "use", "error")

@@ -13,10 +13,11 @@ from typing import Any, Mapping, Sequence
 
 from ray import tune
 
-from ncood.config import ConfigError, TrialConfig, make_config
+from ncood.config import CONDITION_FIELDS, ConfigError, TrialConfig, make_config
 
 # What a condition varies (the seed is separate); etf_projector / entropy_reg: ICML 2025 NC control (REFERENCE.md 2).
 AXES = ("arch", "l2", "spectral_norm", "leaky_gap", "epochs", "etf_projector", "entropy_reg")
+assert set(AXES) <= set(CONDITION_FIELDS), "a grid axis that is not part of the condition name would merge runs"
 NAME_PARAMS_KEY = "_name_params"  # param_space key: config fields that also go into run names (search)
 NAME_FN_KEY = "_name_fn"  # param_space key: "module:function" naming trials of a non-grid space (NC intervention)
 
