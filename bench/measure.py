@@ -38,11 +38,16 @@ from ncood.ood.gaussian import JITTERS, fit_class_gaussians
 
 
 # ---- synthetic features -----------------------------------------------------------------------------------
-def make_features(n: int, d: int, c: int, seed: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n, d) float32 features with class structure and correlated, anisotropic, full-rank class covariances."""
+def make_features(n: int, d: int, c: int, seed: int, device: torch.device,
+                  mean_scale: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, d) float32 features with class structure and correlated, anisotropic, full-rank class covariances.
+
+    mean_scale: spread of the class means (3: classes far apart, as for a trained network's ID features;
+    0: every class centred at the origin, differing only in covariance, the worst case of the pruned GMM score).
+    """
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(n) % c  # balanced classes
-    means = 3.0 * torch.randn(c, d, generator=g)  # (C, d)
+    means = mean_scale * torch.randn(c, d, generator=g)  # (C, d)
     scale = 0.5 + torch.rand(c, d, generator=g)  # (C, d) per-class per-dimension spread
     mix = torch.randn(32, d, generator=g) / math.sqrt(32)  # (32, d) shared low-rank correlation
     x = means[y] + torch.randn(n, d, generator=g) * scale[y] + torch.randn(n, 32, generator=g) @ mix
@@ -131,13 +136,14 @@ def max_rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # ---- the benchmark ----------------------------------------------------------------------------------------
-def run(n: int, d: int, c: int, score_n: int, repeats: int, device: torch.device, seed: int) -> dict:
-    x, y = make_features(n + score_n, d, c, seed, device)
+def run(n: int, d: int, c: int, score_n: int, repeats: int, device: torch.device, seed: int,
+        mean_scale: float = 3.0) -> dict:
+    x, y = make_features(n + score_n, d, c, seed, device, mean_scale)
     x, z, y = x[:n], x[n:], y[:n]
     g = torch.Generator().manual_seed(seed + 1)
     w = torch.randn(c, d, generator=g).to(device)  # (C, d) a classifier
     pred = (x @ w.T).argmax(1)  # (N,) its predictions
-    row = {"n": n, "d": d, "classes": c, "score_n": score_n}
+    row = {"n": n, "d": d, "classes": c, "score_n": score_n, "mean_scale": mean_scale}
 
     times, res = side_by_side({"ncood": lambda: nc_metrics(x, y, w, predictions=pred),
                                "reference": lambda: nc_reference(x, y, w, pred)}, device, repeats)
@@ -164,6 +170,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=3, help="timed runs of each implementation (interleaved)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mean-scale", type=float, default=3.0,
+                   help="spread of the synthetic class means (0: all classes at the origin, nothing for the GMM "
+                        "score's class pruning to drop: its worst case)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes for tests: n=600, dims 16 48, score-n 200")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
@@ -177,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"# {out['env']}", flush=True)
     print(f"{'d':>5s} {'what':9s} {'ncood s':>9s} {'ref s':>9s} {'speedup':>8s} {'max rel diff':>13s}", flush=True)
     for d in args.dims:
-        row = run(args.n, d, args.classes, args.score_n, args.repeats, device, args.seed)
+        row = run(args.n, d, args.classes, args.score_n, args.repeats, device, args.seed, args.mean_scale)
         out["runs"].append(row)
         for what in ("nc", "gaussian"):
             r = row[what]

@@ -80,6 +80,58 @@ def test_chunked_equals_unchunked_and_save_load(tmp_path):
     assert torch.equal(back.log_density(z), full)
 
 
+def _counting(monkeypatch):
+    """Count the rows each call of the real _mahalanobis solves in full (a spy: the real function runs)."""
+    from ncood.ood import gaussian
+    real, calls = gaussian._mahalanobis, []
+
+    def spy(chol, mean, z):
+        calls.append(z.shape[0])
+        return real(chol, mean, z)
+
+    monkeypatch.setattr(gaussian, "_mahalanobis", spy)
+    return calls
+
+
+@pytest.mark.parametrize("layout", ["apart", "overlapping", "ties"])
+def test_pruned_log_density_equals_full_logsumexp(layout, monkeypatch):
+    """log_density drops classes by an exact bound: equal to the full logsumexp to rounding in every regime."""
+    g = torch.Generator().manual_seed(11)
+    c, d, n = 4, 96, 150
+    scale = {"apart": 8.0, "overlapping": 0.0, "ties": 3.0}[layout]
+    centres = scale * torch.randn(c, d, generator=g)
+    y = torch.arange(c).repeat_interleave(n)
+    spread = 0.5 + torch.rand(c, d, generator=g)  # (C, d) per-class scales
+    if layout == "overlapping":  # one distribution for all classes: they differ only by sampling noise
+        spread = spread[:1].expand(c, d)
+    x = centres[y] + torch.randn(c * n, d, generator=g) * spread[y]
+    gm = fit_class_gaussians(x, y)
+    if layout == "ties":  # two identical classes: every point has a second class exactly as likely as the best
+        gm = ClassGaussians(gm.means[[0, 0, 1, 2]], gm.chol[[0, 0, 1, 2]], gm.counts, gm.jitter)
+    z = torch.cat([x[::7], centres.mean(0) + torch.randn(40, d, generator=g)])  # near classes and in between
+    full = torch.logsumexp(gm.per_class_log_density(z), dim=1)
+    torch.testing.assert_close(gm.log_density(z), full, rtol=1e-13, atol=0)
+    near = x[::7]  # (86, d) training points: each near its own class
+    calls = _counting(monkeypatch)
+    gm.log_density(near)
+    solved = sum(calls)  # rows solved in full, over all classes
+    if layout == "apart":  # one class per point: the other C - 1 are bounded away
+        assert solved == len(near)
+    elif layout == "ties":  # the twin of the best class is never dropped (dropping it would be off by log 2)
+        twins = int(torch.isin(gm.per_class_log_density(near).argmax(1), torch.tensor([0, 1])).sum())
+        assert solved >= len(near) + twins
+    else:  # same means: the classes compete, nothing is dropped
+        assert solved == c * len(near)
+
+
+def test_gram_lower_triangle():
+    from ncood.ood.gaussian import _gram_lower
+    x = torch.randn(50, 300, dtype=torch.float64)  # 300 = one 256 block + a 44 remainder
+    out = _gram_lower(x, torch.zeros(300, 300, dtype=torch.float64))
+    torch.testing.assert_close(torch.tril(out), torch.tril(x.T @ x), rtol=1e-12, atol=1e-12)
+    assert not out[:256, 256:].any()  # above the diagonal blocks: not computed
+
+
 # ---- the score registry -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

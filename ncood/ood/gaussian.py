@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-__all__ = ["JITTERS", "ClassGaussians", "GaussianFitError", "fit_class_gaussians"]
+__all__ = ["JITTERS", "PRUNE_NATS", "ClassGaussians", "GaussianFitError", "fit_class_gaussians"]
 
 JITTERS: tuple[float, ...] = (0.0,) + tuple(10.0**k for k in range(-12, 0))  # DDU's ladder: 0, 1e-12 ... 1e-1
 _CHUNK_ELEMENTS = 2**25  # float64 elements of the (C, d, chunk) residual tensor: 256 MiB
+PRUNE_NATS = 50.0  # log_density drops a class once its log density provably stays this far below the best one
 
 
 class GaussianFitError(RuntimeError):
@@ -54,13 +56,11 @@ class ClassGaussians:
         return self.means.device
 
     def per_class_log_density(self, z: Tensor, chunk_size: int | None = None) -> Tensor:
-        """(N, d) -> (N, C) float64 log N(z; mu_c, Sigma_c), chunked over N (default: ~256 MiB per chunk)."""
-        if z.ndim != 2 or z.shape[1] != self.dim:
-            raise ValueError(f"expected features (N, {self.dim}), got {tuple(z.shape)}")
+        """(N, d) -> (N, C) float64 log N(z; mu_c, Sigma_c) for every class, chunked over N (~256 MiB per chunk)."""
+        self._check(z)
         c, d = self.num_classes, self.dim
         chunk = chunk_size or max(1, _CHUNK_ELEMENTS // (c * d))
-        log_det = 2.0 * self.chol.diagonal(dim1=-2, dim2=-1).log().sum(dim=-1)  # (C,)
-        const = -0.5 * (d * math.log(2 * math.pi) + log_det)  # (C,)
+        const = self._log_const()  # (C,)
         out = []
         for start in range(0, z.shape[0], chunk):
             zc = z[start:start + chunk].to(device=self.device, dtype=torch.float64)  # (n, d)
@@ -72,8 +72,72 @@ class ClassGaussians:
         return torch.cat(out) if out else torch.empty(0, c, dtype=torch.float64, device=self.device)
 
     def log_density(self, z: Tensor, chunk_size: int | None = None) -> Tensor:
-        """(N, d) -> (N,) float64 logsumexp_c log N(z; mu_c, Sigma_c): the DDU score (higher = more ID)."""
-        return torch.logsumexp(self.per_class_log_density(z, chunk_size), dim=1)
+        """(N, d) -> (N,) float64 logsumexp_c log N(z; mu_c, Sigma_c): the DDU score (higher = more ID).
+
+        Equal to logsumexp of `per_class_log_density` to float64 rounding, at a fraction of its cost when the
+        classes are apart (an exact bound, not an approximation). In class c's whitened space w = L_c^-1 (z - mu_c)
+        the Mahalanobis distance is ||w||^2 >= ||Q_c^T w||^2 = ||V_c^T (z - mu_c)||^2 for any orthonormal Q_c
+        (d, C-1) and V_c = L_c^-T Q_c; Q_c spans the whitened mean differences L_c^-1 (mu_j - mu_c), the part of
+        the distance that separates the classes. So const_c - ||V_c^T (z - mu_c)||^2 / 2 bounds log N_c(z) from
+        above for all C classes in one (N, d) x (d, C (C-1)) product. Each point then gets in full the class with
+        the best bound, whose exact log density l bounds the logsumexp from below, and in full every other class
+        whose bound reaches l - PRUNE_NATS. A class left out adds less than e^-PRUNE_NATS relative to the sum
+        (C - 1 of them: < 1e-20 for C < 10^6), below float64's 2^-53 = 1.1e-16 resolution: the result is the
+        full logsumexp to rounding. Class solves per point (the cost; C without the bound), digits features of
+        ResNet18 widths 16-64: 1.1-1.4 on ID test images, 1.1-2.5 on OoD sets, of C = 10.
+        """
+        self._check(z)
+        c = self.num_classes
+        if c == 1:
+            return self.per_class_log_density(z, chunk_size)[:, 0]
+        chunk = chunk_size or max(1, _CHUNK_ELEMENTS // (2 * self.dim))  # two (n, d) float64 per solve
+        const = self._log_const()  # (C,)
+        basis, centre, offset = self._bound_basis
+        out = []
+        for start in range(0, z.shape[0], chunk):
+            zc = z[start:start + chunk].to(device=self.device, dtype=torch.float64)  # (n, d)
+            n = zc.shape[0]
+            proj = ((zc - centre) @ basis).view(n, c, c - 1) - offset  # (n, C, C-1) V_c^T (z - mu_c)
+            # (n, C) upper bounds of log N_c(z); the 1e-8 slack keeps rounding from dropping a class that counts.
+            bound = const - 0.5 * (1 - 1e-8) * proj.square_().sum(dim=2)
+            best = bound.argmax(dim=1)  # (n,) the class solved in full first
+            logp = torch.full((n, c), -math.inf, dtype=torch.float64, device=self.device)
+            for k in range(c):
+                rows = torch.nonzero(best == k).flatten()
+                if rows.numel():
+                    logp[rows, k] = const[k] - 0.5 * _mahalanobis(self.chol[k], self.means[k], zc[rows])
+            floor = logp.max(dim=1).values - PRUNE_NATS  # (n,) classes that stay under it cannot matter
+            for k in range(c):
+                rows = torch.nonzero((bound[:, k] >= floor) & (best != k)).flatten()
+                if rows.numel():
+                    logp[rows, k] = const[k] - 0.5 * _mahalanobis(self.chol[k], self.means[k], zc[rows])
+            out.append(torch.logsumexp(logp, dim=1))
+        return torch.cat(out) if out else torch.empty(0, dtype=torch.float64, device=self.device)
+
+    @cached_property  # frozen dataclass: cached_property writes the instance __dict__ directly
+    def _bound_basis(self) -> tuple[Tensor, Tensor, Tensor]:
+        """log_density's bound: basis (d, C (C-1)) = [V_0 ... V_C-1], V_c = L_c^-T Q_c with Q_c an orthonormal
+        basis of L_c^-1 (mu_j - mu_c), j != c; centre (d,) the mean of the class means, subtracted from z first
+        so that the product does not lose digits to a large common offset; offset (C, C-1) = V_c^T (mu_c - centre).
+        Cost: 2 (C-1) d^2 per class (two triangular solves with C-1 right-hand sides), once per instance (serving scores one image per call)."""
+        c, d = self.num_classes, self.dim
+        centre = self.means.mean(dim=0)  # (d,)
+        others = [[j for j in range(c) if j != k] for k in range(c)]
+        diffs = torch.stack([(self.means[o] - self.means[k]).T for k, o in enumerate(others)])  # (C, d, C-1)
+        # Any orthonormal Q_c gives a valid bound (a zero difference, e.g. two equal means, only weakens it).
+        q = torch.linalg.qr(torch.linalg.solve_triangular(self.chol, diffs, upper=False)).Q  # (C, d, C-1)
+        v = torch.linalg.solve_triangular(self.chol.transpose(1, 2), q, upper=True)  # (C, d, C-1) L_c^-T Q_c
+        offset = torch.einsum("cd,cdk->ck", self.means - centre, v)  # (C, C-1)
+        return v.permute(1, 0, 2).reshape(d, c * (c - 1)), centre, offset
+
+    def _check(self, z: Tensor) -> None:
+        if z.ndim != 2 or z.shape[1] != self.dim:
+            raise ValueError(f"expected features (N, {self.dim}), got {tuple(z.shape)}")
+
+    def _log_const(self) -> Tensor:
+        """(C,) -(d log 2pi + log det Sigma_c) / 2, log det from the Cholesky diagonal."""
+        log_det = 2.0 * self.chol.diagonal(dim1=-2, dim2=-1).log().sum(dim=-1)
+        return -0.5 * (self.dim * math.log(2 * math.pi) + log_det)
 
     def to(self, device: torch.device | str) -> ClassGaussians:
         return ClassGaussians(self.means.to(device), self.chol.to(device), self.counts.to(device), self.jitter)
@@ -94,21 +158,23 @@ class ClassGaussians:
         return cls.from_state_dict(torch.load(path, map_location=map_location, weights_only=True))
 
 
-def _gram(x: Tensor, out: Tensor, min_block: int = 256) -> Tensor:
-    """out (d, d) <- x^T x for x (n, d), computing each off-diagonal block once (a recursive SYRK).
+def _mahalanobis(chol: Tensor, mean: Tensor, z: Tensor) -> Tensor:
+    """(m,) ||L^-1 (z - mu)||^2 for rows of z (m, d) float64: one triangular solve."""
+    r = z - mean  # (m, d); r.T is column-major, LAPACK's layout: the solve reads it without a copy
+    return torch.linalg.solve_triangular(chol, r.T, upper=False).square_().sum(dim=0)
 
-    Split the columns in halves [A B]: x^T x = [[A^T A, A^T B], [B^T A, B^T B]], and B^T A = (A^T B)^T is a copy,
-    not a product; the diagonal blocks recurse down to min_block columns. At d = 2048 this is 9/16 of the
-    multiply-adds of one x.T @ x, in products still large enough for the BLAS to run at full speed.
+
+def _gram_lower(x: Tensor, out: Tensor, block: int = 256) -> Tensor:
+    """Lower triangle of out (d, d) <- x^T x for x (n, d), by block rows (a SYRK; torch has none).
+
+    Block row [a, b) is x[:, a:b]^T x[:, :b], the diagonal block included: at d = 2048 and block 256 that is
+    36/64 of the multiply-adds of one x.T @ x, in products large enough for the BLAS to run at full speed.
+    Above the diagonal blocks nothing is written: the Cholesky reads only the lower triangle.
     """
     d = x.shape[1]
-    if d < 2 * min_block:
-        return torch.mm(x.T, x, out=out)
-    h = d // 2
-    _gram(x[:, :h], out[:h, :h], min_block)
-    _gram(x[:, h:], out[h:, h:], min_block)
-    torch.mm(x[:, :h].T, x[:, h:], out=out[:h, h:])  # (h, d - h) A^T B
-    out[h:, :h] = out[:h, h:].T
+    for a in range(0, d, block):
+        b = min(a + block, d)
+        torch.mm(x[:, a:b].T, x[:, :b], out=out[a:b, :b])
     return out
 
 
@@ -121,9 +187,6 @@ def fit_class_gaussians(features: Tensor, labels: Tensor, num_classes: int | Non
     if features.ndim != 2 or labels.shape != features.shape[:1]:
         raise ValueError(f"expected features (N, d) and labels (N,), got {tuple(features.shape)}, {tuple(labels.shape)}")
     x = features  # (N, d) as given; each class's rows are widened to float64 below (no (N, d) float64 copy)
-    if not bool(torch.isfinite(x).all()):
-        bad = (~torch.isfinite(x)).any(dim=1)
-        raise ValueError(f"{int(bad.sum())} of {x.shape[0]} training feature rows are non-finite")
     labels = labels.to(x.device).long()
     c = int(labels.max()) + 1 if num_classes is None else num_classes
     if int(labels.min()) < 0 or int(labels.max()) >= c:
@@ -135,16 +198,23 @@ def fit_class_gaussians(features: Tensor, labels: Tensor, num_classes: int | Non
         raise ValueError(f"classes {small} have fewer than 2 samples ({counts[small].tolist()}); cannot fit a covariance")
 
     means = torch.empty(c, d, dtype=torch.float64, device=x.device)
-    cov = torch.empty(c, d, d, dtype=torch.float64, device=x.device)
+    cov = torch.zeros(c, d, d, dtype=torch.float64, device=x.device)  # lower triangles filled below
     for k in range(c):  # per class: (n_k, d) float64 rows, centred in place, one symmetric product
         xk = x[labels == k].double()  # float64: covariances of 512-2048-d features need it
         means[k] = xk.mean(dim=0)
         xk -= means[k]
-        _gram(xk, out=cov[k]).div_(xk.shape[0] - 1)
+        _gram_lower(xk, out=cov[k]).div_(xk.shape[0] - 1)
+    # An inf/nan feature makes its class mean non-finite (a float64 mean of finite float32 rows cannot
+    # overflow): this check is free, the row-wise search runs only when it fires.
+    if not bool(torch.isfinite(means).all()) and not bool(torch.isfinite(x).all()):
+        bad = (~torch.isfinite(x)).any(dim=1)
+        raise ValueError(f"{int(bad.sum())} of {x.shape[0]} training feature rows are non-finite")
 
-    eye = torch.eye(d, dtype=torch.float64, device=x.device)
+    diag = cov.diagonal(dim1=-2, dim2=-1)  # (C, d) view: the ladder rewrites it in place, no (C, d, d) copy per eps
+    var = diag.clone()
     for eps in JITTERS:
-        chol, info = torch.linalg.cholesky_ex(cov + eps * eye)  # info (C,) int32: 0 = success
+        torch.add(var, eps, out=diag)  # Sigma_c + eps I, bit for bit
+        chol, info = torch.linalg.cholesky_ex(cov)  # info (C,) int32: 0 = success; reads the lower triangle only
         if not bool(info.any()):
             return ClassGaussians(means, chol, counts, float(eps))
     failed = torch.nonzero(info).flatten().tolist()
