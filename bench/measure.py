@@ -6,7 +6,9 @@ Two comparisons per feature dimension d (default 45,000 x 512 and 45,000 x 2048 
             usual full formula: Sigma_W (d x d) from the class-centred features, Sigma_B = M M^T / C and
             nc1 = trace(Sigma_W @ pinv(Sigma_B)) / C (Zhu et al. 2021's `compute_info`; torch float64, pinv via
             eigh since Sigma_B is symmetric), NC2/NC3 from their definitions, NC4 with torch.cdist.
-  gaussian  ncood.ood.fit_class_gaussians + log_density (batched Cholesky, one jitter ladder for all classes)
+  gaussian  ncood.ood.fit_class_gaussians + log_density (batched Cholesky, one jitter ladder for all classes,
+            classes skipped by an exact bound when they cannot matter to the logsumexp; --mean-scale 0 is
+            its worst case, where none can be skipped)
             vs DDU's recipe class by class: mean and `centered_cov_torch` per class, the jitter ladder
             (0, 1e-12, ..., 1e-1) tried per class with torch.distributions.MultivariateNormal, then
             logsumexp over the per-class `log_prob` of the whole score set (float64 throughout).
