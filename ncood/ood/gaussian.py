@@ -100,19 +100,20 @@ class ClassGaussians:
             proj = ((zc - centre) @ basis).view(n, c, c - 1) - offset  # (n, C, C-1) V_c^T (z - mu_c)
             # (n, C) upper bounds of log N_c(z); the 1e-8 slack keeps rounding from dropping a class that counts.
             bound = const - 0.5 * (1 - 1e-8) * proj.square_().sum(dim=2)
-            best = bound.argmax(dim=1)  # (n,) the class solved in full first
+            first = torch.nn.functional.one_hot(bound.argmax(dim=1), c).bool()  # (n, C) best bound: solved first
             logp = torch.full((n, c), -math.inf, dtype=torch.float64, device=self.device)
-            for k in range(c):
-                rows = torch.nonzero(best == k).flatten()
-                if rows.numel():
-                    logp[rows, k] = const[k] - 0.5 * _mahalanobis(self.chol[k], self.means[k], zc[rows])
-            floor = logp.max(dim=1).values - PRUNE_NATS  # (n,) classes that stay under it cannot matter
-            for k in range(c):
-                rows = torch.nonzero((bound[:, k] >= floor) & (best != k)).flatten()
-                if rows.numel():
-                    logp[rows, k] = const[k] - 0.5 * _mahalanobis(self.chol[k], self.means[k], zc[rows])
+            self._solve_into(logp, zc, first, const)
+            floor = logp.max(dim=1, keepdim=True).values - PRUNE_NATS  # (n, 1) classes under it cannot matter
+            self._solve_into(logp, zc, (bound >= floor) & ~first, const)
             out.append(torch.logsumexp(logp, dim=1))
         return torch.cat(out) if out else torch.empty(0, dtype=torch.float64, device=self.device)
+
+    def _solve_into(self, logp: Tensor, z: Tensor, pairs: Tensor, const: Tensor) -> None:
+        """logp[i, k] <- log N_k(z_i) for the (point, class) pairs marked in pairs (n, C) bool: one solve per class."""
+        for k in range(self.num_classes):
+            rows = torch.nonzero(pairs[:, k]).flatten()
+            if rows.numel():
+                logp[rows, k] = const[k] - 0.5 * _mahalanobis(self.chol[k], self.means[k], z[rows])
 
     @cached_property  # frozen dataclass: cached_property writes the instance __dict__ directly
     def _bound_basis(self) -> tuple[Tensor, Tensor, Tensor]:
