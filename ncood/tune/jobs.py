@@ -66,7 +66,8 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--tracking-uri", default=None,
                    help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlruns/mlflow.db)")
     r.add_argument("--storage-path", default=None,
-                   help="Ray results/checkpoints (default: <repo>/runs/ray; inside a Ray job ~/ray_results)")
+                   help="Ray results/checkpoints: a directory every node sees, or a URI such as s3://BUCKET/prefix "
+                        "(default: <repo>/runs/ray; inside a Ray job ~/ray_results)")
     r.add_argument("--cpus-per-trial", type=float, default=1, help="CPU cores per trial (torch threads), default 1")
     r.add_argument("--gpus-per-trial", type=float, default=None,
                    help="GPUs per trial, fractions share one GPU (default: 1 if the cluster has GPUs, else 0)")

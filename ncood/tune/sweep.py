@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import pyarrow.fs as pafs
 import ray
 from ray import tune
 
@@ -93,7 +94,7 @@ class SweepSettings:
 @dataclass
 class SweepResult:
     ref: tracking.SweepRef
-    experiment_path: str  # the Ray experiment dir: `--resume` takes it
+    experiment_path: str  # the Ray experiment dir or URI: `--resume` takes it
     runs: list  # the MLflow child runs, after the run
     interrupted: bool
     num_trials: int  # Ray trials in the sweep
@@ -105,19 +106,87 @@ def default_storage_path() -> str:
     return str(Path("~/ray_results").expanduser() if tracking.in_ray_job_copy(root) else root / "runs" / "ray")
 
 
-def find_experiment(storage_path: str, experiment: str, resume: str) -> Path:
-    """`--resume PATH` -> PATH; `--resume` alone -> the newest `<experiment>_*` sweep under the storage path."""
+class StorageError(FileNotFoundError):
+    """--storage-path cannot be parsed or written (missing bucket, no credentials, unreachable endpoint)."""
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Where Ray Tune keeps a sweep: a local directory or a URI that pyarrow understands (s3://bucket/prefix,
+    gs://..., with options such as ?endpoint_override=host:port&scheme=http for MinIO/Ceph; credentials from the
+    usual AWS_* / GOOGLE_* environment). Ray gets (filesystem, path) for a URI and a plain path otherwise."""
+
+    fs: pafs.FileSystem
+    path: str  # the root, without scheme or query (what pyarrow and Ray's storage_filesystem expect)
+    uri: str | None = None  # as given, for URIs; None for local directories
+
+    @classmethod
+    def parse(cls, where: str) -> Storage:
+        if "://" in where:
+            try:
+                fs, path = pafs.FileSystem.from_uri(where)
+            except (ValueError, OSError) as e:  # pyarrow.lib.ArrowInvalid is a ValueError
+                raise StorageError(f"--storage-path {where!r} is not a storage URI pyarrow can open: {e}") from e
+            return cls(fs, path.rstrip("/"), where)
+        return cls(pafs.LocalFileSystem(), str(Path(where).expanduser().resolve()))
+
+    def check(self) -> None:
+        """Create the root (a no-op for an existing bucket prefix): fail here, before any MLflow run exists."""
+        try:
+            self.fs.create_dir(self.path, recursive=True)
+        except OSError as e:
+            raise StorageError(
+                f"cannot write the Ray storage {self.uri or self.path}: {e}. Fix --storage-path (for a bucket: "
+                "does it exist, are credentials set (AWS_* variables or an instance role), is the endpoint right?)"
+            ) from e
+
+    @property
+    def ray_filesystem(self) -> pafs.FileSystem | None:
+        return self.fs if self.uri else None  # local: Ray's own default, as before
+
+    def join(self, *parts: str) -> str:
+        return "/".join([self.path, *parts])
+
+    def display(self, path: str) -> str:
+        """A path under this storage as a URI that `--resume` takes (s3://bucket/prefix/...?options), or local."""
+        if not self.uri:
+            return path
+        scheme, rest = self.uri.split("://", 1)
+        query = rest.partition("?")[2]
+        return f"{scheme}://{path}" + (f"?{query}" if query else "")
+
+    def write_text(self, path: str, text: str) -> None:
+        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with self.fs.open_output_stream(path) as f:
+            f.write(text.encode())
+
+    def read_text(self, path: str) -> str:
+        with self.fs.open_input_stream(path) as f:
+            return f.read().decode()
+
+    def exists(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def find_experiment(storage: Storage, experiment: str, resume: str) -> tuple[Storage, str]:
+    """`--resume PATH` -> PATH (a directory or URI); `--resume` alone -> the newest `<experiment>_*` sweep under the
+    storage (names end in a %Y%m%d-%H%M%S start time). Returns (its storage, its path there)."""
     if resume != "latest":
-        path = Path(resume).expanduser().resolve()  # Tuner.restore needs an absolute path
+        storage = Storage.parse(resume)  # Tuner.restore needs an absolute path
+        path = storage.path
     else:
-        found = sorted(Path(storage_path).glob(f"{experiment}_*/{SWEEP_FILE}"), key=lambda p: p.stat().st_mtime)
+        listing = storage.fs.get_file_info(pafs.FileSelector(storage.path, allow_not_found=True))
+        found = sorted(i.path for i in listing if i.type == pafs.FileType.Directory
+                       and i.base_name.startswith(f"{experiment}_") and storage.exists(f"{i.path}/{SWEEP_FILE}"))
         if not found:
-            raise FileNotFoundError(f"no sweep '{experiment}_*' to resume under {storage_path} "
+            raise FileNotFoundError(f"no sweep '{experiment}_*' to resume under {storage.uri or storage.path} "
                                     f"(pass --experiment and --storage-path as for the first run, or --resume PATH)")
-        path = found[-1].parent
-    if not (path / SWEEP_FILE).exists() or not tune.Tuner.can_restore(str(path)):
-        raise FileNotFoundError(f"{path} is not a resumable ncood sweep (no {SWEEP_FILE} / Tune experiment state)")
-    return path
+        path = found[-1]
+    if not storage.exists(f"{path}/{SWEEP_FILE}") or not tune.Tuner.can_restore(
+            path, storage_filesystem=storage.ray_filesystem):
+        raise FileNotFoundError(f"{storage.display(path)} is not a resumable ncood sweep "
+                                f"(no {SWEEP_FILE} / Tune experiment state)")
+    return storage, path
 
 
 Trainable = Callable[[dict, TrialRuntime], None]  # (Ray config, runtime) -> None, reports through tune.report
@@ -149,19 +218,21 @@ def run_sweep(settings: SweepSettings, param_space: Mapping[str, Any] | None = N
     On resume, finished trials are kept, interrupted ones continue from their checkpoints and errored ones are
     retried from theirs (resume_errored), each in its own MLflow run; the sweep keeps its original settings.
     """
-    storage = Path(settings.storage_path or default_storage_path()).expanduser().resolve()
+    storage = Storage.parse(settings.storage_path or default_storage_path())
+    storage.check()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the new output ignores our CLIReporter's metric columns
     # num_to_keep=1 forces a (cheap, local) experiment snapshot per checkpoint; Tune warns about that each time.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if resume:
-        tuner, ref, exp_dir = _restored_tuner(settings, find_experiment(str(storage), settings.experiment, resume))
+        tuner, ref, storage, exp_dir = _restored_tuner(settings, *find_experiment(storage, settings.experiment, resume))
     else:
         reporter = tune.CLIReporter(metric_columns=dict(metric_columns or {}),
                                     parameter_columns=list(parameter_columns) or ["seed"],
                                     max_progress_rows=12, max_report_frequency=30)
         tune_config = dict(max_concurrent_trials=settings.max_concurrent, reuse_actors=True,
                            trial_name_creator=trial_name, trial_dirname_creator=trial_dirname, **dict(tune_extra or {}))
-        run_config = dict(storage_path=str(storage), verbose=1 if settings.progress else 0, progress_reporter=reporter,
+        run_config = dict(storage_path=storage.path, storage_filesystem=storage.ray_filesystem,
+                          verbose=1 if settings.progress else 0, progress_reporter=reporter,
                           failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                           checkpoint_config=tune.CheckpointConfig(num_to_keep=1))  # the latest is all a resume needs
         tuner, ref, exp_dir = _new_tuner(settings, storage, dict(param_space or {}), kind, sweep_params or {},
@@ -175,17 +246,17 @@ def run_sweep(settings: SweepSettings, param_space: Mapping[str, Any] | None = N
         raise
     # A trial neither TERMINATED nor ERROR was cut off (Ctrl+C): the sweep can be resumed. Statuses come from the
     # experiment state Tune wrote last (a result's `done` flag is not reliable after a restore).
-    statuses = [t.status for t in tune.ExperimentAnalysis(str(exp_dir)).trials]
+    statuses = [t.status for t in tune.ExperimentAnalysis(exp_dir, storage_filesystem=storage.ray_filesystem).trials]
     interrupted = any(s not in ("TERMINATED", "ERROR") for s in statuses)
     tracking.close_orphans(ref, {}, interrupted)  # normally a no-op: SweepStatusCallback did it
     runs = tracking.child_runs(ref)
     counts = {s: sum(r.info.status == s for r in runs) for s in (tracking.FINISHED, tracking.FAILED, tracking.KILLED)}
     tracking.set_status(ref, ref.parent_run_id, tracking.KILLED if interrupted else tracking.FINISHED,
                         {f"trials_{s.lower()}": str(n) for s, n in counts.items()})
-    return SweepResult(ref, str(exp_dir), runs, interrupted, len(statuses), statuses.count("ERROR"))
+    return SweepResult(ref, storage.display(exp_dir), runs, interrupted, len(statuses), statuses.count("ERROR"))
 
 
-def _new_tuner(settings: SweepSettings, storage: Path, param_space: dict, kind: str, sweep_params: Mapping[str, Any],
+def _new_tuner(settings: SweepSettings, storage: Storage, param_space: dict, kind: str, sweep_params: Mapping[str, Any],
                val_every_epoch: bool, tune_config: dict, run_config: dict, callbacks: Sequence[tune.Callback],
                trainable: Trainable = train_trial):
     """MLflow experiment + parent run (before any trial: no DB races), the sweep file for --resume, the Tuner."""
@@ -197,16 +268,15 @@ def _new_tuner(settings: SweepSettings, storage: Path, param_space: dict, kind: 
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     resources = {"cpu": settings.cpus_per_trial, "gpu": gpus}
     name = f"{settings.experiment}_{time.strftime('%Y%m%d-%H%M%S')}"
-    exp_dir = storage / name
+    exp_dir = storage.join(name)
     where = ("tracking_uri", "storage_path", "num_cpus", "progress")  # where and how it ran, not what ran
     params = {**sweep_params, **{k: v for k, v in asdict(settings).items() if v is not None and k not in where},
               "gpus_per_trial": gpus}
     ref = tracking.start_sweep(uri, experiment_id, name, params,
-                               {tracking.TAG_KIND: kind, tracking.TAG_RAY_EXPERIMENT: str(exp_dir)})
+                               {tracking.TAG_KIND: kind, tracking.TAG_RAY_EXPERIMENT: storage.display(exp_dir)})
     runtime = TrialRuntime(ref, settings.cpus_per_trial, settings.checkpoint_every,
                            tuple(settings.keep_checkpoint_epochs), val_every_epoch)
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    (exp_dir / SWEEP_FILE).write_text(json.dumps({
+    storage.write_text(f"{exp_dir}/{SWEEP_FILE}", json.dumps({
         "sweep": ref.to_dict(), "runtime": {k: v for k, v in asdict(runtime).items() if k != "sweep"},
         "resources": resources, "kind": kind, "trainable": _trainable_name(trainable)}, indent=2))
     tuner = tune.Tuner(_trainable(runtime, resources, trainable), param_space=param_space,
@@ -216,18 +286,18 @@ def _new_tuner(settings: SweepSettings, storage: Path, param_space: dict, kind: 
     return tuner, ref, exp_dir
 
 
-def _restored_tuner(settings: SweepSettings, exp_dir: Path):
+def _restored_tuner(settings: SweepSettings, storage: Storage, exp_dir: str):
     """Tuner.restore with the sweep's own trainable settings; its MLflow parent run is RUNNING again."""
-    saved = json.loads((exp_dir / SWEEP_FILE).read_text())
+    saved = json.loads(storage.read_text(f"{exp_dir}/{SWEEP_FILE}"))
     ref = tracking.SweepRef(**saved["sweep"])
     runtime = TrialRuntime(ref, **{k: tuple(v) if isinstance(v, list) else v for k, v in saved["runtime"].items()})
     init_ray(settings.num_cpus)
     tracking.set_status(ref, ref.parent_run_id, tracking.ACTIVE)
     # resume_errored: failed trials get another go from their last checkpoint; restart_errored would drop it.
     fn = _trainable_from_name(saved.get("trainable", _trainable_name(train_trial)))
-    tuner = tune.Tuner.restore(str(exp_dir), _trainable(runtime, saved["resources"], fn),
-                               resume_unfinished=True, resume_errored=True, restart_errored=False)
-    return tuner, ref, exp_dir
+    tuner = tune.Tuner.restore(exp_dir, _trainable(runtime, saved["resources"], fn), resume_unfinished=True,
+                               resume_errored=True, restart_errored=False, storage_filesystem=storage.ray_filesystem)
+    return tuner, ref, storage, exp_dir
 
 
 def run_grid(preset: str = "default", overrides: Mapping[str, Any] | None = None,
