@@ -76,6 +76,10 @@ def test_presets_and_overrides():
         ("resnet18", 60), ("resnet18", 350), ("resnet50", 100), ("resnet50", 350)]
     _, table2 = grid_conditions("table2")
     assert len(table2) == 8 and {c["arch"] for c in table2} == {"resnet18"} and {c["epochs"] for c in table2} == {60}
+    shared, control = grid_conditions("nc_control")
+    assert sorted((c["etf_projector"], c["entropy_reg"]) for c in control) == [
+        (False, 0.0), (False, 0.05), (True, 0.0), (True, 0.05)]
+    assert shared["dataset"] == "cifar10" and {c["l2"] for c in control} == {False}
     _, narrowed = grid_conditions("table1", {"epochs": [2], "arch": ["resnet18"]})
     assert len(narrowed) == 2  # the two products collapse to one: duplicates are dropped
     with pytest.raises(ConfigError, match="did you mean"):

@@ -47,6 +47,10 @@ GRIDS: dict[str, GridPreset] = {
     "table2": GridPreset("cifar10", {"width": 64, "arch": "resnet18", "epochs": 60},
                          ({"spectral_norm": _OFF_ON, "leaky_gap": _OFF_ON, "l2": _OFF_ON},),
                          help="seed paper Table 2: ResNet18 60 epochs, spectral norm x leaky/GAP x L2 (8 conditions)"),
+    "nc_control": GridPreset("cifar10", {"width": 64, "arch": "resnet18", "epochs": 60, "l2": False},
+                             ({"etf_projector": _OFF_ON, "entropy_reg": (0.0, 0.05)},),
+                             help="ICML 2025 NC control on the Table 2 setting: fixed simplex-ETF projector off/on x "
+                                  "entropy regularizer 0/0.05 (4 conditions), ResNet18 60 epochs, CIFAR-10"),
 }
 
 
