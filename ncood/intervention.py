@@ -24,7 +24,6 @@ import logging
 import re
 import tempfile
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import ray

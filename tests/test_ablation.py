@@ -3,7 +3,6 @@ a tiny grid's MLflow contents, retry and FAILED marking, Ctrl+C + --resume, the 
 `ray job submit` against a `ray start --head` cluster (slow)."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import secrets
 import shutil
@@ -28,15 +27,10 @@ from ncood.config import ConfigError, TrialConfig
 from ncood.tune import SweepSettings, grid_conditions, init_ray, make_param_space, run_grid, run_sweep
 from ncood.tune import jobs
 
+from job_scripts import load_job
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"epochs": [2], "width": 4, "eval_every": 1}  # digits, width-4 ResNet18: about a second per trial
-
-
-def _load_job(name: str):
-    spec = importlib.util.spec_from_file_location(f"job_{name}", REPO / "tune_jobs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +83,7 @@ def test_presets_and_overrides():
 
 
 def test_ablation_help_and_flags():
-    ablation = _load_job("ablation")
+    ablation = load_job("ablation")
     text = ablation.build_parser().format_help()
     for flag in ("--preset", "--seeds", "--epochs", "--archs", "--dataset", "--data-root", "--experiment",
                  "--tracking-uri", "--storage-path", "--gpus-per-trial", "--cpus-per-trial", "--max-concurrent",
@@ -283,7 +277,7 @@ def test_interrupt_then_resume(local_ray, store, tmp_path):
                 for r in before if r.info.status == "FINISHED"}
     assert finished and len(before) < 4
 
-    ablation = _load_job("ablation")
+    ablation = load_job("ablation")
     rc = ablation.main(["--resume", "--experiment", "interrupt", "--storage-path", str(store[1] / "ray"),
                         "--quiet", "--no-aggregate"])  # the newest sweep of the experiment: the one just cut off
     assert rc == 0
@@ -302,7 +296,7 @@ def test_interrupt_then_resume(local_ray, store, tmp_path):
 
 @pytest.mark.timeout(300)
 def test_search_six_trials(local_ray, store):
-    search = _load_job("search")
+    search = load_job("search")
     uri, root = store
     rc = search.main(["--trials", "6", "--epochs", "3", "--width", "4", "--experiment", "search",
                       "--tracking-uri", uri, "--storage-path", str(root / "ray"), "--quiet"])

@@ -15,7 +15,7 @@ the artifact store); anonymous and wrong-password requests get 401. Finalizers s
 from __future__ import annotations
 
 import base64
-import importlib.util
+import importlib.util  # find_spec
 import json
 import os
 import pwd
@@ -39,6 +39,8 @@ import pytest
 import yaml
 
 from ncood import keys, tracking
+
+from job_scripts import load_job
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -109,10 +111,7 @@ def _help(name: str) -> str:
 
 
 def _ablation_parser():
-    spec = importlib.util.spec_from_file_location("job_ablation_deploy", REPO / "tune_jobs" / "ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.build_parser()
+    return load_job("ablation").build_parser()
 
 
 def _listed(flag: str, help_text: str) -> bool:

@@ -3,9 +3,7 @@ loss switch leave default training bit-identical, the NC loss drives NC down fas
 ablation -> nc_intervention -> aggregation chain on digits with a local Ray and a tmp MLflow store."""
 from __future__ import annotations
 
-import importlib.util
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,10 +12,11 @@ import torch.nn.functional as F
 from ncood import keys, train
 from ncood.config import ConfigError, make_config
 from ncood.intervention import GROUPS, InterventionSettings, continuation_config
-from ncood.models import create_model, simplex_etf
+from ncood.models import simplex_etf
 from ncood.pipeline import build_trial
 
-REPO = Path(__file__).resolve().parents[1]
+
+from job_scripts import load_job
 
 
 def _cfg(tmp_path, **kw):
@@ -134,9 +133,7 @@ def test_ablation_then_intervention_end_to_end(tmp_path):
                                  progress=False, keep_checkpoint_epochs=(2,))
         result = run_grid("default", {"epochs": [3], "width": 4, "eval_every": 1}, seeds=2, settings=settings)
         assert result.num_errors == 0
-        spec = importlib.util.spec_from_file_location("job_nci", REPO / "tune_jobs" / "nc_intervention.py")
-        job = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(job)
+        job = load_job("nc_intervention")
         rc = job.main(["--experiment", "abl", "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray"),
                        "--from-epoch", "3", "--intervention-epochs", "3", "--lr-step", "2", "--quiet",
                        "--aggregate-out", str(tmp_path / "aggregate")])
@@ -166,9 +163,7 @@ def test_nc_control_grid_axes_and_flags():
     from ncood.tune import grid_conditions, jobs
     from ncood.tune.grid import GRIDS
 
-    spec = importlib.util.spec_from_file_location("job_ablation", REPO / "tune_jobs" / "ablation.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
+    job = load_job("ablation")
     args = job.build_parser().parse_args(["--etf-projector", "off", "on", "--entropy-reg", "0,0.05"])
     overrides = jobs.overrides_from_args(args)
     assert overrides == {"etf_projector": [False, True], "entropy_reg": [0.0, 0.05]}

@@ -124,6 +124,14 @@ def test_pruned_log_density_equals_full_logsumexp(layout, monkeypatch):
         assert solved == c * len(near)
 
 
+def test_log_density_one_class():
+    """One class: the bound's basis is empty and the class is solved in full."""
+    x = torch.randn(50, 6, generator=torch.Generator().manual_seed(4))
+    gm = fit_class_gaussians(x, torch.zeros(50, dtype=torch.long))
+    z = 3 * torch.randn(7, 6)
+    torch.testing.assert_close(gm.log_density(z), gm.per_class_log_density(z)[:, 0], rtol=1e-14, atol=0)
+
+
 def test_gram_lower_triangle():
     from ncood.ood.gaussian import _gram_lower
     x = torch.randn(50, 300, dtype=torch.float64)  # 300 = one 256 block + a 44 remainder

@@ -2,10 +2,8 @@
 the way a cluster keeps results in a bucket (`--storage-path 's3://bucket/prefix?endpoint_override=...'`)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-from pathlib import Path
 
 import boto3
 import pytest
@@ -16,7 +14,8 @@ from ncood import tracking
 from ncood.tune import SweepSettings, init_ray, run_grid
 from ncood.tune.sweep import SWEEP_FILE, Storage, find_experiment
 
-REPO = Path(__file__).resolve().parents[1]
+from job_scripts import load_job
+
 BUCKET = "ncood-results"
 TINY = {"epochs": [2], "width": 4, "eval_every": 2}
 
@@ -69,9 +68,7 @@ def s3(tmp_path_factory):
 def test_unusable_storage_fails_before_any_run(s3, tmp_path, capsys):
     """A missing bucket or a malformed URI: exit 2 with the problem named, and no MLflow run created."""
     uri, _ = s3
-    spec = importlib.util.spec_from_file_location("job_ablation", REPO / "tune_jobs" / "ablation.py")
-    ablation = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ablation)
+    ablation = load_job("ablation")
     tracking_uri = tracking.resolve_tracking_uri(str(tmp_path / "mlflow.db"))
     for where, said in [(uri.replace(BUCKET, "no-such-bucket"), "Bucket 'no-such-bucket' not found"),
                         (uri + "&no_such_option=1", "not a storage URI")]:
@@ -110,9 +107,7 @@ def test_sweep_and_resume_on_s3(s3, tmp_path):
 
     # --resume finds the newest sweep of the experiment by listing the bucket and restores it from there:
     # everything finished, so nothing reruns and no run is added.
-    spec = importlib.util.spec_from_file_location("job_ablation", REPO / "tune_jobs" / "ablation.py")
-    ablation = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ablation)
+    ablation = load_job("ablation")
     rc = ablation.main(["--resume", "--experiment", "on-s3", "--tracking-uri", tracking_uri,
                         "--storage-path", uri, "--quiet", "--no-aggregate"])
     assert rc == 0

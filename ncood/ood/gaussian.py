@@ -88,8 +88,6 @@ class ClassGaussians:
         """
         self._check(z)
         c = self.num_classes
-        if c == 1:
-            return self.per_class_log_density(z, chunk_size)[:, 0]
         chunk = chunk_size or max(1, _CHUNK_ELEMENTS // (2 * self.dim))  # two (n, d) float64 per solve
         const = self._log_const()  # (C,)
         basis, centre, offset = self._bound_basis
@@ -120,7 +118,8 @@ class ClassGaussians:
         """log_density's bound: basis (d, C (C-1)) = [V_0 ... V_C-1], V_c = L_c^-T Q_c with Q_c an orthonormal
         basis of L_c^-1 (mu_j - mu_c), j != c; centre (d,) the mean of the class means, subtracted from z first
         so that the product does not lose digits to a large common offset; offset (C, C-1) = V_c^T (mu_c - centre).
-        Cost: 2 (C-1) d^2 per class (two triangular solves with C-1 right-hand sides), once per instance (serving scores one image per call)."""
+        Cost: 2 (C-1) d^2 per class (two triangular solves with C-1 right-hand sides), once per instance (serving
+        scores one image per call). One class: an empty basis, the bound is const and the class is solved."""
         c, d = self.num_classes, self.dim
         centre = self.means.mean(dim=0)  # (d,)
         others = [[j for j in range(c) if j != k] for k in range(c)]

@@ -45,7 +45,7 @@ from torch import nn
 
 import ncood
 from ncood.config import TrialConfig
-from ncood.data import DatasetInfo, IDData
+from ncood.data import IDData
 from ncood.pipeline import model_kwargs
 from ncood.ood import ScoreFit
 from ncood.serve.scorer import (INPUT_COLUMN, SCORE_COLUMNS, Scorer, ScorerSpec, ServingLimits,
