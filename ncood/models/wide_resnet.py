@@ -18,10 +18,12 @@ width 8 is the same network with an eighth of the channels (widen factor 1.25, s
 
 from __future__ import annotations
 
+from dataclasses import replace
+from functools import partial
+
 from torch import Tensor, nn
 
-from ncood.models.layers import (FeatureClassifier, LayerSpec, PadShortcut, make_activation, make_conv,
-                                 spectral_norm_layers)
+from ncood.models.layers import FeatureClassifier, LayerSpec, PadShortcut, make_activation, make_conv
 from ncood.models.registry import register_model
 
 DEPTH, WIDEN = 28, 10
@@ -62,6 +64,8 @@ class WideResNet(FeatureClassifier):
                  spec: LayerSpec) -> None:
         channels = [max(1, c * width // 64) for c in STAGES]  # exact at width 64
         super().__init__(channels[-1], num_classes, l2)
+        slope = "leaky_relu" if spec.leaky else "relu"
+        spec = replace(spec, conv_init=partial(nn.init.kaiming_normal_, mode="fan_out", nonlinearity=slope))
         self.stem, size = make_conv(spec, in_channels, channels[0], 3, 1, input_size)
         blocks: list[nn.Module] = []
         c = channels[0]
@@ -74,13 +78,8 @@ class WideResNet(FeatureClassifier):
         self.bn = nn.BatchNorm2d(c, momentum=BN_MOMENTUM)
         self.act = make_activation(spec.leaky)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        slope = "leaky_relu" if spec.leaky else "relu"
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity=slope)
+        nn.init.kaiming_normal_(self.classifier.weight, mode="fan_out", nonlinearity=slope)  # DDU l.139-140
         nn.init.zeros_(self.classifier.bias)
-        for conv in spectral_norm_layers(self):  # the estimate made at construction was for the old weights
-            conv.power_iteration(20)
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.pool(self.act(self.bn(self.blocks(self.stem(x))))).flatten(1)  # (B, d)
