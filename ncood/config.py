@@ -20,9 +20,9 @@ from typing import Any, Callable
 PAPER_MILESTONES = {60: (40, 50), 100: (75, 90), 350: (150, 250)}
 LOSSES = ("ce", "nc", "logitnorm")  # cross-entropy; the seed paper's NC intervention loss; LogitNorm (ncood.train)
 SCHEDULES = ("step", "cosine")  # MultiStepLR at `milestones` (the papers) | CosineAnnealingLR over the epochs
-# (lr, weight decay) when not given. SGD: the papers' (REFERENCE.md section 3). AdamW: lr 1e-3 is torch's default and
-# ConvNeXt's 4e-3 at batch 4096 (Liu et al. 2022, "A ConvNet for the 2020s", Sec. 2) scaled linearly to batch 1024;
-# weight decay 0.05 is ConvNeXt's. TMLR A.1 gives no ConvNeXt values; CCT's own recipe is set by the tmlr presets.
+# (lr, weight decay) when not given. SGD: the papers' (seed paper Sec. 3, TMLR A.1). AdamW: lr 1e-3 is torch's
+# default and ConvNeXt's 4e-3 at batch 4096 (Liu et al. 2022, "A ConvNet for the 2020s", Sec. 2) scaled linearly to
+# batch 1024; weight decay 0.05 is ConvNeXt's. TMLR A.1 gives no ConvNeXt values; CCT's recipe is in the tmlr presets.
 OPTIMIZER_DEFAULTS = {"sgd": (0.1, 5e-4), "adamw": (1e-3, 0.05)}
 LOGITNORM_TEMPERATURE = 0.04  # Wei et al. 2022's CIFAR-10 value (OpenOOD configs/pipelines/train/train_logitnorm.yml)
 
@@ -209,6 +209,8 @@ class TrialConfig:
         return d
 
     def replace(self, **overrides: Any) -> "TrialConfig":
+        """A copy with `overrides`. Fields resolved from defaults (batch_size and ood_sets from the dataset, lr and
+        weight_decay from the optimizer) keep their values: pass them too when changing dataset or optimizer."""
         _check_keys(overrides)
         return dataclasses.replace(self, **overrides)
 

@@ -4,7 +4,7 @@ from ncood.data.registry import (
     DATASETS, DatasetInfo, DatasetNotFoundError, IDData, RawImages, Split, get_info, list_datasets, load_id,
     load_ood, register_dataset, stratified_holdout, to_model_input,
 )
-from ncood.data import builtin, tiny_imagenet, torchvision_sets  # noqa: F401,E402  (imported for their @register_dataset)
+from ncood.data import builtin, tiny_imagenet, torchvision_sets  # noqa: F401,E402  (they fill the registry)
 from ncood.data.loader import DeviceLoader, normalized_zero, random_crop_flip
 
 __all__ = [

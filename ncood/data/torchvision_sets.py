@@ -1,6 +1,6 @@
-"""The papers' downloadable sets (REFERENCE.md sections 3 and 5; TMLR 2024 Tables 5-7), loaded the standard way from
-a data root. Every one can be the ID set (TMLR 2024 trains on CIFAR-10, CIFAR-100, Tiny ImageNet and GTSRB) and every
-one can be an OoD set of another; all are 32x32 RGB model inputs with CIFAR-10 normalization (REFERENCE.md 3).
+"""The papers' downloadable sets (seed paper Sec. 3; TMLR 2024 Tables 1-7), loaded the standard way from a data root.
+Every one can be the ID set (TMLR 2024 trains on CIFAR-10, CIFAR-100, Tiny ImageNet and GTSRB) and every one can be
+an OoD set of another; all are 32x32 RGB model inputs with CIFAR-10 normalization (as the papers do for every set).
 
 - cifar10, cifar100: torchvision.datasets.CIFAR10 / CIFAR100, python-pickle batches
   (https://www.cs.toronto.edu/~kriz/cifar.html). CIFAR-100 as ID: TMLR Table 7 (OoD SVHN, CIFAR-10, Tiny ImageNet).
