@@ -62,7 +62,8 @@ class TrialConfig:
     download: bool = _f(False, "download missing torchvision datasets (needs a network)")
     # model (REFERENCE.md section 2)
     arch: str = _f("resnet18", "architecture from the model registry")
-    width: int = _f(64, "base channels: 64 in the papers, 8 is a CPU-sized variant of the same network")
+    width: int = _f(64, "size: 64 builds the papers' networks (ResNet/VGG base channels; WRN-28-10 and ConvNeXt-Tiny "
+                        "channels scale by width/64; CCT embedding = 4 * width); 8 is a CPU-sized variant")
     l2: bool = _f(False, "L2-normalize the features before the classifier")
     spectral_norm: bool = _f(False, "DDU soft spectral normalization on every conv")
     sn_coeff: float = _f(3.0, "spectral-norm coefficient (DDU: 3)")
