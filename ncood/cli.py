@@ -23,7 +23,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         if f.type in ("bool", bool):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
         else:
-            kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
+            kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(str(f.type), str)
             parser.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper(), help=help_)
 
 
@@ -56,7 +56,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     for name in list_datasets():
         info = get_info(name)
         role = "ID " if info.can_be_id else "OoD"
-        print(f"{name:14s} {role}  {'x'.join(map(str, info.image_shape)):8s} {info.description}")
+        shape = "x".join(map(str, info.image_shape)) if info.image_shape else "ID shape"  # made like the ID set
+        print(f"{name:14s} {role}  {shape:8s} {info.description}")
     return 0
 
 

@@ -1,8 +1,11 @@
 """One typed, frozen configuration per trial, built from a named preset plus validated overrides.
 
 The papers' training recipe (REFERENCE.md section 3): SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 1024,
-cross-entropy, LR x0.1 at two milestones that depend on the epoch budget. A config is stored in every checkpoint,
-every `summary.json` and every MLflow run (as params), so any run can be repeated from it.
+cross-entropy, LR x0.1 at two milestones that depend on the epoch budget. The TMLR 2024 paper ("Exploring Simple,
+High Quality Out-of-Distribution Detection with L2 Normalization", appendix A.1) adds AdamW + cosine annealing
+(ConvNeXt, CCT) and the LogitNorm loss (Wei et al. 2022); lr and weight decay default to the chosen optimizer's
+values (OPTIMIZER_DEFAULTS). A config is stored in every checkpoint, every `summary.json` and every MLflow run (as
+params, with every default resolved), so any run can be repeated from it.
 """
 from __future__ import annotations
 
@@ -15,7 +18,13 @@ from typing import Any, Callable
 
 # The papers' LR schedules (seed paper section 3; DDU): epochs -> the two epochs where LR is multiplied by 0.1.
 PAPER_MILESTONES = {60: (40, 50), 100: (75, 90), 350: (150, 250)}
-LOSSES = ("ce", "nc")  # cross-entropy; the seed paper's NC intervention loss (ncood.collapse.nc_loss)
+LOSSES = ("ce", "nc", "logitnorm")  # cross-entropy; the seed paper's NC intervention loss; LogitNorm (ncood.train)
+SCHEDULES = ("step", "cosine")  # MultiStepLR at `milestones` (the papers) | CosineAnnealingLR over the epochs
+# (lr, weight decay) when not given. SGD: the papers' (seed paper Sec. 3, TMLR A.1). AdamW: lr 1e-3 is torch's
+# default and ConvNeXt's 4e-3 at batch 4096 (Liu et al. 2022, "A ConvNet for the 2020s", Sec. 2) scaled linearly to
+# batch 1024; weight decay 0.05 is ConvNeXt's. TMLR A.1 gives no ConvNeXt values; CCT's recipe is in the tmlr presets.
+OPTIMIZER_DEFAULTS = {"sgd": (0.1, 5e-4), "adamw": (1e-3, 0.05)}
+LOGITNORM_TEMPERATURE = 0.04  # Wei et al. 2022's CIFAR-10 value (OpenOOD configs/pipelines/train/train_logitnorm.yml)
 
 
 class ConfigError(ValueError):
@@ -53,7 +62,8 @@ class TrialConfig:
     download: bool = _f(False, "download missing torchvision datasets (needs a network)")
     # model (REFERENCE.md section 2)
     arch: str = _f("resnet18", "architecture from the model registry")
-    width: int = _f(64, "base channels: 64 in the papers, 8 is a CPU-sized variant of the same network")
+    width: int = _f(64, "size: 64 builds the papers' networks (ResNet/VGG base channels; WRN-28-10 and ConvNeXt-Tiny "
+                        "channels scale by width/64; CCT embedding = 4 * width); 8 is a CPU-sized variant")
     l2: bool = _f(False, "L2-normalize the features before the classifier")
     spectral_norm: bool = _f(False, "DDU soft spectral normalization on every conv")
     sn_coeff: float = _f(3.0, "spectral-norm coefficient (DDU: 3)")
@@ -63,15 +73,24 @@ class TrialConfig:
     # optimisation (REFERENCE.md section 3)
     epochs: int = _f(60, "training epochs; LR x0.1 at 40/50 (60), 75/90 (100), 150/250 (350), else 2/3 and 5/6")
     batch_size: int | None = _f(None, "batch size; default: the dataset's (1024 for CIFAR as in the papers)")
-    lr: float = _f(0.1, "SGD learning rate")
-    momentum: float = _f(0.9, "SGD momentum")
-    weight_decay: float = _f(5e-4, "SGD weight decay")
+    lr: float | None = _f(None, "learning rate; default: the optimizer's (SGD 0.1 as in the papers, AdamW 1e-3)")
+    momentum: float = _f(0.9, "SGD momentum (AdamW uses betas)")
+    weight_decay: float | None = _f(None, "weight decay; default: the optimizer's (SGD 5e-4, AdamW 0.05)")
     seed: int = _f(0, "seed for initialisation, batch order and augmentation")
     lr_steps: tuple[int, ...] | None = _f(None, "comma-separated epochs where LR is multiplied by 0.1; "
                                                "default: the papers' milestones for the epoch budget")
-    loss: str = _f("ce", "training loss: ce (cross-entropy) | nc (seed paper Sec. 4.2 NC intervention loss)")
+    loss: str = _f("ce", "training loss: ce (cross-entropy) | nc (seed paper Sec. 4.2 NC intervention loss) | "
+                         "logitnorm (Wei et al. 2022: cross-entropy of logits / (T * ||logits||))")
     entropy_reg: float = _f(0.0, "weight of the nearest-neighbour entropy regularizer on normalized features "
                                  "(ICML 2025 NC control: 0.05; 0 = off)")
+    # TMLR 2024 study (appendix A.1): optimizer, LR schedule, LogitNorm temperature
+    optimizer: str = _f("sgd", "sgd | adamw (TMLR A.1: ConvNeXt and CCT are trained with AdamW)")
+    schedule: str = _f("step", "step: LR x0.1 at the milestones (the papers) | cosine: CosineAnnealingLR to 0 over "
+                               "the epochs, stepped once per epoch (TMLR A.1: ConvNeXt, CCT)")
+    betas: tuple[float, float] = _f((0.9, 0.999), "AdamW betas, comma-separated (torch's default 0.9,0.999); "
+                                                  "not used by SGD")
+    logitnorm_temperature: float = _f(LOGITNORM_TEMPERATURE, "LogitNorm temperature T (loss=logitnorm only; Wei "
+                                                            "et al. 2022 use 0.04 on CIFAR-10)")
     # measurement and runtime
     eval_every: int = _f(10, "evaluate NC + OoD every k epochs and at the last one (0 = last only)")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
@@ -109,6 +128,8 @@ class TrialConfig:
         object.__setattr__(self, "data_root", str(Path(self.data_root).expanduser().resolve()))
         if self.arch not in list_models():
             raise ConfigError(f"arch: unknown architecture '{self.arch}'; choose one of {list_models()}")
+        self._resolve_optimizer()
+        self._check_model_toggles()
         checks = [
             (self.epochs >= 1, "epochs", "must be >= 1"),
             (self.width >= 1, "width", "must be >= 1"),
@@ -118,6 +139,9 @@ class TrialConfig:
             (0 <= self.momentum < 1, "momentum", "must be in [0, 1)"),
             (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
             (self.loss in LOSSES, "loss", f"must be one of {LOSSES}"),
+            (self.schedule in SCHEDULES, "schedule", f"must be one of {SCHEDULES}"),
+            (self.logitnorm_temperature > 0, "logitnorm_temperature", "must be > 0 (Wei et al. 2022: 0.04)"),
+            (all(0 <= b < 1 for b in self.betas), "betas", "AdamW betas must be in [0, 1), e.g. 0.9,0.999"),
             (self.entropy_reg >= 0, "entropy_reg", "must be >= 0 (0 = off; the ICML 2025 paper uses 0.05)"),
             (self.lr_steps is None or all(e >= 1 for e in self.lr_steps), "lr_steps", "epochs must be >= 1"),
             (self.eval_every >= 0, "eval_every", "must be >= 0 (0 = evaluate only after the last epoch)"),
@@ -127,6 +151,34 @@ class TrialConfig:
         for ok, name, why in checks:
             if not ok:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: {why}")
+
+    def _resolve_optimizer(self) -> None:
+        """optimizer checked first; lr / weight_decay filled from its defaults; betas parsed from '0.9,0.999'."""
+        if self.optimizer not in OPTIMIZER_DEFAULTS:
+            raise ConfigError(f"optimizer={self.optimizer!r}: must be one of {tuple(OPTIMIZER_DEFAULTS)}")
+        lr, weight_decay = OPTIMIZER_DEFAULTS[self.optimizer]
+        object.__setattr__(self, "lr", lr if self.lr is None else self.lr)
+        object.__setattr__(self, "weight_decay", weight_decay if self.weight_decay is None else self.weight_decay)
+        betas = self.betas.split(",") if isinstance(self.betas, str) else self.betas
+        try:
+            betas = tuple(float(b) for b in betas)
+        except (TypeError, ValueError):
+            raise ConfigError(f"betas={self.betas!r}: expected two comma-separated numbers, e.g. 0.9,0.999") from None
+        if len(betas) != 2:
+            raise ConfigError(f"betas={self.betas!r}: expected two numbers (beta1, beta2), e.g. 0.9,0.999")
+        object.__setattr__(self, "betas", betas)
+
+    def _check_model_toggles(self) -> None:
+        """DDU's spectral norm and leaky/GAP exist only for the conv/BN networks; refuse them elsewhere (never
+        silently train a different network than the config says)."""
+        from ncood.models import models_supporting
+
+        for name in ("spectral_norm", "leaky_gap"):
+            able = models_supporting(name)
+            if getattr(self, name) and self.arch not in able:
+                raise ConfigError(f"{name}: architecture '{self.arch}' does not support DDU's {name} (it has no "
+                                  f"conv/BN/ReLU stack to apply it to); turn it off (--no-{name.replace('_', '-')}) "
+                                  f"or use one of {able}")
 
     @property
     def milestones(self) -> tuple[int, ...]:
@@ -142,6 +194,11 @@ class TrialConfig:
         parts += ["etf"] if self.etf_projector else []
         parts += [f"ent{self.entropy_reg:g}"] if self.entropy_reg else []
         parts += [f"{self.loss}loss"] if self.loss != "ce" else []
+        # TMLR 2024 axes: only when not the default, so every earlier condition name stays the same
+        parts += [f"t{self.logitnorm_temperature:g}"] if (
+            self.loss == "logitnorm" and self.logitnorm_temperature != LOGITNORM_TEMPERATURE) else []
+        parts += [self.optimizer] if self.optimizer != "sgd" else []
+        parts += ["cos"] if self.schedule != "step" else []
         parts += [f"e{self.epochs}"]
         return "-".join(parts)
 
@@ -149,9 +206,12 @@ class TrialConfig:
         d = dataclasses.asdict(self)
         d["ood_sets"] = list(self.ood_sets)
         d["lr_steps"] = None if self.lr_steps is None else list(self.lr_steps)
+        d["betas"] = list(self.betas)
         return d
 
     def replace(self, **overrides: Any) -> "TrialConfig":
+        """A copy with `overrides`. Fields resolved from defaults (batch_size and ood_sets from the dataset, lr and
+        weight_decay from the optimizer) keep their values: pass them too when changing dataset or optimizer."""
         _check_keys(overrides)
         return dataclasses.replace(self, **overrides)
 
@@ -159,7 +219,7 @@ class TrialConfig:
     def from_dict(cls, d: dict[str, Any]) -> "TrialConfig":
         _check_keys(d)
         d = dict(d)
-        for name in ("ood_sets", "lr_steps"):
+        for name in ("ood_sets", "lr_steps", "betas"):
             if isinstance(d.get(name), list):
                 d[name] = tuple(d[name])
         return cls(**d)
@@ -167,8 +227,9 @@ class TrialConfig:
 
 # The fields TrialConfig.condition is made of: every axis of an experiment except the seed. The ablation grid's
 # axes (ncood.tune.grid.AXES) are a subset; aggregation groups runs by all of them.
+# The dataset is not one: a sweep trains one dataset (its experiment says which; aggregation reads the `dataset` param).
 CONDITION_FIELDS = ("arch", "width", "l2", "spectral_norm", "leaky_gap", "epochs", "etf_projector", "entropy_reg",
-                    "loss")
+                    "loss", "logitnorm_temperature", "optimizer", "schedule")
 
 # Named presets: partial configs. "digits" is the embedded CPU-sized default; "cifar10" the papers' setting.
 PRESETS: dict[str, dict[str, Any]] = {

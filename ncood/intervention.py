@@ -130,12 +130,12 @@ def find_sources(tracking_uri: str | None, experiment: str, from_epoch: int, *, 
 
 def _param(name: str, value: str) -> Any:
     """An MLflow param string back to its TrialConfig field value (the runs were logged from TrialConfig.to_dict)."""
-    kind = {f.name: str(f.type) for f in dataclasses.fields(TrialConfig)}.get(name, "str")
+    kind = {f.name: str(f.type) for f in dataclasses.fields(TrialConfig)}.get(name, "str").removesuffix(" | None")
     if value == "None":
         return None
     if kind == "bool":
         return value == "True"
-    if kind in ("int", "int | None"):
+    if kind == "int":
         return int(value)
     if kind == "float":
         return float(value)

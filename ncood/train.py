@@ -1,8 +1,12 @@
-"""The training loop: SGD + MultiStepLR, the training loss, per-epoch callbacks, exact checkpoint/resume.
+"""The training loop: optimizer + LR schedule, the training loss, per-epoch callbacks, exact checkpoint/resume.
 
+Optimizer and schedule (`make_optimizer`, `make_scheduler`): SGD + MultiStepLR at the papers' milestones by default;
+AdamW + CosineAnnealingLR as TMLR 2024 appendix A.1 trains ConvNeXt and CCT. AdamW takes no weight decay on biases
+and 1-d (norm) parameters, as the ConvNeXt and CCT recipes do (timm's `param_groups_weight_decay`).
 The loss (`training_loss`) is cross-entropy by default; `cfg.loss="nc"` is the seed paper's NC intervention loss
-(Sec. 4.2: the differentiable NC metrics, no cross-entropy) on the features the classifier sees, and
-`cfg.entropy_reg` adds the ICML 2025 nearest-neighbour entropy regularizer on the L2-normalized encoder features.
+(Sec. 4.2: the differentiable NC metrics, no cross-entropy) on the features the classifier sees; `cfg.loss=
+"logitnorm"` is LogitNorm (Wei et al. 2022; `logitnorm_loss`), and `cfg.entropy_reg` adds the ICML 2025
+nearest-neighbour entropy regularizer on the L2-normalized encoder features.
 
 Recipe from the papers (REFERENCE.md section 3). The trainer receives built objects (model, data, config); it does
 not construct them from strings. Systems choices follow airbench: the training set lives on the device, batches
@@ -23,6 +27,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
+from timm.optim import param_groups_weight_decay
 
 from ncood import keys
 from ncood.collapse import nc_loss
@@ -61,17 +66,49 @@ def nn_entropy(z: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return -torch.log(dist.min(dim=1).values + eps).mean()
 
 
+def logitnorm_loss(logits: torch.Tensor, y: torch.Tensor, temperature: float) -> torch.Tensor:
+    """LogitNorm (Wei et al. 2022, "Mitigating Neural Network Overconfidence with Logit Normalization", eq. 6):
+    cross-entropy of f / (T * (||f||_2 + 1e-7)), f = logits (B, C), in fp32; the 1e-7 is the authors' code's
+    (github.com/hongxin001/logitnorm_ood, common/loss_function.py l.55-57).
+
+    Written out rather than pytorch_ood's logit_norm_loss: that one first drops labels < 0 by boolean indexing,
+    a host sync per step that the training loop avoids (ncood has no unknown-class labels to drop)."""
+    f = logits.float()
+    return F.cross_entropy(f / (temperature * (f.norm(dim=1, keepdim=True) + 1e-7)), y)
+
+
 def training_loss(model: torch.nn.Module, logits: torch.Tensor, z: torch.Tensor, y: torch.Tensor,
                   cfg: TrialConfig) -> torch.Tensor:
-    """The training objective of `cfg`: cross-entropy (loss="ce") or the NC loss (loss="nc") on the classifier's
-    input features, plus entropy_reg * nn_entropy(z) when entropy_reg > 0 (defaults: plain cross-entropy)."""
+    """The training objective of `cfg`: cross-entropy (loss="ce"), the NC loss (loss="nc") on the classifier's
+    input features or LogitNorm (loss="logitnorm"), plus entropy_reg * nn_entropy(z) when entropy_reg > 0
+    (defaults: plain cross-entropy)."""
     if cfg.loss == "nc":
         loss = nc_loss(model.classifier_input(z), y, model.classifier.weight)
+    elif cfg.loss == "logitnorm":
+        loss = logitnorm_loss(logits, y, cfg.logitnorm_temperature)
     else:
         loss = F.cross_entropy(logits.float(), y)
     if cfg.entropy_reg:
         loss = loss + cfg.entropy_reg * nn_entropy(z)
     return loss
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrialConfig, fused: bool) -> torch.optim.Optimizer:
+    """cfg.optimizer over model's parameters with cfg.lr / weight_decay (momentum for SGD, betas for AdamW).
+    fused: one kernel for all parameters (CUDA); otherwise foreach batches the update (CPU)."""
+    fast = {"fused": True} if fused else {"foreach": True}
+    if cfg.optimizer == "adamw":
+        groups = param_groups_weight_decay(model, cfg.weight_decay)  # no decay on biases and norm weights
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, **fast)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           **fast)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrialConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per epoch. step: LR x0.1 at cfg.milestones; cosine: lr * (1 + cos(pi * epoch / epochs)) / 2."""
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), gamma=0.1)
 
 
 @dataclass
@@ -93,12 +130,8 @@ class Trainer:
         self.model.to(self.device)
         if cuda:  # channels_last lets cuDNN pick NHWC kernels, which bf16 tensor cores prefer
             self.model.to(memory_format=torch.channels_last)
-        # fused SGD is one kernel for all parameters on CUDA; foreach batches the update on CPU.
-        self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-            **({"fused": True} if cuda else {"foreach": True}),
-        )
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(cfg.milestones), gamma=0.1)
+        self.optimizer = make_optimizer(self.model, cfg, fused=cuda)
+        self.scheduler = make_scheduler(self.optimizer, cfg)
         # All batch order and augmentation randomness comes from this generator, saved in checkpoints.
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         info = self.data.info

@@ -7,7 +7,8 @@
 - SVHN: `test_32x32.mat` / `train_32x32.mat` (MATLAB 5 via scipy.io.savemat): 'X' (32, 32, 3, N) uint8 and
   'y' (N, 1) with labels 1..10 (10 is digit 0).
 - Tiny ImageNet: `tiny-imagenet-200/val/images/val_<i>.JPEG` (64x64, a few greyscale as in the real set) and
-  `val/val_annotations.txt` (file, wnid, box), plus `wnids.txt`.
+  `val/val_annotations.txt` (file, wnid, box), `wnids.txt` (200 ids) and `train/<wnid>/images/*.JPEG`.
+- GTSRB: the official zips' layout (PPM images of varying size, ';'-separated GT csv files), see write_gtsrb.
 Images are class-coloured noise, so a network can learn them (smoke tests), and values are checkable.
 
 torchvision checks its datasets against a table of md5s of the real files; `accept_fake_checksums` puts the
@@ -116,23 +117,79 @@ def write_svhn(root: Path, n_train: int = 30, n_test: int = 30, seed: int = 0) -
     return paths
 
 
-def write_tinyimagenet(root: Path, n: int = 12, seed: int = 0) -> list[Path]:
-    """n val JPEGs (every 5th greyscale, as some real ones are); returns the image paths in annotation order."""
-    val = Path(root) / "tiny-imagenet-200" / "val"
+TINY_WNIDS = [f"n{10000000 + 7919 * i % 99991:08d}" for i in range(200)]  # 200 ids, not in sorted order
+
+
+def write_tinyimagenet(root: Path, n: int = 12, per_class: int = 0, seed: int = 0) -> list[Path]:
+    """n val JPEGs (every 5th greyscale, as some real ones are) and `per_class` train JPEGs for each of the 200
+    classes (train/<wnid>/images/<wnid>_<i>.JPEG, plus train/<wnid>/<wnid>_boxes.txt as in the zip), wnids.txt in
+    the zip's unsorted order; returns the val image paths in annotation order."""
+    base = Path(root) / "tiny-imagenet-200"
+    val = base / "val"
     (val / "images").mkdir(parents=True, exist_ok=True)
-    wnids = [f"n{10000000 + i:08d}" for i in range(4)]
-    labels = _balanced_labels(n, len(wnids), seed)
-    images = class_images(labels, len(wnids), side=64, seed=seed)
+    labels = _balanced_labels(n, len(TINY_WNIDS), seed)
+    images = class_images(labels, len(TINY_WNIDS), side=64, seed=seed)
     paths, lines = [], []
     for i, (img, lab) in enumerate(zip(images, labels)):
         path = val / "images" / f"val_{i}.JPEG"
         pil = Image.fromarray(img)
         (pil.convert("L") if i % 5 == 4 else pil).save(path, format="JPEG", quality=90)
         paths.append(path)
-        lines.append(f"{path.name}\t{wnids[lab]}\t0\t0\t63\t63")
+        lines.append(f"{path.name}\t{TINY_WNIDS[lab]}\t0\t0\t63\t63")
     (val / "val_annotations.txt").write_text("\n".join(lines) + "\n")
-    (val.parent / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    (base / "wnids.txt").write_text("\n".join(TINY_WNIDS) + "\n")
+    if per_class:
+        train_labels = np.repeat(np.arange(len(TINY_WNIDS)), per_class)
+        train_images = class_images(train_labels, len(TINY_WNIDS), side=64, seed=seed + 1)
+        for j, (img, lab) in enumerate(zip(train_images, train_labels)):
+            wnid = TINY_WNIDS[lab]
+            folder = base / "train" / wnid / "images"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(folder / f"{wnid}_{j % per_class}.JPEG", format="JPEG", quality=90)
+            with open(folder.parent / f"{wnid}_boxes.txt", "a") as f:
+                f.write(f"{wnid}_{j % per_class}.JPEG\t0\t0\t63\t63\n")
     return paths
+
+
+GTSRB_CSV_HEADER = "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId"
+
+
+def write_gtsrb(root: Path, per_class: int = 2, n_test: int = 20, seed: int = 0) -> Path:
+    """The official GTSRB zips, extracted as torchvision expects under <root>/gtsrb: GTSRB/Training/<class:05d>/
+    <track:05d>_<i:05d>.ppm with GT-<class:05d>.csv (';'-separated) for all 43 classes, GTSRB/Final_Test/Images/
+    <i:05d>.ppm with GT-final_test.test.csv (no labels), and GT-final_test.csv (with ClassId) beside GTSRB/.
+    PPM images of varying sizes (the real ones range from 15x15 to 250x250). Returns the gtsrb folder."""
+    base = Path(root) / "gtsrb"
+    rng = np.random.default_rng(seed)
+    train_labels = np.repeat(np.arange(43), per_class)
+    test_labels = _balanced_labels(n_test, 43, seed + 1)
+
+    def image(label: int, i: int, offset: int) -> tuple[Image.Image, int, int]:
+        w, h = int(rng.integers(15, 60)), int(rng.integers(15, 60))
+        pixels = class_images(np.array([label]), 43, side=max(w, h), seed=seed + offset + i)[0][:h, :w]
+        return Image.fromarray(pixels), w, h
+
+    for c in range(43):
+        folder = base / "GTSRB" / "Training" / f"{c:05d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = [GTSRB_CSV_HEADER]
+        for i in range(per_class):
+            img, w, h = image(c, i, 1000 * c)
+            name = f"00000_{i:05d}.ppm"
+            img.save(folder / name, format="PPM")
+            rows.append(f"{name};{w};{h};1;1;{w - 2};{h - 2};{c}")
+        (folder / f"GT-{c:05d}.csv").write_text("\n".join(rows) + "\n")
+    images = base / "GTSRB" / "Final_Test" / "Images"
+    images.mkdir(parents=True, exist_ok=True)
+    rows, unlabelled = [GTSRB_CSV_HEADER], [GTSRB_CSV_HEADER.rsplit(";", 1)[0]]
+    for i, c in enumerate(test_labels):
+        img, w, h = image(int(c), i, 99999)
+        img.save(images / f"{i:05d}.ppm", format="PPM")
+        rows.append(f"{i:05d}.ppm;{w};{h};1;1;{w - 2};{h - 2};{c}")
+        unlabelled.append(f"{i:05d}.ppm;{w};{h};1;1;{w - 2};{h - 2}")
+    (images / "GT-final_test.test.csv").write_text("\n".join(unlabelled) + "\n")
+    (base / "GT-final_test.csv").write_text("\n".join(rows) + "\n")
+    return base
 
 
 def write_all(root: Path) -> Path:
@@ -140,7 +197,8 @@ def write_all(root: Path) -> Path:
     write_cifar10(root)
     write_cifar100(root)
     write_svhn(root)
-    write_tinyimagenet(root)
+    write_tinyimagenet(root, per_class=2)
+    write_gtsrb(root)
     return Path(root)
 
 

@@ -140,11 +140,14 @@ def test_condition_fields_match_trial_config():
 
     base = make_config("digits", width=8, epochs=3)
     changed = {"arch": "resnet50", "width": 4, "l2": True, "spectral_norm": True, "leaky_gap": True, "epochs": 5,
-               "etf_projector": True, "entropy_reg": 0.05, "loss": "nc"}
+               "etf_projector": True, "entropy_reg": 0.05, "loss": "nc", "optimizer": "adamw", "schedule": "cosine",
+               "logitnorm_temperature": 0.1}
     assert set(changed) == set(CONDITION_FIELDS)
     for f, v in changed.items():
-        assert base.replace(**{f: v}).condition != base.condition, f
-    assert base.replace(seed=3, lr=0.05, eval_every=2).condition == base.condition
+        assert base.replace(**{f: v}).condition != base.condition or f == "logitnorm_temperature", f
+    logitnorm = base.replace(loss="logitnorm")  # the temperature shows only where it is used
+    assert logitnorm.replace(logitnorm_temperature=0.1).condition != logitnorm.condition
+    assert base.replace(seed=3, lr=0.05, eval_every=2, batch_size=64).condition == base.condition
 
 
 def test_sweep_selection_and_seed_report(store, result):

@@ -14,12 +14,12 @@ import torch
 from PIL import Image
 from scipy.io import loadmat
 
-from fake_datasets import accept_fake_checksums, write_all, write_tinyimagenet
+from fake_datasets import TINY_WNIDS, accept_fake_checksums, write_all, write_gtsrb, write_tinyimagenet
 from ncood.data import (
     DATASETS, DatasetNotFoundError, DeviceLoader, Split, get_info, list_datasets, load_id, load_ood,
     normalized_zero, random_crop_flip, stratified_holdout, to_model_input,
 )
-from ncood.data import torchvision_sets
+from ncood.data import tiny_imagenet
 from ncood.data.builtin import DIGITS_TEST_FRACTION, _digits
 
 
@@ -92,7 +92,7 @@ def test_missing_files_raise_dataset_not_found(name, tmp_path, digits):
     except DatasetNotFoundError as err:
         assert str(tmp_path) in str(err) and "download" in str(err) and "missing" in str(err)
     else:
-        assert name not in ("cifar10", "cifar100", "svhn", "tinyimagenet")
+        assert name not in ("cifar10", "cifar100", "svhn", "tinyimagenet", "gtsrb")
 
 
 # ---------------------------------------------------------------- digits
@@ -216,11 +216,84 @@ def test_tinyimagenet_download_uses_the_standard_archive(tmp_path, monkeypatch, 
         calls.append((url, download_root, md5))
         write_tinyimagenet(download_root, n=5)
 
-    monkeypatch.setattr(torchvision_sets, "download_and_extract_archive", fake_download)
+    monkeypatch.setattr(tiny_imagenet, "download_and_extract_archive", fake_download)
     assert load_ood("tinyimagenet", tmp_path, like=digits, download=True).shape == (5, 1, 8, 8)
-    assert calls == [(torchvision_sets.TINY_URL, str(tmp_path), torchvision_sets.TINY_MD5)]
+    assert calls == [(tiny_imagenet.TINY_URL, str(tmp_path), tiny_imagenet.TINY_MD5)]
     load_ood("tinyimagenet", tmp_path, like=digits, download=True)
     assert len(calls) == 1  # already there: no second download
+
+
+def test_cifar100_as_id_set(root):
+    """TMLR Table 7 trains on CIFAR-100: 100 fine classes, OoD SVHN, CIFAR-10 and Tiny ImageNet by default."""
+    with open(root / "cifar-100-python" / "test", "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    data = load_id("cifar100", root)
+    assert data.num_classes == 100 and data.class_names[:2] == ["fine_0", "fine_1"]
+    assert (len(data.train), len(data.val), len(data.test)) == (180, 20, 100)
+    assert torch.equal(data.test.y, torch.tensor(batch[b"fine_labels"]))
+    expected = torch.from_numpy(batch[b"data"]).view(-1, 3, 32, 32).float() / 255
+    assert torch.allclose(_pixels(data.test.x, "cifar100"), expected, atol=1e-5)
+    assert set(data.info.default_ood) >= {"svhn", "cifar10", "tinyimagenet"}
+
+
+def test_tinyimagenet_as_id_reads_the_train_folders(root):
+    """TMLR Table 6: the 200-class train split (train/<wnid>/images) at 32x32, labelled val images as test set."""
+    data = load_id("tinyimagenet", root)
+    assert data.num_classes == 200 and data.class_names == sorted(TINY_WNIDS)  # labels in sorted-wnid order
+    assert (len(data.train), len(data.val), len(data.test)) == (360, 40, 12)
+    assert data.train.x.shape[1:] == (3, 32, 32) and set(data.info.default_ood) >= {"svhn", "cifar100"}
+    rows = [line.split("\t") for line in (root / "tiny-imagenet-200" / "val" / "val_annotations.txt").read_text()
+            .splitlines()]
+    assert data.test.y.tolist() == [sorted(TINY_WNIDS).index(wnid) for _, wnid, *_ in rows]
+    wnid = TINY_WNIDS[7]  # every train image of a class carries that class's label
+    labels = torch.cat([data.train.y, data.val.y])
+    assert int((labels == sorted(TINY_WNIDS).index(wnid)).sum()) == 2
+    path = root / "tiny-imagenet-200" / "train" / wnid / "images" / f"{wnid}_0.JPEG"
+    with Image.open(path) as img:  # the fake classes are colour + noise: the 32x32 mean colour survives resizing
+        colour = np.asarray(img.convert("RGB")).reshape(-1, 3).mean(0) / 255
+    x = torch.cat([data.train.x, data.val.x])[labels == sorted(TINY_WNIDS).index(wnid)]
+    assert np.abs(_pixels(x, "tinyimagenet").mean((0, 2, 3)).numpy() - colour).max() < 0.05
+
+
+def test_tinyimagenet_as_id_needs_all_classes(tmp_path):
+    write_tinyimagenet(tmp_path, n=4, per_class=1)
+    (tmp_path / "tiny-imagenet-200" / "wnids.txt").write_text("\n".join(TINY_WNIDS[:150]) + "\n")
+    with pytest.raises(DatasetNotFoundError, match="lists 150 classes, expected 200"):
+        load_id("tinyimagenet", tmp_path)
+    write_tinyimagenet(tmp_path, n=4, per_class=0)  # wnids.txt back to 200, but no train folders
+    for folder in (tmp_path / "tiny-imagenet-200" / "train").glob(f"{TINY_WNIDS[0]}/images"):
+        for f in folder.iterdir():
+            f.unlink()
+    with pytest.raises(DatasetNotFoundError, match="No training images for class"):
+        load_id("tinyimagenet", tmp_path)
+
+
+def test_gtsrb_reads_the_official_layout_through_torchvision(root):
+    """TMLR Table 5: torchvision's GTSRB reader, 43 classes, every image (15..60 px here) resized to 32x32."""
+    data = load_id("gtsrb", root)
+    assert data.num_classes == 43 and data.image_shape == (3, 32, 32) and not data.info.flip
+    assert (len(data.train) + len(data.val), len(data.test)) == (86, 20)
+    rows = [r.split(";") for r in (root / "gtsrb" / "GT-final_test.csv").read_text().splitlines()[1:]]
+    assert data.test.y.tolist() == [int(r[-1]) for r in rows]  # ClassId column of the test csv
+    path = root / "gtsrb" / "GTSRB" / "Final_Test" / "Images" / rows[3][0]
+    with Image.open(path) as img:
+        assert img.size == (int(rows[3][1]), int(rows[3][2])) and img.size != (32, 32)
+        reference = np.asarray(img.convert("RGB").resize((32, 32), Image.BILINEAR)) / 255.0
+    got = _pixels(data.test.x[3:4], "gtsrb")[0].permute(1, 2, 0).numpy()
+    assert np.abs(got - reference).max() < 0.25 and np.abs(got - reference).mean() < 0.03  # PIL's vs torch's filter
+    assert set(data.info.default_ood) >= {"svhn", "cifar100", "tinyimagenet"}
+
+
+def test_gtsrb_missing_class_folder_or_test_labels(tmp_path):
+    base = write_gtsrb(tmp_path, per_class=1, n_test=3)
+    (base / "GT-final_test.csv").unlink()
+    with pytest.raises(DatasetNotFoundError, match=r"GT-final_test.csv  \[missing\]"):
+        load_id("gtsrb", tmp_path)
+    import shutil
+
+    shutil.rmtree(base / "GTSRB" / "Training" / "00042")
+    with pytest.raises(DatasetNotFoundError, match="42 class folders, expected the 43"):
+        load_id("gtsrb", tmp_path)
 
 
 # ---------------------------------------------------------------- to_model_input

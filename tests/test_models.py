@@ -1,7 +1,8 @@
 """Tests for ncood.models: every registered model goes through the same checks (sweep over list_models()).
 
-Widths are 8 (tiny CPU variant) except the full-width shape check; the whole file runs in well under a
-minute on 2 CPU cores.
+The DDU toggle tests (spectral norm, leaky/GAP) sweep the models that implement them (models_supporting); the
+others must refuse them. Widths are 8 (tiny CPU variant) except the full-width shape check; the whole file runs
+in about a minute on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -11,11 +12,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ncood.models import SNConv2d, create_model, list_models, spectral_norm_layers
+from ncood.config import ConfigError, make_config
+from ncood.models import SNConv2d, create_model, list_models, models_supporting, spectral_norm_layers
+from ncood.train import make_optimizer
 
 MODELS = list_models()
-FULL_WIDTH_DIM = {"resnet18": 512, "resnet50": 2048, "vgg16": 512}  # papers' feature sizes at width 64
+SN_MODELS, LEAKY_MODELS = models_supporting("spectral_norm"), models_supporting("leaky_gap")
+# papers' feature sizes at width 64: DDU ResNets/VGG/WRN-28-10, ConvNeXt-Tiny's last stage, CCT-7's embedding
+FULL_WIDTH_DIM = {"resnet18": 512, "resnet50": 2048, "vgg16": 512, "wide_resnet28_10": 640, "convnext_tiny": 768,
+                  "cct_7_3x1": 256}
+# parameter counts at width 64: WRN-28-10 36.5M (Zagoruyko & Komodakis 2016), CCT-7/3x1 3.76M (Hassani et al. 2021)
+FULL_WIDTH_PARAMS = {"wide_resnet28_10": 36.5e6, "cct_7_3x1": 3.76e6}
 SN_BUFFERS = {"sn_u", "sn_v", "sigma"}
+
+
+def all_toggles(name: str) -> dict:
+    """Every option `name` supports switched on: L2, and DDU's spectral norm and leaky/GAP where implemented."""
+    return {"l2": True, "spectral_norm": name in SN_MODELS, "leaky_gap": name in LEAKY_MODELS}
 
 
 def digits_model(name: str, **kw) -> nn.Module:
@@ -59,7 +72,8 @@ def record_conv_inputs(model: nn.Module, x: torch.Tensor) -> dict[nn.Module, tup
 
 def test_registry_has_the_paper_models():
     assert MODELS == sorted(MODELS)
-    assert {"resnet18", "resnet50", "vgg16"} <= set(MODELS)
+    assert {"resnet18", "resnet50", "vgg16", "wide_resnet28_10", "convnext_tiny", "cct_7_3x1"} <= set(MODELS)
+    assert set(SN_MODELS) == set(LEAKY_MODELS) == {"resnet18", "resnet50", "vgg16", "wide_resnet28_10"}
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -68,22 +82,26 @@ def test_full_width_cifar_shapes(name):
     logits, z = model(torch.randn(2, 3, 32, 32))
     assert logits.shape == (2, 10)
     assert z.shape == (2, model.feature_dim)
-    if name in FULL_WIDTH_DIM:
-        assert model.feature_dim == FULL_WIDTH_DIM[name]
+    assert model.feature_dim == FULL_WIDTH_DIM[name]
+    if name in FULL_WIDTH_PARAMS:
+        assert sum(p.numel() for p in model.parameters()) == pytest.approx(FULL_WIDTH_PARAMS[name], rel=0.01)
     assert model.classifier.in_features == model.feature_dim and model.classifier.out_features == 10
 
 
 @pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("toggles", [{}, {"spectral_norm": True, "leaky_gap": True, "l2": True}])
-def test_digits_shapes_and_width_scaling(name, toggles):
-    model = digits_model(name, **toggles)
+@pytest.mark.parametrize("all_on", [False, True])
+def test_digits_shapes_and_width_scaling(name, all_on):
+    model = digits_model(name, **(all_toggles(name) if all_on else {}))
     logits, z = model(digits_batch(4))
     assert logits.shape == (4, 10) and z.shape == (4, model.feature_dim)
     assert model.feature_dim * 8 == create_model(name, num_classes=10, width=64).feature_dim  # d ~ width
-    torch.testing.assert_close(model.forward_head(model.forward_features(digits_batch(4))), logits)
+    model.eval()  # dropout / drop path (WRN, ConvNeXt, CCT) make two train-mode passes differ
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_head(model.forward_features(digits_batch(4))),
+                                   model(digits_batch(4))[0])
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", SN_MODELS)
 @pytest.mark.parametrize("size", [8, 32])
 def test_sn_shapes_match_actual_conv_inputs(name, size):
     """Spatial sizes propagated at construction equal the real ones (the SN operator is the right one)."""
@@ -94,7 +112,7 @@ def test_sn_shapes_match_actual_conv_inputs(name, size):
         assert tuple(conv.sn_v.shape[1:]) == shapes[conv]
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", LEAKY_MODELS)
 def test_leaky_gap_structure(name):
     plain, leaky = digits_model(name), digits_model(name, leaky_gap=True)
     types = lambda m: {type(x) for x in m.modules()}  # noqa: E731
@@ -102,18 +120,18 @@ def test_leaky_gap_structure(name):
     assert nn.LeakyReLU in types(leaky) and nn.ReLU not in types(leaky)
     assert all(m.negative_slope == 0.01 for m in leaky.modules() if isinstance(m, nn.LeakyReLU))
     assert shortcut_convs(leaky) == []  # no 1x1 shortcut conv anywhere
-    if name.startswith("resnet"):
+    if "resnet" in name:
         assert shortcut_convs(plain) and all(c.kernel_size == (1, 1) for c in shortcut_convs(plain))
     # leaky/GAP removes exactly the shortcut convs (ResNet50's bottleneck 1x1 convs stay in the main path)
     def n1x1(m: nn.Module) -> int:
         return sum(isinstance(c, nn.Conv2d) and c.kernel_size == (1, 1) for c in m.modules())
 
     assert n1x1(leaky) == n1x1(plain) - len(shortcut_convs(plain))
-    if name in ("resnet18", "vgg16"):
+    if name in ("resnet18", "vgg16", "wide_resnet28_10"):
         assert n1x1(leaky) == 0
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", SN_MODELS)
 def test_spectral_norm_placement(name):
     model = digits_model(name, spectral_norm=True)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
@@ -181,7 +199,7 @@ def test_spectral_norm_bounds_the_conv_operator():
     assert n_active >= 1
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", SN_MODELS)
 def test_sn_buffers_update_in_train_only(name):
     model = digits_model(name, spectral_norm=True)
     x = digits_batch(4)
@@ -215,14 +233,14 @@ def test_determinism_and_checkpoint_roundtrip(name):
     states = []
     for _ in range(2):
         torch.manual_seed(123)
-        states.append(digits_model(name, spectral_norm=True, leaky_gap=True).state_dict())
+        states.append(digits_model(name, **all_toggles(name)).state_dict())
     assert states[0].keys() == states[1].keys()
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     torch.manual_seed(7)
-    other = digits_model(name, spectral_norm=True, leaky_gap=True)
+    other = digits_model(name, **all_toggles(name))
     other.load_state_dict(states[0])
     torch.manual_seed(123)
-    ref = digits_model(name, spectral_norm=True, leaky_gap=True)
+    ref = digits_model(name, **all_toggles(name))
     x = digits_batch(4)
     with torch.no_grad():
         torch.testing.assert_close(other.eval()(x)[0], ref.eval()(x)[0])
@@ -240,3 +258,44 @@ def test_bad_arguments_raise(bad):
     kw = {"num_classes": 10, "width": 8, "spectral_norm": True} | bad
     with pytest.raises(ValueError):
         create_model(MODELS[0], **kw)
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_one_training_step_moves_every_parameter(name, optimizer):
+    """One optimizer step (ncood.train.make_optimizer) at width 8 on a digits batch, every option the model has
+    switched on: the loss is finite, every parameter gets a finite non-zero gradient and changes."""
+    torch.manual_seed(0)
+    model = digits_model(name, **all_toggles(name)).train()
+    cfg = make_config("digits", arch=name, optimizer=optimizer, **all_toggles(name))
+    opt = make_optimizer(model, cfg, fused=False)
+    before = {k: p.detach().clone() for k, p in model.named_parameters()}
+    x, y = digits_batch(16), torch.arange(16) % 10
+    loss = F.cross_entropy(model(x)[0], y)
+    loss.backward()
+    assert torch.isfinite(loss)
+    for k, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, k
+    opt.step()
+    assert all(not torch.equal(p, before[k]) for k, p in model.named_parameters())
+
+
+@pytest.mark.parametrize("name", sorted(set(MODELS) - set(SN_MODELS) | set(MODELS) - set(LEAKY_MODELS)))
+@pytest.mark.parametrize("toggle", ["spectral_norm", "leaky_gap"])
+def test_unsupported_ddu_toggles_are_refused(name, toggle):
+    """ConvNeXt and CCT have no conv/BN/ReLU stack for DDU's toggles: refused by name, never silently ignored."""
+    with pytest.raises(ValueError, match=f"{name}.*{toggle}"):
+        digits_model(name, **{toggle: True})
+    with pytest.raises(ConfigError, match=f"{toggle}: architecture '{name}'"):
+        make_config("digits", arch=name, **{toggle: True})
+
+
+def test_adamw_skips_weight_decay_on_biases_and_norms():
+    model = digits_model("cct_7_3x1")
+    cfg = make_config("digits", arch="cct_7_3x1", optimizer="adamw", weight_decay=0.06, lr=5.5e-4)
+    opt = make_optimizer(model, cfg, fused=False)
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"] == (0.9, 0.999)
+    by_decay = {g["weight_decay"]: {id(p) for p in g["params"]} for g in opt.param_groups}
+    assert set(by_decay) == {0.0, 0.06} and opt.param_groups[0]["lr"] == 5.5e-4
+    for n, p in model.named_parameters():
+        assert (id(p) in by_decay[0.0]) == (p.ndim <= 1), n  # biases, LayerNorm weights: no decay

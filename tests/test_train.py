@@ -1,5 +1,7 @@
-"""Trainer: exact resume, non-finite loss handling, and the digits acceptance run through the CLI."""
+"""Trainer: exact resume (every optimizer / schedule / loss), the schedules and LogitNorm, non-finite loss handling,
+and the digits acceptance run through the CLI."""
 import json
+import math
 import time
 
 import pytest
@@ -9,7 +11,7 @@ from ncood import keys
 from ncood.cli import main
 from ncood.config import make_config
 from ncood.pipeline import build_trial
-from ncood.train import NonFiniteLossError
+from ncood.train import NonFiniteLossError, logitnorm_loss, make_optimizer, make_scheduler
 
 
 class Stop(Exception):
@@ -21,8 +23,12 @@ def _cfg(tmp_path, **kw):
     return make_config("digits", **{**base, **kw})
 
 
-def test_resume_equals_uninterrupted_training(tmp_path):
-    cfg = _cfg(tmp_path)
+RECIPES = {"sgd-step": {}, "adamw-cosine-logitnorm": {"optimizer": "adamw", "schedule": "cosine", "loss": "logitnorm"}}
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_resume_equals_uninterrupted_training(tmp_path, recipe):
+    cfg = _cfg(tmp_path, **RECIPES[recipe])
     straight = build_trial(cfg, progress=False)
     straight.trainer.fit()
 
@@ -46,7 +52,42 @@ def test_resume_equals_uninterrupted_training(tmp_path):
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
-    assert [h[keys.LOSS_TRAIN] for h in straight.trainer.history] == [h[keys.LOSS_TRAIN] for h in resumed.trainer.history]
+    losses = [[h[keys.LOSS_TRAIN] for h in t.trainer.history] for t in (straight, resumed)]
+    assert losses[0] == losses[1]
+
+
+def _lrs(cfg, epochs: int) -> list[float]:
+    """The LR of each epoch under cfg's optimizer and schedule (stepped once per epoch, as the Trainer does)."""
+    opt = make_optimizer(torch.nn.Linear(2, 2), cfg, fused=False)
+    sched = make_scheduler(opt, cfg)
+    lrs = []
+    for _ in range(epochs):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
+def test_schedules_follow_their_formulas(tmp_path):
+    """step = x0.1 at the milestones; cosine = lr (1 + cos(pi (e - 1) / E)) / 2 for epoch e = 1..E (AdamW)."""
+    assert _lrs(_cfg(tmp_path, epochs=6, lr_steps="2,4"), 6) == pytest.approx([0.1, 0.1, 0.01, 0.01, 1e-3, 1e-3])
+    cos = _cfg(tmp_path, epochs=6, optimizer="adamw", schedule="cosine")
+    assert cos.lr == 1e-3 and cos.weight_decay == 0.05  # AdamW's defaults (ncood.config.OPTIMIZER_DEFAULTS)
+    assert _lrs(cos, 6) == pytest.approx([1e-3 * (1 + math.cos(math.pi * e / 6)) / 2 for e in range(6)])
+
+
+def test_logitnorm_loss_is_cross_entropy_of_normalized_logits():
+    """Against -log softmax(f / (T ||f||))_y written out in float64; invariant to the logits' scale (Wei et al.)."""
+    g = torch.Generator().manual_seed(0)
+    f, y = torch.randn(32, 10, generator=g) * 5, torch.randint(0, 10, (32,), generator=g)
+    t = 0.04
+    u = f.double() / (t * (f.double().norm(dim=1, keepdim=True) + 1e-7))
+    direct = (torch.logsumexp(u, dim=1) - u[torch.arange(32), y]).mean()
+    assert logitnorm_loss(f, y, t).item() == pytest.approx(direct.item(), rel=1e-5)
+    assert logitnorm_loss(7 * f, y, t).item() == pytest.approx(logitnorm_loss(f, y, t).item(), rel=1e-4)
+    f.requires_grad_(True)
+    logitnorm_loss(f, y, t).backward()
+    assert torch.allclose((f.grad * f).sum(1), torch.zeros(32), atol=1e-6)  # no gradient along f: scale-free
 
 
 def test_checkpoint_for_another_trial_is_refused(tmp_path):
@@ -86,6 +127,10 @@ def test_cli_digits_reaches_90_percent_in_under_a_minute(tmp_path, l2, capsys):
 def test_cli_reports_bad_flags_clearly(tmp_path, capsys):
     assert main(["train", "--arch", "resnet7", "--out", str(tmp_path)]) == 2
     assert "unknown architecture 'resnet7'" in capsys.readouterr().err
+    assert main(["train", "--arch", "convnext_tiny", "--spectral-norm", "--out", str(tmp_path)]) == 2
+    assert "spectral_norm: architecture 'convnext_tiny' does not support" in capsys.readouterr().err
+    assert main(["train", "--optimizer", "adam", "--out", str(tmp_path)]) == 2
+    assert "optimizer='adam'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--epochs", "many"])
 
@@ -109,3 +154,18 @@ def test_digits_summary_has_every_measurement_key_and_evaluation_is_cheaper_than
     eval_s = sorted(e[keys.EVAL_TIME] for e in evaluated)[1]
     epoch_s = sorted(e[keys.EPOCH_TIME] for e in summary["epochs"])[len(summary["epochs"]) // 2]
     assert eval_s < epoch_s, (eval_s, epoch_s)
+
+
+def test_cli_trains_cct_with_adamw_cosine_and_logitnorm(tmp_path):
+    """The TMLR recipes through the CLI's flags (numbers parsed into the config), two epochs on digits."""
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "digits", "--arch", "cct_7_3x1", "--width", "4", "--epochs", "2", "--out", str(out),
+            "--optimizer", "adamw", "--schedule", "cosine", "--lr", "5.5e-4", "--weight-decay", "0.06",
+            "--betas", "0.9,0.98", "--loss", "logitnorm", "--logitnorm-temperature", "0.05", "--l2",
+            "--data-root", str(tmp_path / "data"), "--no-progress", "--device", "cpu"]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    c = summary["config"]
+    assert (c["lr"], c["weight_decay"], c["betas"], c["logitnorm_temperature"]) == (5.5e-4, 0.06, [0.9, 0.98], 0.05)
+    assert summary["condition"] == "cct_7_3x1-w4-l2-logitnormloss-t0.05-adamw-cos-e2"
+    assert all(math.isfinite(e[keys.LOSS_TRAIN]) for e in summary["epochs"]) and summary["test_accuracy"] > 0

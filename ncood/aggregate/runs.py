@@ -32,6 +32,9 @@ from ncood.config import CONDITION_FIELDS, TrialConfig
 USED, FAILED, INCOMPLETE, DUPLICATE = "used", "failed", "incomplete", "duplicate"  # `use` column values
 
 _META = ("run_id", "run_name", "status", "start_time", "condition", "seed", "final_step", "use", "error")
+# Typed config columns of every run row: the condition fields, and the dataset (one per sweep, so not part of the
+# condition name; the published-numbers comparison needs it).
+RUN_FIELDS = ("dataset", *CONDITION_FIELDS)
 
 
 class AggregateError(RuntimeError):
@@ -124,10 +127,11 @@ _FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(TrialConfig)}
 
 def _param(params: dict[str, str], name: str) -> Any:
     """A TrialConfig param (a string in MLflow) back in its field's type; None when absent or unreadable."""
-    if name not in params:
+    if name not in params or params[name] == "None":
         return None
+    kind = _FIELD_TYPES.get(name, "str").removesuffix(" | None")  # e.g. batch_size: "int | None"
     try:
-        return _CONVERT.get(_FIELD_TYPES.get(name, "str"), str)(params[name])
+        return _CONVERT.get(kind, str)(params[name])
     except ValueError:
         return None
 
@@ -147,7 +151,7 @@ def _run_row(run) -> dict[str, Any]:
         "final_step": final_step, "use": "", "error": error.strip().splitlines()[0] if error.strip() else "",
         "ood_sets": params.get("ood_sets", ""),
     }
-    row.update({f: _param(params, f) for f in CONDITION_FIELDS})
+    row.update({f: _param(params, f) for f in RUN_FIELDS})
     row.update({k: (v if step == final_step else np.nan) for k, (step, v) in latest.items()})
     return row
 
@@ -196,7 +200,7 @@ def load_sweep(tracking_uri: str | None, experiment: str | None = None, parent_r
     info = SweepInfo(uri, experiment_id, name, parent.info.run_id, parent.info.run_name or parent.info.run_id,
                      parent.data.tags.get(tracking.TAG_KIND, ""), dict(parent.data.params))
     rows = [_run_row(r) for r in _child_runs(client, experiment_id, info.run_id)]
-    runs = pd.DataFrame(rows, columns=None if rows else [*_META, "ood_sets", *CONDITION_FIELDS])
+    runs = pd.DataFrame(rows, columns=None if rows else [*_META, "ood_sets", *RUN_FIELDS])
     if len(runs):
         runs = _mark_use(runs)
     conditions, seeds = _expected(info.params, runs)

@@ -161,19 +161,34 @@ def _axes_of(runs: pd.DataFrame, cond: str) -> dict:
     return {f: (g[f].iloc[0] if len(g) else None) for f in CONDITION_FIELDS}
 
 
+_TABLE2_AXES = ("spectral_norm", "leaky_gap", "l2")  # the seed paper's Table 2 columns, in its order
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and np.isnan(v))
+
+
+def _sort_key(v) -> tuple:
+    """Missing last; numbers (and booleans: off before on) by value, before text, which sorts alphabetically."""
+    if _missing(v):
+        return (1, 0, 0.0, "")
+    number = isinstance(v, (bool, int, float, np.number))
+    return (0, 0, float(v), "") if number else (0, 1, 0.0, str(v))
+
+
 def _yes_no(v) -> str:
     return DASH if v is None or (isinstance(v, float) and np.isnan(v)) else ("yes" if bool(v) else "no")
 
 
 def ablation_table(runs: pd.DataFrame, used: pd.DataFrame, conditions: Sequence[str], ood_sets: Sequence[str],
                    expected: int, reasons: Mapping[str, str] | None = None, score: str = GMM) -> Table:
-    """Rows = spectral norm x leaky/GAP x L2 (after any other axis that varies: arch, width, epochs); columns = the
-    GMM AUROC on every OoD set and test accuracy, min / max / mean (seed paper Table 2)."""
+    """Rows = spectral norm x leaky/GAP x L2 (after any other condition field that varies: arch, width, epochs,
+    loss, optimizer ...); columns = the GMM AUROC on every OoD set and test accuracy, min / max / mean (seed paper
+    Table 2)."""
     axes = {c: _axes_of(runs, c) for c in conditions}
-    varying = [f for f in ("arch", "width", "epochs") if len({a[f] for a in axes.values() if a[f] is not None}) > 1]
-    order = sorted(conditions, key=lambda c: tuple(
-        (axes[c][f] is None, str(axes[c][f]) if f == "arch" else (axes[c][f] or 0))
-        for f in (*varying, "spectral_norm", "leaky_gap", "l2")))
+    varying = [f for f in CONDITION_FIELDS if f not in _TABLE2_AXES  # any other axis the sweep varies
+               and len({repr(a[f]) for a in axes.values() if not _missing(a[f])}) > 1]
+    order = sorted(conditions, key=lambda c: tuple(_sort_key(axes[c][f]) for f in (*varying, *_TABLE2_AXES)))
     rows, disp = [], []
     for cond in order:
         g = used[used["condition"] == cond]

@@ -31,7 +31,8 @@ class DatasetInfo:
     name: str
     num_classes: int | None  # None exactly when the set cannot be ID (used as OoD only)
     can_be_id: bool
-    image_shape: tuple[int, int, int] | None  # (C, H, W) the loader returns; None: made in the ID shape (noise...)
+    image_shape: tuple[int, int, int] | None  # (C, H, W) as model input (loaders may return another size, which
+    # to_model_input resizes: Tiny ImageNet 64 -> 32); None: made in the ID shape (noise...)
     description: str
     how_to_get: str  # shown in DatasetNotFoundError
     default_batch_size: int | None = None
@@ -111,7 +112,8 @@ class DatasetNotFoundError(FileNotFoundError):
             lines.append(detail)
         lines.append("Looked at:")
         for path, md5 in files:
-            state = "ok" if check_integrity(path, md5) else "missing" if not path.exists() else (
+            ok = check_integrity(path, md5) or (md5 is None and path.is_dir())  # a folder has no checksum
+            state = "ok" if ok else "missing" if not path.exists() else (
                 "checksum mismatch (partial download, corrupt or a different version)"
             )
             lines.append(f"  {path}  [{state}]")

@@ -1,11 +1,14 @@
-"""The CIFAR-10 benchmark sets (REFERENCE.md sections 3 and 5), loaded the standard way from a data root.
+"""The papers' downloadable sets (seed paper Sec. 3; TMLR 2024 Tables 1-7), loaded the standard way from a data root.
+Every one can be the ID set (TMLR 2024 trains on CIFAR-10, CIFAR-100, Tiny ImageNet and GTSRB) and every one can be
+an OoD set of another; all are 32x32 RGB model inputs with CIFAR-10 normalization (as the papers do for every set).
 
-- cifar10 (ID), cifar100 (near OoD): torchvision.datasets.CIFAR10 / CIFAR100, python-pickle batches
-  (https://www.cs.toronto.edu/~kriz/cifar.html).
+- cifar10, cifar100: torchvision.datasets.CIFAR10 / CIFAR100, python-pickle batches
+  (https://www.cs.toronto.edu/~kriz/cifar.html). CIFAR-100 as ID: TMLR Table 7 (OoD SVHN, CIFAR-10, Tiny ImageNet).
 - svhn (far OoD): torchvision.datasets.SVHN, `test_32x32.mat` (26,032 images; http://ufldl.stanford.edu/housenumbers/).
-- tinyimagenet (near OoD): the 10,000 validation images of cs231n's Tiny ImageNet (64x64 JPEG), resized to 32x32
-  as in the L2-normalization papers; there is no torchvision class, so we read the standard zip layout
-  `tiny-imagenet-200/val/images/val_<i>.JPEG` listed in `tiny-imagenet-200/val/val_annotations.txt`.
+(Tiny ImageNet, the fifth, has no torchvision class: ncood.data.tiny_imagenet.)
+- gtsrb: torchvision.datasets.GTSRB, the German Traffic Sign Recognition Benchmark, 43 classes (TMLR Table 5:
+  "resized to 32x32"; OoD SVHN, CIFAR-100, Tiny ImageNet). Its images range from 15x15 to 250x250 pixels, so each
+  is resized to 32x32 (antialiased bilinear, as `to_model_input`) while loading.
 torchvision verifies each file against its own md5 table and raises RuntimeError("Dataset not found or corrupted");
 we turn that into DatasetNotFoundError naming every file looked at and its state (missing / checksum mismatch).
 """
@@ -16,9 +19,8 @@ from urllib.error import URLError
 
 import numpy as np
 import torch
-from PIL import Image
 from torchvision import datasets
-from torchvision.datasets.utils import check_integrity, download_and_extract_archive
+from torchvision.datasets.utils import check_integrity
 
 from ncood.data.registry import (
     DatasetInfo, DatasetNotFoundError, IDData, RawImages, register_dataset, resize_images,
@@ -28,8 +30,10 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # REFERENCE.md 3: used for every datase
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 _NETWORK_ERRORS = (URLError, ConnectionError, TimeoutError)
 # The papers' CIFAR recipe (REFERENCE.md 3): batch 1024, 4-pixel zero padding (in pixel space) + crop, h-flip.
-_CIFAR_RECIPE = dict(mean=CIFAR10_MEAN, std=CIFAR10_STD, default_batch_size=1024, crop_pad=4)
-_FAR_AND_GENERATED = ("tinyimagenet", "noise", "scrambled")
+CIFAR_RECIPE = dict(  # also Tiny ImageNet's and GTSRB's (TMLR A.1 gives no other)
+    mean=CIFAR10_MEAN, std=CIFAR10_STD, default_batch_size=1024, crop_pad=4)
+_GENERATED = ("noise", "scrambled")
+_FAR_AND_GENERATED = ("tinyimagenet", *_GENERATED)
 
 
 def _construct(name: str, root: Path, files: list[tuple[Path, str | None]], make):
@@ -64,15 +68,16 @@ register_dataset(DatasetInfo(
     description="CIFAR-10: 50k train (45k/5k train/val, seeded stratified) + 10k test, 32x32 RGB, 10 classes",
     how_to_get=f"download=True fetches {datasets.CIFAR10.url} into the data root and extracts it to "
                f"<data-root>/{datasets.CIFAR10.base_folder}/; or download and extract that archive there yourself.",
-    default_ood=("svhn", "cifar100") + _FAR_AND_GENERATED, flip=True, **_CIFAR_RECIPE,
+    default_ood=("svhn", "cifar100") + _FAR_AND_GENERATED, flip=True, **CIFAR_RECIPE,
 ))(_cifar_loader(datasets.CIFAR10, "cifar10"))
 
 register_dataset(DatasetInfo(
     name="cifar100", num_classes=100, can_be_id=True, image_shape=(3, 32, 32),
-    description="CIFAR-100: 50k train + 10k test, 32x32 RGB, 100 fine classes; near OoD for CIFAR-10 (test set)",
+    description="CIFAR-100: 50k train (45k/5k train/val, seeded stratified) + 10k test, 32x32 RGB, 100 fine "
+                "classes; ID in TMLR Table 7, near OoD for CIFAR-10 (test set)",
     how_to_get=f"download=True fetches {datasets.CIFAR100.url} into the data root and extracts it to "
                f"<data-root>/{datasets.CIFAR100.base_folder}/; or download and extract that archive there yourself.",
-    default_ood=("svhn", "cifar10") + _FAR_AND_GENERATED, flip=True, **_CIFAR_RECIPE,
+    default_ood=("svhn", "cifar10") + _FAR_AND_GENERATED, flip=True, **CIFAR_RECIPE,
 ))(_cifar_loader(datasets.CIFAR100, "cifar100"))
 
 
@@ -83,7 +88,7 @@ register_dataset(DatasetInfo(
                "data root itself (torchvision's layout: <data-root>/test_32x32.mat).",
     default_ood=("cifar10", "cifar100") + _FAR_AND_GENERATED,
     flip=False,  # mirrored house numbers change meaning
-    **_CIFAR_RECIPE,
+    **CIFAR_RECIPE,
 ))
 def load_svhn(root: Path, split: str, *, download: bool, like: IDData | None, seed: int) -> RawImages:
     _, filename, md5 = datasets.SVHN.split_list[split]
@@ -93,54 +98,40 @@ def load_svhn(root: Path, split: str, *, download: bool, like: IDData | None, se
     return RawImages(x, torch.from_numpy(ds.labels).long(), [str(i) for i in range(10)])
 
 
-TINY_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
-TINY_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"  # of the zip, as used by public TinyImageNet loaders
-TINY_SIDE, TINY_TARGET = 64, 32  # native side; the papers resize to CIFAR's 32x32
+GTSRB_SIDE = 32  # TMLR Table 5: GTSRB "resized to 32x32"
+GTSRB_URL = "https://sid.erda.dk/public/archives/daaeac0d7ce1152aea9b61d9f1e19370/"  # torchvision's source
 
 
 @register_dataset(DatasetInfo(
-    name="tinyimagenet", num_classes=None, can_be_id=False, image_shape=(3, TINY_TARGET, TINY_TARGET),
-    description="Tiny ImageNet validation set: 10,000 64x64 JPEGs of 200 ImageNet classes, resized to 32x32 "
-                "(antialiased bilinear); near OoD for CIFAR-10",
-    how_to_get=f"download=True fetches {TINY_URL} (237 MB) and extracts it into the data root; or unzip it there "
-               f"yourself so that <data-root>/tiny-imagenet-200/val/images/val_0.JPEG and "
-               f"<data-root>/tiny-imagenet-200/val/val_annotations.txt exist.",
+    name="gtsrb", num_classes=43, can_be_id=True, image_shape=(3, GTSRB_SIDE, GTSRB_SIDE),
+    description="GTSRB traffic signs: 39,209 train (35,288/3,921 train/val, seeded stratified) + 12,630 test photos "
+                "of 15x15 to 250x250 pixels, 43 classes, resized to 32x32 RGB",
+    how_to_get=f"download=True fetches GTSRB-Training_fixed.zip, GTSRB_Final_Test_Images.zip and "
+               f"GTSRB_Final_Test_GT.zip from {GTSRB_URL} into <data-root>/gtsrb/ (torchvision's GTSRB); or unzip "
+               f"them there yourself so that <data-root>/gtsrb/GTSRB/Training/00000/*.ppm, "
+               f"<data-root>/gtsrb/GTSRB/Final_Test/Images/*.ppm and <data-root>/gtsrb/GT-final_test.csv exist.",
+    default_ood=("svhn", "cifar100", *_FAR_AND_GENERATED),
+    flip=False,  # mirrored signs change meaning (keep left / keep right, turn left / turn right)
+    **CIFAR_RECIPE,
 ))
-def load_tinyimagenet(root: Path, split: str, *, download: bool, like: IDData | None, seed: int) -> RawImages:
-    val = root / "tiny-imagenet-200" / "val"
-    annotations = val / "val_annotations.txt"
-    files = [(annotations, None)]
-    if download and not annotations.exists():
-        try:
-            download_and_extract_archive(TINY_URL, str(root), md5=TINY_MD5)
-        except _NETWORK_ERRORS as err:
-            raise DatasetNotFoundError.build("tinyimagenet", root, files, detail=f"Download failed: {err}") from err
-    if not annotations.exists():
-        raise DatasetNotFoundError.build("tinyimagenet", root, files)
-    names = [line.split("\t")[0] for line in annotations.read_text().splitlines() if line.strip()]
-    images = np.empty((len(names), TINY_SIDE, TINY_SIDE, 3), dtype=np.uint8)
-    for i, name in enumerate(names):  # decoding is per file anyway; everything after is batched
-        images[i] = _read_jpeg(val / "images" / name, root)
-    x = torch.from_numpy(images).permute(0, 3, 1, 2)  # (N, 3, 64, 64) uint8
-    out = torch.empty((len(x), 3, TINY_TARGET, TINY_TARGET))  # (N, 3, 32, 32) float in [0, 1]
-    for i in range(0, len(x), 2048):
-        out[i:i + 2048] = resize_images(x[i:i + 2048].float() / 255, (TINY_TARGET, TINY_TARGET))
-    return RawImages(out)
-
-
-def _read_jpeg(path: Path, root: Path) -> np.ndarray:
-    """One 64x64 image as (64, 64, 3) uint8; some Tiny ImageNet JPEGs are greyscale: convert("RGB") repeats them.
-
-    A listed file that is missing means an incomplete extraction; one that cannot be decoded is an error naming the
-    file (never skipped: a silently smaller OoD set would change the reported metrics).
-    """
-    if not path.is_file():
-        raise DatasetNotFoundError.build("tinyimagenet", root, [(path, None)], detail="A listed image is missing.")
-    try:
-        with Image.open(path) as img:
-            arr = np.asarray(img.convert("RGB"))  # convert() forces the full decode: truncation raises here
-    except (OSError, SyntaxError, ValueError) as err:
-        raise OSError(f"tinyimagenet: cannot decode image {path}: {err}") from err
-    if arr.shape != (TINY_SIDE, TINY_SIDE, 3):
-        raise OSError(f"tinyimagenet: image {path} is {arr.shape[1]}x{arr.shape[0]}, expected 64x64")
-    return arr
+def load_gtsrb(root: Path, split: str, *, download: bool, like: IDData | None, seed: int) -> RawImages:
+    base = root / "gtsrb"
+    needed = [base / "GTSRB" / "Training"] if split == "train" else [
+        base / "GTSRB" / "Final_Test" / "Images", base / "GT-final_test.csv"]
+    files = [(path, None) for path in needed]
+    if not download and not all(path.exists() for path in needed):
+        raise DatasetNotFoundError.build("gtsrb", root, files)  # torchvision checks the image folder only
+    ds = _construct("gtsrb", root, files, lambda: datasets.GTSRB(str(root), split=split, download=download))
+    if split == "train":  # torchvision numbers the class folders it finds: all 43 must be there
+        found = sorted(p.name for p in needed[0].iterdir() if p.is_dir())
+        if found != [f"{c:05d}" for c in range(43)]:
+            raise DatasetNotFoundError.build("gtsrb", root, files, detail=(
+                f"{needed[0]} holds {len(found)} class folders, expected the 43 folders 00000 ... 00042 "
+                f"(an incomplete extraction?)."))
+    x = torch.empty((len(ds), 3, GTSRB_SIDE, GTSRB_SIDE))  # (N, 3, 32, 32) float in [0, 1]
+    y = torch.empty(len(ds), dtype=torch.int64)
+    for i in range(len(ds)):  # PIL decodes one image at a time anyway; the sizes differ, so resize each
+        img, y[i] = ds[i]
+        pixels = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)  # (3, h, w) uint8, a copy
+        x[i] = resize_images(pixels[None].float() / 255, (GTSRB_SIDE, GTSRB_SIDE))[0]
+    return RawImages(x, y, [f"{c:02d}" for c in range(43)])

@@ -1,4 +1,5 @@
-"""DDU-style CIFAR networks (ResNet18/50, VGG16) created by name through one registry.
+"""The papers' networks created by name through one registry: DDU-style CIFAR ResNet18/50, VGG16 and
+WideResNet-28-10, and the TMLR 2024 paper's ConvNeXt-Tiny (CIFAR-modified) and CCT-7/3x1.
 
     from ncood.models import create_model, list_models
     model = create_model("resnet18", num_classes=10, l2=True, spectral_norm=True, leaky_gap=True)
@@ -8,10 +9,10 @@ Architectures follow DDU (Mukhoti et al. 2021) as used by the seed paper ("Induc
 Collapse in Deep Neural Networks for Improved OoD Detection"), which adds L2 feature normalization.
 """
 
-from ncood.models import resnet, vgg  # noqa: F401  (importing fills the registry)
+from ncood.models import cct, convnext, resnet, vgg, wide_resnet  # noqa: F401  (importing fills the registry)
 from ncood.models.layers import (ETFProjector, FeatureClassifier, LayerSpec, SNConv2d, l2_normalize, simplex_etf,
                                  spectral_norm_layers)
-from ncood.models.registry import create_model, list_models, register_model
+from ncood.models.registry import create_model, list_models, models_supporting, register_model
 
 __all__ = [
     "ETFProjector",
@@ -21,6 +22,7 @@ __all__ = [
     "create_model",
     "l2_normalize",
     "list_models",
+    "models_supporting",
     "register_model",
     "simplex_etf",
     "spectral_norm_layers",

@@ -20,7 +20,7 @@ convolution depends on the shape of the map it acts on. This module knows nothin
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +38,8 @@ class LayerSpec:
     leaky: bool = False  # DDU `mod`: LeakyReLU(0.01) + avg-pool/zero-pad shortcuts
     spectral_norm: bool = False  # soft SN on every Conv2d (never BN, never the final Linear)
     sn_coeff: float = 3.0  # DDU default coefficient
+    conv_init: Callable[[Tensor], object] | None = None  # in-place init of every conv weight (None: PyTorch's),
+    # applied by make_conv before the spectral-norm warm-up so the first estimate is for the final weights
 
     def __post_init__(self) -> None:
         if not self.sn_coeff > 0:
@@ -163,9 +165,15 @@ def make_conv(spec: LayerSpec, c_in: int, c_out: int, kernel_size: int, stride: 
     """Bias-free 'same'-padded conv (a BatchNorm always follows) and its output size on a size x size map."""
     padding = kernel_size // 2
     if spec.spectral_norm:
-        conv = SNConv2d(c_in, c_out, kernel_size, stride, padding, input_size=size, coeff=spec.sn_coeff)
+        conv = SNConv2d(c_in, c_out, kernel_size, stride, padding, input_size=size, coeff=spec.sn_coeff,
+                        n_warmup=0 if spec.conv_init else 20)
     else:
         conv = nn.Conv2d(c_in, c_out, kernel_size, stride=stride, padding=padding, bias=False)
+    if spec.conv_init is not None:
+        with torch.no_grad():
+            spec.conv_init(conv.weight)
+        if isinstance(conv, SNConv2d):
+            conv.power_iteration(20)  # the warm-up, on the initialised weight
     return conv, conv_out_size(size, kernel_size, stride, padding)
 
 

@@ -3,6 +3,9 @@
 A new architecture is one decorated function `def name(**kw) -> FeatureClassifier` in its own module,
 imported by `ncood/models/__init__.py`. The function receives num_classes, in_channels, input_size, width,
 l2 and `spec` (a LayerSpec with DDU's leaky/GAP and spectral-norm toggles, Mukhoti et al. 2021).
+`@register_model` says the model supports both DDU toggles; `@register_model(toggles=())` registers one that
+does not (LayerNorm/GELU networks such as ConvNeXt and CCT): create_model then refuses them instead of
+silently building a different network.
 """
 
 from __future__ import annotations
@@ -12,21 +15,37 @@ from collections.abc import Callable
 from ncood.models.layers import FeatureClassifier, LayerSpec
 
 ModelFn = Callable[..., FeatureClassifier]
+DDU_TOGGLES = ("spectral_norm", "leaky_gap")
 _MODELS: dict[str, ModelFn] = {}
+_TOGGLES: dict[str, frozenset[str]] = {}  # name -> the DDU toggles the model implements
 
 
-def register_model(fn: ModelFn) -> ModelFn:
-    """Decorator: register `fn` under its function name (duplicates are an error, not an override)."""
-    name = fn.__name__
-    if name in _MODELS:
-        raise ValueError(f"model {name!r} is already registered")
-    _MODELS[name] = fn
-    return fn
+def register_model(fn: ModelFn | None = None, *, toggles: tuple[str, ...] = DDU_TOGGLES):
+    """Decorator (bare or with toggles=...): register `fn` under its function name (duplicates are an error)."""
+    unknown = set(toggles) - set(DDU_TOGGLES)
+    if unknown:
+        raise ValueError(f"unknown toggles {sorted(unknown)}; known: {DDU_TOGGLES}")
+
+    def decorate(f: ModelFn) -> ModelFn:
+        name = f.__name__
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} is already registered")
+        _MODELS[name], _TOGGLES[name] = f, frozenset(toggles)
+        return f
+
+    return decorate if fn is None else decorate(fn)
 
 
 def list_models() -> list[str]:
     """Sorted names of every registered model."""
     return sorted(_MODELS)
+
+
+def models_supporting(toggle: str) -> list[str]:
+    """Sorted names of the models that implement DDU toggle `toggle` ("spectral_norm" or "leaky_gap")."""
+    if toggle not in DDU_TOGGLES:
+        raise ValueError(f"unknown toggle {toggle!r}; known: {DDU_TOGGLES}")
+    return sorted(n for n, t in _TOGGLES.items() if toggle in t)
 
 
 def _check_positive_int(name: str, value: int) -> None:
@@ -39,7 +58,8 @@ def create_model(name: str, *, num_classes: int, in_channels: int = 3, input_siz
                  leaky_gap: bool = False, etf_projector: bool = False) -> FeatureClassifier:
     """Build model `name` (see list_models()).
 
-    width: base channel count (64 as in the papers; 8 is a tiny CPU variant of the same architecture).
+    width: the size knob; 64 builds the papers' network, smaller values scale every channel count (or CCT's
+           embedding) by width / 64, so the feature dimension is proportional to it (see each module's docstring).
     input_size: side of the square input map; sets the spectral-norm operator shapes and VGG's pooling.
     l2: classifier sees z / max(||z||, eps) (seed paper eq. 9); features are returned before it.
     spectral_norm / sn_coeff: DDU soft spectral norm of every conv. leaky_gap: DDU's `mod`.
@@ -51,6 +71,10 @@ def create_model(name: str, *, num_classes: int, in_channels: int = 3, input_siz
     for arg, value in (("num_classes", num_classes), ("in_channels", in_channels),
                        ("input_size", input_size), ("width", width)):
         _check_positive_int(arg, value)
+    for toggle, on in (("spectral_norm", spectral_norm), ("leaky_gap", leaky_gap)):
+        if on and toggle not in _TOGGLES[name]:
+            raise ValueError(f"model {name!r} does not support {toggle} (DDU's toggle for conv/BN networks); "
+                             f"models that do: {', '.join(models_supporting(toggle))}")
     spec = LayerSpec(leaky=bool(leaky_gap), spectral_norm=bool(spectral_norm), sn_coeff=float(sn_coeff))
     model = fn(num_classes=num_classes, in_channels=in_channels, input_size=input_size, width=width,
                l2=bool(l2), spec=spec)

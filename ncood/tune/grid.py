@@ -3,6 +3,10 @@
 A grid is a union of product grids over the condition axes arch x l2 x spectral_norm x leaky_gap x epochs (seed
 paper Table 1 gives ResNet18 and ResNet50 different epoch budgets, so one `grid_search` runs over whole
 "condition" dicts), times a `grid_search` over seeds (REFERENCE.md 7: `num_samples` would repeat the whole grid).
+A product may also set any other TrialConfig field for its conditions (TMLR 2024 A.1: batch 768 for ResNet50,
+128 for LogitNorm and CCT, AdamW + cosine for ConvNeXt and CCT). Every condition is resolved to a full config; what
+differs between conditions goes into the condition dicts, the rest is shared. Two different conditions must have
+different names (TrialConfig.condition), else their runs would merge: grid_conditions refuses such a grid.
 """
 from __future__ import annotations
 
@@ -26,13 +30,85 @@ NAME_FN_KEY = "_name_fn"  # param_space key: "module:function" naming trials of 
 class GridPreset:
     base: str  # TrialConfig preset (ncood.config.PRESETS) the trials start from
     fixed: Mapping[str, Any]  # overrides of that preset for every trial
-    products: tuple[Mapping[str, tuple], ...]  # union of product grids over AXES
+    products: tuple[Mapping[str, tuple], ...]  # union of product grids over AXES (+ per-condition fields)
     seeds: int = 15
     help: str = ""
     keep_checkpoint_epochs: tuple[int, ...] = ()  # logged as MLflow artifacts (the NC intervention restarts there)
 
 
 _OFF_ON = (False, True)
+
+# ---- TMLR 2024 ("Exploring Simple, High Quality OoD Detection with L2 Normalization"), appendix A.1 and Tables 1-7.
+# A.1: "All ResNet models use spectral normalization, global average pooling, and Leaky ReLUs" (VGG16, ConvNeXt and
+# CCT are not said to: they train without); SGD lr 0.1, LR x0.1 at 40/50 (60 epochs), 75/90 (100), 150/250 (350)
+# (the config's default milestones); "a batch size of 1024 was used wherever permitted by GPU RAM, but LogitNorm
+# models were trained with a batch size of 128 ... ResNet50 used a batch size of 768 for CIFAR10 and 512 for
+# TinyImageNet"; "fifteen randomly initialized models" (ResNet, VGG); CCT: "five random initializations with cosine
+# annealing for 300 epochs ... batch sizes of 128", recipe of github.com/SHI-Labs/Compact-Transformers
+# (configs/pretrained/cct_7-3x1_cifar10_300epochs.yml: AdamW lr 5.5e-4, weight decay 0.06); ConvNeXt: "a single
+# cosine annealing schedule with the AdamW optimizer". OoD sets: each ID set's defaults (ncood.data), which hold
+# every OoD column of its table. What A.1 leaves open is ours, said in each preset's help.
+_SN_LG = {"spectral_norm": (True,), "leaky_gap": (True,)}  # A.1: every ResNet
+_R50_CIFAR = {"batch_size": (768,)}  # A.1: ResNet50 on CIFAR-10 (and, same image size, our reading for CIFAR-100)
+# LogitNorm+ (Table 1; A.1): LogitNorm (T = 0.04, Wei et al. 2022's CIFAR-10 value) + SN + leaky/GAP, batch 128. A.1
+# gives no epoch budget: LogitNorm's own recipe, 200 epochs with LR x0.1 at 80 and 140 (github.com/hongxin001/
+# logitnorm_ood, train.py l.35, algorithms/base_framework.py l.20).
+_LOGITNORM_PLUS = {"arch": ("resnet18",), "l2": (False,), **_SN_LG, "loss": ("logitnorm",), "batch_size": (128,),
+                   "epochs": (200,), "lr_steps": ((80, 140),)}
+_ADAMW_COSINE = {"optimizer": ("adamw",), "schedule": ("cosine",)}
+# CCT-7/3x1: the CCT recipe's AdamW lr / weight decay, 300 epochs, batch 128. Not reproduced from that recipe: 10
+# warmup epochs, min lr 1e-5, label smoothing 0.1, AutoAugment, Mixup/CutMix (ncood trains every model with the
+# papers' crop + flip).
+_CCT = {"arch": ("cct_7_3x1",), "l2": _OFF_ON, **_ADAMW_COSINE, "epochs": (300,), "batch_size": (128,),
+        "lr": (5.5e-4,), "weight_decay": (0.06,)}
+# ConvNeXt: A.1 gives neither epochs nor lr / weight decay: 300 epochs (ConvNeXt's own and CCT's budget) and the
+# AdamW defaults of ncood.config.OPTIMIZER_DEFAULTS (ConvNeXt's lr scaled to batch 1024, its weight decay 0.05).
+_CONVNEXT = {"arch": ("convnext_tiny",), "l2": _OFF_ON, **_ADAMW_COSINE, "epochs": (300,)}
+# Table 4: "Bracketed numbers indicate training epochs used for the L2 case". ResNet18 (60) and ResNet18 (350) share
+# one No-L2 column (77.8 / 76.6 ...), as do the two ResNet50 rows: a single No-L2 model per architecture, trained
+# 350 epochs (the DDU baseline; Table 8 compares 60-epoch models with "NoL2 models trained for the full 350 epochs").
+# VGG16 has no bracket: L2 60 epochs (Table 2: "VGG16 and L2 ResNet18 are trained for 60 epochs"); its No-L2
+# budget is not given, we read it as the other No-L2 baselines' 350.
+_TABLE4 = ({"arch": ("vgg16",), "l2": (False,), "epochs": (350,)},
+           {"arch": ("vgg16",), "l2": (True,), "epochs": (60,)},
+           {"arch": ("resnet18",), **_SN_LG, "l2": (False,), "epochs": (350,)},
+           {"arch": ("resnet18",), **_SN_LG, "l2": (True,), "epochs": (60, 350)},
+           {"arch": ("resnet50",), **_SN_LG, **_R50_CIFAR, "l2": (False,), "epochs": (350,)},
+           {"arch": ("resnet50",), **_SN_LG, **_R50_CIFAR, "l2": (True,), "epochs": (100, 350)},
+           _CONVNEXT)
+TMLR_GRIDS: dict[str, GridPreset] = {
+    "tmlr_table1": GridPreset("cifar10", {"width": 64}, (
+        {"arch": ("resnet18",), **_SN_LG, "l2": (True,), "epochs": (60,)},
+        {"arch": ("resnet50",), **_SN_LG, **_R50_CIFAR, "l2": (True,), "epochs": (100,)},
+        _LOGITNORM_PLUS),
+        help="TMLR 2024 Table 1, the trained rows: L2 ResNet18 60 epochs, L2 ResNet50 100 epochs (batch 768) vs "
+             "LogitNorm+ (ResNet18, LogitNorm T=0.04, batch 128, 200 epochs at LR x0.1 80/140: LogitNorm's recipe, "
+             "A.1 gives none), all with SN + leaky/GAP, CIFAR-10, 15 seeds"),
+    "tmlr_table4": GridPreset("cifar10", {"width": 64}, _TABLE4,
+                              help="TMLR 2024 Table 4 without CCT (see tmlr_table4_cct: 5 seeds): VGG16 (L2 60 / "
+                                   "no L2 350 epochs), ResNet18 (L2 60 and 350 / no L2 350), ResNet50 (batch 768; L2 "
+                                   "100 and 350 / no L2 350), ResNets with SN + leaky/GAP; ConvNeXt-Tiny (CIFAR "
+                                   "variant) L2 off/on, AdamW + cosine, 300 epochs (A.1 gives none), CIFAR-10, "
+                                   "15 seeds"),
+    "tmlr_table4_cct": GridPreset("cifar10", {"width": 64}, (_CCT,), seeds=5,
+                                  help="TMLR 2024 Table 4, CCT-7/3x1 rows: L2 off/on, AdamW lr 5.5e-4 wd 0.06 + "
+                                       "cosine, 300 epochs, batch 128, CIFAR-10, 5 seeds (a sweep has one seed "
+                                       "count, so CCT is its own preset)"),
+    "tmlr_gtsrb": GridPreset("cifar10", {"width": 64, "dataset": "gtsrb"}, (
+        {"arch": ("resnet18",), **_SN_LG, "l2": _OFF_ON, "epochs": (60,)},),
+        help="TMLR 2024 Table 5: ResNet18 with SN + leaky/GAP, L2 off/on, both 60 epochs, GTSRB (32x32), 15 seeds"),
+    "tmlr_tinyimagenet": GridPreset("cifar10", {"width": 64, "dataset": "tinyimagenet"}, (
+        {"arch": ("resnet18",), **_SN_LG, "l2": _OFF_ON, "epochs": (60,)},
+        {"arch": ("resnet50",), **_SN_LG, "batch_size": (512,), "l2": _OFF_ON, "epochs": (60,)}),
+        help="TMLR 2024 Table 6: ResNet18 and ResNet50 (batch 512) with SN + leaky/GAP, L2 off/on, all 60 epochs, "
+             "Tiny ImageNet at 32x32, 15 seeds"),
+    "tmlr_cifar100": GridPreset("cifar10", {"width": 64, "dataset": "cifar100"}, (
+        {"arch": ("resnet50",), **_SN_LG, **_R50_CIFAR, "l2": (False,), "epochs": (350,)},
+        {"arch": ("resnet50",), **_SN_LG, **_R50_CIFAR, "l2": (True,), "epochs": (150,)}),
+        help="TMLR 2024 Table 7: no-L2 ResNet50 350 epochs vs L2 ResNet50 150 epochs (LR x0.1 at 100/125), SN + "
+             "leaky/GAP, batch 768, CIFAR-100, 15 seeds"),
+}
+
 GRIDS: dict[str, GridPreset] = {
     # eval_every 1: a digits evaluation costs less than an epoch, and every epoch gets its NC/OoD metrics.
     "default": GridPreset("digits", {"width": 8, "epochs": 15, "eval_every": 1},
@@ -51,29 +127,52 @@ GRIDS: dict[str, GridPreset] = {
                              ({"etf_projector": _OFF_ON, "entropy_reg": (0.0, 0.05)},),
                              help="ICML 2025 NC control on the Table 2 setting: fixed simplex-ETF projector off/on x "
                                   "entropy regularizer 0/0.05 (4 conditions), ResNet18 60 epochs, CIFAR-10"),
+    **TMLR_GRIDS,
 }
 
 
 def grid_conditions(preset: str, overrides: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], list[dict]]:
     """(the config fields shared by every trial, the list of condition dicts). An override of an axis field (a
-    value or a list of values) replaces that axis in every product; any other field is fixed for all trials."""
+    value or a list of values) replaces that axis in every product; any other field is fixed for all trials, also
+    where a product sets it (flags override the preset). Condition dicts hold every axis, the product's own fields
+    and every resolved field that differs between conditions (e.g. lr after optimizer=adamw)."""
     if preset not in GRIDS:
         raise ConfigError(f"unknown grid preset '{preset}'; choose one of {sorted(GRIDS)}")
     grid, overrides = GRIDS[preset], dict(overrides or {})
     if "seed" in overrides:
         raise ConfigError("seed: seeds are a grid axis; use --seeds N")
     axis_over = {k: tuple(v) if isinstance(v, (list, tuple)) else (v,) for k, v in overrides.items() if k in AXES}
-    fixed = {**grid.fixed, **{k: v for k, v in overrides.items() if k not in AXES}}
+    user_fixed = {k: v for k, v in overrides.items() if k not in AXES}
+    fixed = {**grid.fixed, **user_fixed}
     base = make_config(grid.base, **fixed).to_dict()  # validates the shared fields once, on the driver
-    conditions: list[dict] = []
+    resolved: list[dict] = []  # full configs, one per condition, in grid order (fail here, not in 30 Ray workers)
+    own: set[str] = set(AXES)  # fields a product sets: always in the condition dicts
     for product in grid.products:
+        extra = [k for k in product if k not in AXES]
+        own.update(extra)
         values = [axis_over.get(a) or product.get(a) or (base[a],) for a in AXES]
+        values += [(user_fixed[k],) if k in user_fixed else product[k] for k in extra]
         for combo in itertools.product(*values):
-            cond = dict(zip(AXES, combo))
-            if cond not in conditions:  # e.g. table1 with --epochs 2: both products collapse
-                TrialConfig.from_dict({**base, **cond})  # fail here, not in 30 Ray workers
-                conditions.append(cond)
-    return {k: v for k, v in base.items() if k not in AXES and k != "seed"}, conditions
+            full = make_config(grid.base, **{**fixed, **dict(zip((*AXES, *extra), combo))}).to_dict()
+            if full not in resolved:  # e.g. table1 with --epochs 2: both products collapse
+                resolved.append(full)
+    varying = {k for k in base if k != "seed" and len({repr(f[k]) for f in resolved}) > 1}
+    keep = [k for k in base if k in own or k in varying]
+    conditions = [{k: full[k] for k in keep} for full in resolved]
+    _check_distinct_names(preset, resolved, keep)
+    return {k: v for k, v in resolved[0].items() if k not in keep and k != "seed"}, conditions
+
+
+def _check_distinct_names(preset: str, resolved: Sequence[dict], fields: Sequence[str]) -> None:
+    """Two different conditions with one name would be merged by MLflow tags, resume and aggregation."""
+    seen: dict[str, dict] = {}
+    for full in resolved:
+        name = TrialConfig.from_dict(full).condition
+        if name in seen:
+            differ = sorted(k for k in fields if seen[name][k] != full[k])
+            raise ConfigError(f"grid preset '{preset}': two conditions are both named '{name}'; they differ only in "
+                              f"{differ}, which the condition name (ncood.config.CONDITION_FIELDS) does not show")
+        seen[name] = full
 
 
 def make_param_space(preset: str = "default", overrides: Mapping[str, Any] | None = None,

@@ -55,7 +55,7 @@ def add_grid_flags(parser: argparse.ArgumentParser, seeds: bool = True) -> None:
         if str(f.type) == "bool":
             g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
         else:
-            kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
+            kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(str(f.type), str)
             g.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper(), help=help_)
 
 
