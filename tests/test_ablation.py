@@ -160,7 +160,7 @@ def test_ray_job_submit_logs_to_the_given_store(store):
         shutil.rmtree(temp, ignore_errors=True)
     parents, children = _runs(uri, "job-submit")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert sorted(r.info.run_name for r in children) == ["resnet18-w4-l2-e1-s0", "resnet18-w4-nol2-e1-s0"]
+    assert sorted(r.info.run_name for r in children) == ["resnet18-w4-l2-sn-lg-e1-s0", "resnet18-w4-nol2-sn-lg-e1-s0"]
     assert all(r.info.status == "FINISHED" for r in children)
 
 
@@ -218,7 +218,7 @@ def test_tiny_grid_params_metrics_artifacts(tiny_grid):
 def test_tiny_grid_summary(tiny_grid):
     result, _ = tiny_grid
     table = jobs.summary_table(result.runs)
-    assert "resnet18-w4-l2-e2" in table and "gmm AUROC photos" in table
+    assert "resnet18-w4-l2-sn-lg-e2" in table and "gmm AUROC photos" in table
     assert [line.split()[1:3] for line in table.splitlines()[1:]] == [["2", "0"], ["2", "0"]]
 
 

@@ -139,8 +139,8 @@ def test_condition_fields_match_trial_config():
     from ncood.config import make_config
 
     base = make_config("digits", width=8, epochs=3)
-    changed = {"arch": "resnet50", "width": 4, "l2": True, "spectral_norm": True, "leaky_gap": True, "epochs": 5,
-               "etf_projector": True, "entropy_reg": 0.05, "loss": "nc"}
+    changed = {"arch": "resnet50", "width": 4, "l2": True, "spectral_norm": False, "leaky_gap": False, "epochs": 5,
+               "etf_projector": True, "entropy_reg": 0.05, "loss": "nc", "label_smoothing": 0.1}
     assert set(changed) == set(CONDITION_FIELDS)
     for f, v in changed.items():
         assert base.replace(**{f: v}).condition != base.condition, f
