@@ -39,7 +39,9 @@ def warn_degenerate_fit(cfg: TrialConfig, epoch: int, results: dict[str, float])
         f"{cfg.condition} seed {cfg.seed}, epoch {epoch}: the GMM class covariances are singular, the fit needed "
         f"jitter {jitter:g} (DDU's ladder) and {results.get(keys.GMM_DEGENERATE_DIMS, 0):g} feature dimensions have "
         f"zero variance in the worst class; its GMM scores depend on that jitter (logged as {keys.GMM_JITTER} and "
-        f"{keys.GMM_DEGENERATE_DIMS}). Spectral norm + leaky/GAP (the papers' models) usually avoid this.",
+        f"{keys.GMM_DEGENERATE_DIMS}). Causes: zero-variance dimensions (plain-ReLU channels that are 0 for a whole "
+        f"class; spectral norm + leaky/GAP, the papers' model, avoid them) or classes with fewer training samples "
+        f"than feature dimensions.",
         DegenerateGaussianWarning, stacklevel=2)
     return True
 
