@@ -118,8 +118,7 @@ def _child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) ->
 
 
 # ---- one row per run -------------------------------------------------------------------------------------------------
-_CONVERT = {"bool": lambda s: s == "True", "int": int, "float": float, "str": str,
-            "int | None": lambda s: None if s == "None" else int(s)}
+_CONVERT = {"bool": lambda s: s == "True", "int": int, "float": float, "str": str}
 _FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(TrialConfig)}
 _CONFIG_COLUMNS = tuple(f for f in _FIELD_TYPES if f not in ("seed", "ood_sets"))  # CONDITION_FIELDS among them
 
@@ -128,8 +127,13 @@ def _param(params: dict[str, str], name: str) -> Any:
     """A TrialConfig param (a string in MLflow) back in its field's type; None when absent or unreadable."""
     if name not in params:
         return None
+    kind = _FIELD_TYPES.get(name, "str")
+    if kind.endswith(" | None"):  # optional fields (batch_size, ...): "None" is None, else the base type
+        if params[name] == "None":
+            return None
+        kind = kind.removesuffix(" | None")
     try:
-        return _CONVERT.get(_FIELD_TYPES.get(name, "str"), str)(params[name])
+        return _CONVERT.get(kind, str)(params[name])
     except ValueError:
         return None
 
