@@ -20,7 +20,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(TrialConfig):
         flag = "--" + f.name.replace("_", "-")
         help_ = f.metadata.get("help", "")
-        if f.type in ("bool", bool):
+        if str(f.type) in ("bool", "bool | None"):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
         else:
             kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(str(f.type), str)

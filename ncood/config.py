@@ -6,6 +6,14 @@ High Quality Out-of-Distribution Detection with L2 Normalization", appendix A.1)
 (ConvNeXt, CCT) and the LogitNorm loss (Wei et al. 2022); lr and weight decay default to the chosen optimizer's
 values (OPTIMIZER_DEFAULTS). A config is stored in every checkpoint, every `summary.json` and every MLflow run (as
 params, with every default resolved), so any run can be repeated from it.
+
+The defaults are the papers' model: spectral normalization (coefficient 3) and leaky ReLU + average-pool shortcuts
+("leaky/GAP") are ON. Seed paper ("Inducing Early Neural Collapse ...", Sec. 3.1): "All models (except those
+explicitly noted in the ablation study) use spectral normalization, leaky ReLUs and Global Average Pooling (GAP)";
+TMLR 2024 ("Exploring Simple, High Quality OoD Detection with L2 Normalization", App. A.1): "All ResNet models use
+spectral normalization, global average pooling, and Leaky ReLUs". The coefficient 3 is DDU's default (code
+`utils/args.py`: `sn_coeff = 3.0`); the papers build on DDU's models. `--no-spectral-norm --no-leaky-gap` trains
+the plain network (seed paper Table 2 ablates both).
 """
 from __future__ import annotations
 
@@ -65,9 +73,11 @@ class TrialConfig:
     width: int = _f(64, "size: 64 builds the papers' networks (ResNet/VGG base channels; WRN-28-10 and ConvNeXt-Tiny "
                         "channels scale by width/64; CCT embedding = 4 * width); 8 is a CPU-sized variant")
     l2: bool = _f(False, "L2-normalize the features before the classifier")
-    spectral_norm: bool = _f(False, "DDU soft spectral normalization on every conv")
+    spectral_norm: bool | None = _f(None, "DDU soft spectral normalization on every conv; default: on for the "
+                                          "architectures that take it (the papers' models), off for the others")
     sn_coeff: float = _f(3.0, "spectral-norm coefficient (DDU: 3)")
-    leaky_gap: bool = _f(False, "DDU 'mod': leaky ReLU + average-pool/zero-pad shortcuts")
+    leaky_gap: bool | None = _f(None, "DDU 'mod': leaky ReLU + average-pool/zero-pad shortcuts; default: on for the "
+                                      "architectures that take it (the papers' models), off for the others")
     etf_projector: bool = _f(False, "ICML 2025 NC control: fixed simplex-ETF projector whose L2-normalized output "
                                     "feeds the classifier")
     # optimisation (REFERENCE.md section 3)
@@ -91,6 +101,8 @@ class TrialConfig:
                                                   "not used by SGD")
     logitnorm_temperature: float = _f(LOGITNORM_TEMPERATURE, "LogitNorm temperature T (loss=logitnorm only; Wei "
                                                             "et al. 2022 use 0.04 on CIFAR-10)")
+    label_smoothing: float = _f(0.0, "cross-entropy label smoothing (0 = off, the seed/TMLR papers; the ICML 2025 "
+                                     "NC-control code uses 0.1)")
     # measurement and runtime
     eval_every: int = _f(10, "evaluate NC + OoD every k epochs and at the last one (0 = last only)")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
@@ -143,6 +155,7 @@ class TrialConfig:
             (self.logitnorm_temperature > 0, "logitnorm_temperature", "must be > 0 (Wei et al. 2022: 0.04)"),
             (all(0 <= b < 1 for b in self.betas), "betas", "AdamW betas must be in [0, 1), e.g. 0.9,0.999"),
             (self.entropy_reg >= 0, "entropy_reg", "must be >= 0 (0 = off; the ICML 2025 paper uses 0.05)"),
+            (0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1) (0 = off; the ICML 2025 code: 0.1)"),
             (self.lr_steps is None or all(e >= 1 for e in self.lr_steps), "lr_steps", "epochs must be >= 1"),
             (self.eval_every >= 0, "eval_every", "must be >= 0 (0 = evaluate only after the last epoch)"),
             (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
@@ -169,12 +182,15 @@ class TrialConfig:
         object.__setattr__(self, "betas", betas)
 
     def _check_model_toggles(self) -> None:
-        """DDU's spectral norm and leaky/GAP exist only for the conv/BN networks; refuse them elsewhere (never
-        silently train a different network than the config says)."""
+        """DDU's spectral norm and leaky/GAP exist only for the conv/BN networks. Unset (None), each is on where the
+        architecture takes it (the papers' model) and off elsewhere (ConvNeXt, CCT); set on for an architecture
+        without it, it is refused (never silently train a different network than the config says)."""
         from ncood.models import models_supporting
 
         for name in ("spectral_norm", "leaky_gap"):
             able = models_supporting(name)
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, self.arch in able)
             if getattr(self, name) and self.arch not in able:
                 raise ConfigError(f"{name}: architecture '{self.arch}' does not support DDU's {name} (it has no "
                                   f"conv/BN/ReLU stack to apply it to); turn it off (--no-{name.replace('_', '-')}) "
@@ -193,6 +209,7 @@ class TrialConfig:
         # NC control / intervention: only when set, so the names of the papers' conditions never change
         parts += ["etf"] if self.etf_projector else []
         parts += [f"ent{self.entropy_reg:g}"] if self.entropy_reg else []
+        parts += [f"ls{self.label_smoothing:g}"] if self.label_smoothing else []
         parts += [f"{self.loss}loss"] if self.loss != "ce" else []
         # TMLR 2024 axes: only when not the default, so every earlier condition name stays the same
         parts += [f"t{self.logitnorm_temperature:g}"] if (
@@ -211,7 +228,8 @@ class TrialConfig:
 
     def replace(self, **overrides: Any) -> "TrialConfig":
         """A copy with `overrides`. Fields resolved from defaults (batch_size and ood_sets from the dataset, lr and
-        weight_decay from the optimizer) keep their values: pass them too when changing dataset or optimizer."""
+        weight_decay from the optimizer, spectral_norm and leaky_gap from the architecture) keep their values: pass
+        them too when changing dataset, optimizer or architecture."""
         _check_keys(overrides)
         return dataclasses.replace(self, **overrides)
 
@@ -229,12 +247,15 @@ class TrialConfig:
 # axes (ncood.tune.grid.AXES) are a subset; aggregation groups runs by all of them.
 # The dataset is not one: a sweep trains one dataset (its experiment says which; aggregation reads the `dataset` param).
 CONDITION_FIELDS = ("arch", "width", "l2", "spectral_norm", "leaky_gap", "epochs", "etf_projector", "entropy_reg",
-                    "loss", "logitnorm_temperature", "optimizer", "schedule")
+                    "loss", "label_smoothing", "logitnorm_temperature", "optimizer", "schedule")
 
-# Named presets: partial configs. "digits" is the embedded CPU-sized default; "cifar10" the papers' setting.
+# Named presets: partial configs on top of the defaults (the papers' model: SN coefficient 3 + leaky/GAP, SGD 0.1 /
+# 0.9 / 5e-4). "cifar10" is the seed paper's ResNet18 setting (Sec. 3.1: batch 1024, 60 epochs with LR x0.1 at 40
+# and 50; Table 1 "L2 60" / "No L2 60"); "digits" the same recipe width-reduced on the embedded 8x8 digits (CPU-sized:
+# width 8, 15 epochs with LR x0.1 at 10 and 12, batch 128 for ~1.3k training images).
 PRESETS: dict[str, dict[str, Any]] = {
-    "digits": dict(dataset="digits", width=8, epochs=15, eval_every=5),
-    "cifar10": dict(dataset="cifar10", width=64, epochs=60, eval_every=10),
+    "digits": dict(dataset="digits", width=8, epochs=15, batch_size=128, eval_every=5),
+    "cifar10": dict(dataset="cifar10", width=64, epochs=60, batch_size=1024, eval_every=10),
 }
 
 

@@ -14,8 +14,9 @@ Keys come from ncood.keys; measurement knows nothing of MLflow (tracking logs th
 """
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -24,15 +25,35 @@ from ncood import keys
 from ncood.collapse import nc_metrics
 from ncood.ood import ScoreFit, ScoreInputs, compute_scores, detection_metrics, fit_scores, to_feature_space
 
-__all__ = ["extract", "evaluate", "format_results"]
+__all__ = ["exact_fp32", "extract", "evaluate", "format_results"]
+
+
+@contextlib.contextmanager
+def exact_fp32(device: torch.device) -> Iterator[None]:
+    """IEEE fp32 inside: autocast off and, on CUDA, no TF32 in cuDNN convolutions or matmuls (TF32 keeps 10 mantissa
+    bits, cuDNN uses it for fp32 convs by default). The global precision settings are restored afterwards."""
+    with torch.autocast(device_type=device.type, enabled=False):
+        if device.type != "cuda":
+            yield
+            return
+        conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+        saved = conv.fp32_precision, matmul.fp32_precision
+        conv.fp32_precision = matmul.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            conv.fp32_precision, matmul.fp32_precision = saved
 
 
 @torch.no_grad()
 def extract(model: nn.Module, x: Tensor, batch_size: int = 1024) -> tuple[Tensor, Tensor]:
-    """Eval-mode forward of x (N, C, H, W) in batches -> (features (N, d) pre-normalization, logits (N, C)).
+    """Eval-mode forward of x (N, C, H, W) in batches -> (features (N, d) pre-normalization, logits (N, C)), fp32.
 
-    `model(x)` must return (logits, features). Runs on the model's device (batches are moved there), under
-    bf16 autocast on CUDA; both outputs come back float32. Every submodule's train/eval flag is restored.
+    `model(x)` must return (logits, features). Runs on the model's device (batches are moved there) in IEEE fp32
+    (`exact_fp32`: no autocast even inside a caller's autocast region, no TF32), whatever precision training used:
+    these features and logits feed the NC metrics, the float64 class Gaussians and every score, and DDU extracts
+    its embeddings in fp32 too (DDU `utils/gmm_utils.py` get_embeddings: a plain forward). Every submodule's
+    train/eval flag is restored.
     """
     modes = [(m, m.training) for m in model.modules()]  # restore per module: frozen BN etc. survive
     param = next(model.parameters(), None)
@@ -40,7 +61,7 @@ def extract(model: nn.Module, x: Tensor, batch_size: int = 1024) -> tuple[Tensor
     feats, logits = [], []
     model.eval()
     try:
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with exact_fp32(device):
             for start in range(0, x.shape[0], batch_size):
                 lg, ft = model(x[start:start + batch_size].to(device, non_blocking=True))
                 feats.append(ft.float())
@@ -86,6 +107,8 @@ def evaluate(model: nn.Module, data, ood_sets: Mapping[str, Tensor], *, l2: bool
     del train_f, train_lg  # (45k, d) float32 on the device: free before the other passes
     if "gmm" in fit.state:
         results[keys.GMM_JITTER] = fit.gaussians.jitter
+        degenerate = fit.gaussians.degenerate_dims  # (C,): the metric is the worst class's count
+        results[keys.GMM_DEGENERATE_DIMS] = float(degenerate.max()) if degenerate is not None else 0.0
 
     if getattr(data, "val", None) is not None and data.val.x.shape[0] > 0:
         results[keys.ACC_VAL] = _accuracy(extract(model, data.val.x, batch_size)[1], data.val.y)
@@ -118,7 +141,8 @@ def format_results(results: Mapping[str, float]) -> str:
         lines.append("neural collapse (train features)")
         lines += [f"  {m:<28s} {v:.4g}" for m, v in nc]
     if keys.GMM_JITTER in results:
-        lines.append(f"gmm jitter {results[keys.GMM_JITTER]:g}")
+        degenerate = results.get(keys.GMM_DEGENERATE_DIMS, 0)
+        lines.append(f"gmm jitter {results[keys.GMM_JITTER]:g}, zero-variance dims (worst class) {degenerate:g}")
     rows: dict[tuple[str, str], dict[str, float]] = {}
     for k, v in results.items():
         parsed = keys.parse_ood_key(k)

@@ -7,6 +7,8 @@ Keys are flat strings with '/' namespaces, as MLflow groups them in its UI:
     nc/<nc metric>                  e.g. nc/nc1, nc/nc2_equiangular_means      (train-set features)
     ood/<ood set>/<score>/<metric>  e.g. ood/svhn/gmm/auroc, ood/photos/feature_norm/fpr95
     gmm/jitter                      the eps*I added to every class covariance (0 when none was needed)
+    gmm/degenerate_dims             max over classes of the class's numerically zero-variance feature dimensions
+                                    (ncood.ood.gaussian.zero_variance_dims; 0 = no class has one)
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ LR = "lr"
 EPOCH_TIME = "time/epoch_s"
 EVAL_TIME = "time/eval_s"
 GMM_JITTER = "gmm/jitter"
+GMM_DEGENERATE_DIMS = "gmm/degenerate_dims"
 
 # NC metric names returned by ncood.collapse.nc_metrics (REFERENCE.md section 4).
 NC_METRICS = (

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,6 +26,26 @@ from ncood.train import EpochCallback, Trainer, every_epochs, resolve_device
 DATA_SEED = 0
 
 
+class DegenerateGaussianWarning(UserWarning):
+    """A GMM fit needed jitter > 0: some class covariance is singular and the jitter shapes the GMM scores."""
+
+
+def warn_degenerate_fit(cfg: TrialConfig, epoch: int, results: dict[str, float]) -> bool:
+    """warnings.warn naming the trial when the epoch's GMM fit needed jitter (its results hold the facts); True if so."""
+    jitter = results.get(keys.GMM_JITTER, 0.0)
+    if not jitter:
+        return False
+    warnings.warn(
+        f"{cfg.condition} seed {cfg.seed}, epoch {epoch}: the GMM class covariances are singular, the fit needed "
+        f"jitter {jitter:g} (DDU's ladder) and {results.get(keys.GMM_DEGENERATE_DIMS, 0):g} feature dimensions have "
+        f"zero variance in the worst class; its GMM scores depend on that jitter (logged as {keys.GMM_JITTER} and "
+        f"{keys.GMM_DEGENERATE_DIMS}). Causes: zero-variance dimensions (plain-ReLU channels that are 0 for a whole "
+        f"class; spectral norm + leaky/GAP, the papers' model, avoid them) or classes with fewer training samples "
+        f"than feature dimensions.",
+        DegenerateGaussianWarning, stacklevel=2)
+    return True
+
+
 @dataclass
 class Evaluation:
     """Epoch callback: the full measurement (NC + GMM + every score on every OoD set) every `eval_every` epochs.
@@ -37,6 +58,7 @@ class Evaluation:
     cfg: TrialConfig
     last_fit: Any = None
     last_results: dict[str, float] = field(default_factory=dict)
+    warned: bool = False  # a degenerate fit warns at its first evaluation and at the last epoch, not every epoch
 
     def __post_init__(self) -> None:
         self.due = every_epochs(self.cfg.eval_every, self.cfg.epochs)
@@ -48,6 +70,8 @@ class Evaluation:
                                 batch_size=max(self.cfg.batch_size, 1024))  # no grads: big batches are cheaper
         metrics.update(results)
         self.last_fit, self.last_results = fit, results
+        if not self.warned or epoch == self.cfg.epochs:
+            self.warned = warn_degenerate_fit(self.cfg, epoch, results) or self.warned
 
 
 @dataclass

@@ -6,7 +6,8 @@ and 1-d (norm) parameters, as the ConvNeXt and CCT recipes do (timm's `param_gro
 The loss (`training_loss`) is cross-entropy by default; `cfg.loss="nc"` is the seed paper's NC intervention loss
 (Sec. 4.2: the differentiable NC metrics, no cross-entropy) on the features the classifier sees; `cfg.loss=
 "logitnorm"` is LogitNorm (Wei et al. 2022; `logitnorm_loss`), and `cfg.entropy_reg` adds the ICML 2025
-nearest-neighbour entropy regularizer on the L2-normalized encoder features.
+nearest-neighbour entropy regularizer on the L2-normalized encoder features;
+`cfg.label_smoothing` smooths the cross-entropy targets (the ICML 2025 code's 0.1).
 
 Recipe from the papers (REFERENCE.md section 3). The trainer receives built objects (model, data, config); it does
 not construct them from strings. Systems choices follow airbench: the training set lives on the device, batches
@@ -79,15 +80,17 @@ def logitnorm_loss(logits: torch.Tensor, y: torch.Tensor, temperature: float) ->
 
 def training_loss(model: torch.nn.Module, logits: torch.Tensor, z: torch.Tensor, y: torch.Tensor,
                   cfg: TrialConfig) -> torch.Tensor:
-    """The training objective of `cfg`: cross-entropy (loss="ce"), the NC loss (loss="nc") on the classifier's
-    input features or LogitNorm (loss="logitnorm"), plus entropy_reg * nn_entropy(z) when entropy_reg > 0
+    """The training objective of `cfg`: cross-entropy (loss="ce", with cfg.label_smoothing: the ICML 2025 code's
+    `nn.CrossEntropyLoss(label_smoothing=0.1)`, NC-OOD `resnet/pretrain_resnet_nc.py`:193), the NC loss (loss="nc")
+    on the classifier's input features or LogitNorm (loss="logitnorm"), plus entropy_reg * nn_entropy(z) when
+    entropy_reg > 0
     (defaults: plain cross-entropy)."""
     if cfg.loss == "nc":
         loss = nc_loss(model.classifier_input(z), y, model.classifier.weight)
     elif cfg.loss == "logitnorm":
         loss = logitnorm_loss(logits, y, cfg.logitnorm_temperature)
     else:
-        loss = F.cross_entropy(logits.float(), y)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
     if cfg.entropy_reg:
         loss = loss + cfg.entropy_reg * nn_entropy(z)
     return loss

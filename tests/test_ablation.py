@@ -160,7 +160,7 @@ def test_ray_job_submit_logs_to_the_given_store(store):
         shutil.rmtree(temp, ignore_errors=True)
     parents, children = _runs(uri, "job-submit")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert sorted(r.info.run_name for r in children) == ["resnet18-w4-l2-e1-s0", "resnet18-w4-nol2-e1-s0"]
+    assert sorted(r.info.run_name for r in children) == ["resnet18-w4-l2-sn-lg-e1-s0", "resnet18-w4-nol2-sn-lg-e1-s0"]
     assert all(r.info.status == "FINISHED" for r in children)
 
 
@@ -191,7 +191,7 @@ def test_tiny_grid_parent_and_children(tiny_grid):
     assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
     assert all(r.data.tags[MLFLOW_PARENT_RUN_ID] == result.ref.parent_run_id for r in children)
     assert sorted(r.info.run_name for r in children) == sorted(
-        f"resnet18-w4-{l2}-e2-s{s}" for l2 in ("l2", "nol2") for s in (0, 1))
+        f"resnet18-w4-{l2}-sn-lg-e2-s{s}" for l2 in ("l2", "nol2") for s in (0, 1))
     for r in children:
         assert r.info.run_name == f"{r.data.tags[tracking.TAG_CONDITION]}-s{r.data.tags[tracking.TAG_SEED]}"
         assert r.data.tags[tracking.TAG_TRIAL_ID]
@@ -218,7 +218,7 @@ def test_tiny_grid_params_metrics_artifacts(tiny_grid):
 def test_tiny_grid_summary(tiny_grid):
     result, _ = tiny_grid
     table = jobs.summary_table(result.runs)
-    assert "resnet18-w4-l2-e2" in table and "gmm AUROC photos" in table
+    assert "resnet18-w4-l2-sn-lg-e2" in table and "gmm AUROC photos" in table
     assert [line.split()[1:3] for line in table.splitlines()[1:]] == [["2", "0"], ["2", "0"]]
 
 
@@ -284,7 +284,7 @@ def test_interrupt_then_resume(local_ray, store, tmp_path):
     parents, after = _runs(uri, "interrupt")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     names = sorted(r.info.run_name for r in after)
-    assert names == sorted(f"resnet18-w4-{l2}-e{e}-s0" for l2 in ("l2", "nol2") for e in (2, 5))  # no duplicates
+    assert names == sorted(f"resnet18-w4-{l2}-sn-lg-e{e}-s0" for l2 in ("l2", "nol2") for e in (2, 5))  # no duplicates
     assert {r.info.status for r in after} == {"FINISHED"}
     for run_id, history in finished.items():  # finished before the interrupt: untouched
         assert client.get_metric_history(run_id, keys.LOSS_TRAIN) == history

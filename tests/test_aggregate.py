@@ -139,9 +139,9 @@ def test_condition_fields_match_trial_config():
     from ncood.config import make_config
 
     base = make_config("digits", width=8, epochs=3)
-    changed = {"arch": "resnet50", "width": 4, "l2": True, "spectral_norm": True, "leaky_gap": True, "epochs": 5,
-               "etf_projector": True, "entropy_reg": 0.05, "loss": "nc", "optimizer": "adamw", "schedule": "cosine",
-               "logitnorm_temperature": 0.1}
+    changed = {"arch": "resnet50", "width": 4, "l2": True, "spectral_norm": False, "leaky_gap": False, "epochs": 5,
+               "etf_projector": True, "entropy_reg": 0.05, "loss": "nc", "label_smoothing": 0.1, "optimizer": "adamw",
+               "schedule": "cosine", "logitnorm_temperature": 0.1}
     assert set(changed) == set(CONDITION_FIELDS)
     for f, v in changed.items():
         assert base.replace(**{f: v}).condition != base.condition or f == "logitnorm_temperature", f
@@ -189,6 +189,11 @@ def test_table1_every_number(store, result):
     assert row.fpr95_n == 2 and row.auroc_n == 3
     # A seed 0 was logged in step order 3, 1, 2: its final value is the epoch-3 one
     assert res.data.used.set_index(["condition", "seed"]).loc[(A, 0), SVHN_GMM] == 0.80
+    # every fixture run logs gmm/jitter > 0: each condition with used runs is flagged under the table
+    notes = next(t for t in res.tables if t.name == "table1_ood").notes
+    jit = final(store["truth"], A, keys.GMM_JITTER)
+    assert f"WARNING {A}: {jit.size} of {jit.size} final GMM fits needed jitter (up to {jit.max():g})" in " ".join(notes)
+    assert not any(E in n for n in notes)  # no runs: nothing to flag
 
 
 def test_table2_ablation(store, result):

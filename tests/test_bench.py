@@ -43,3 +43,16 @@ def test_train_smoke_loops_agree():
     assert row["flops_per_image"] > 0
     ev = row["eval"]
     assert "error" not in ev and ev["eval_s"] > 0 and ev["overhead_at_eval_every_10"] > 0
+
+
+def test_bf16_extract_smoke_compares_both_precisions():
+    out = run_json("bf16_extract.py", "--device", "cpu")
+    assert out["condition"] == "resnet18-w4-nol2-sn-lg-e2" and out["epochs_trained"] == 2
+    assert {r["ood_set"] for r in out["rows"]} == {"photos", "scrambled", "noise"}
+    gmm = [r for r in out["rows"] if r["score"] == "gmm"]
+    assert len(gmm) == 3 and all(0 <= r["auroc_fp32"] <= 1 and 0 <= r["auroc_bf16"] <= 1 for r in gmm)
+    for r in out["rows"]:
+        assert r["auroc_bf16_minus_fp32"] == pytest.approx(r["auroc_bf16"] - r["auroc_fp32"])
+    # CPU bf16 autocast really rounds: the two arms' features differ (by about bf16's 2^-8 relative precision)
+    assert 0 < out["feature_max_rel_diff"]["test"] < 0.2
+    assert set(out["gmm_jitter"]) == {"fp32", "bf16"} and out["env"]["device_type"] == "cpu"

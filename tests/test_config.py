@@ -47,7 +47,10 @@ def test_roundtrip_and_condition_key(tmp_path):
     cfg = make_config("digits", l2=True, spectral_norm=True, leaky_gap=True, seed=3, data_root=str(tmp_path))
     assert TrialConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.condition == "resnet18-w8-l2-sn-lg-e15"
-    assert make_config("digits").condition == "resnet18-w8-nol2-e15"
+    assert make_config("digits").condition == "resnet18-w8-nol2-sn-lg-e15"  # the papers' model by default
+    plain = make_config("digits", spectral_norm=False, leaky_gap=False)  # the Table 2 ablation's plain network
+    assert plain.condition == "resnet18-w8-nol2-e15"
+    assert make_config("digits", label_smoothing=0.1).condition == "resnet18-w8-nol2-sn-lg-ls0.1-e15"
     assert cfg.replace(seed=4).seed == 4
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.seed = 1  # type: ignore[misc]

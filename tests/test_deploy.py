@@ -476,7 +476,7 @@ def test_ray_job_tracks_into_the_shared_server(postgres, mlflow_server, ray_head
     parents = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "sweep"]
     children = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "trial"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert sorted(r.info.run_name for r in children) == ["resnet18-w4-l2-e1-s0", "resnet18-w4-nol2-e1-s0"]
+    assert sorted(r.info.run_name for r in children) == ["resnet18-w4-l2-sn-lg-e1-s0", "resnet18-w4-nol2-sn-lg-e1-s0"]
     for run in children:
         assert run.info.status == "FINISHED" and run.data.tags[MLFLOW_PARENT_RUN_ID] == parents[0].info.run_id
         params = run.data.params  # the trial's TrialConfig, one param per field

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ncood import keys
 from ncood.evaluate import evaluate, extract, format_results
@@ -42,7 +42,8 @@ OOD = {"noise": torch.rand(60, 1, 8, 8) * 4 - 2, "flat": torch.full((30, 1, 8, 8
 
 
 def expected_keys(ood_names, scores, with_val=True):
-    want = {keys.nc_key(m) for m in keys.NC_METRICS} | {keys.ACC_TEST, keys.EVAL_TIME, keys.GMM_JITTER}
+    want = {keys.nc_key(m) for m in keys.NC_METRICS} | {keys.ACC_TEST, keys.EVAL_TIME, keys.GMM_JITTER,
+                                                         keys.GMM_DEGENERATE_DIMS}
     want |= {keys.ood_key(s, c, m) for s in ood_names for c in scores for m in keys.DETECTION_METRICS}
     return want | ({keys.ACC_VAL} if with_val else set())
 
@@ -65,7 +66,7 @@ def test_evaluate_score_subset_and_empty_val(data):
     empty = SimpleNamespace(x=torch.empty(0, 1, 8, 8), y=torch.empty(0, dtype=torch.long))
     no_val = SimpleNamespace(train=data.train, val=empty, test=data.test)
     results, fit = evaluate(TinyNet(), no_val, {"noise": OOD["noise"]}, l2=False, scores=["feature_norm", "msp"])
-    want = expected_keys(["noise"], ["feature_norm", "msp"], with_val=False) - {keys.GMM_JITTER}
+    want = expected_keys(["noise"], ["feature_norm", "msp"], with_val=False) - {keys.GMM_JITTER, keys.GMM_DEGENERATE_DIMS}
     assert set(results) == want and "gmm" not in fit.state
 
 
@@ -90,3 +91,109 @@ def test_evaluate_with_real_model(data):
     results, _ = evaluate(model, data, OOD, l2=True, batch_size=128)
     assert set(results) == expected_keys(OOD, SCORES)
     assert all(math.isfinite(v) for v in results.values())
+
+
+def _papers_resnet(device: str = "cpu") -> nn.Module:
+    """The papers' network (SN + leaky/GAP + L2), width-reduced, with a few BN statistics so eval mode matters."""
+    from ncood.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_classes=C, in_channels=1, input_size=8, width=8, l2=True,
+                         spectral_norm=True, leaky_gap=True).to(device)
+    with torch.no_grad():  # two training-mode passes: running BN statistics and SN estimates that are not defaults
+        model.train()
+        for _ in range(2):
+            model(torch.randn(32, 1, 8, 8, device=device))
+    return model
+
+
+def _plain_fp32_forward(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The reference: model.eval(), no autocast, one batch -> (features, logits)."""
+    model.eval()
+    with torch.no_grad():
+        logits, z = model(x)
+    return z, logits
+
+
+def test_extract_is_a_plain_fp32_forward_on_cpu(data):
+    """Bit for bit the plain fp32 eval forward, also when called inside a bf16 autocast region (which would
+    otherwise run the convs and linears in bf16)."""
+    model = _papers_resnet()
+    x = data.test.x
+    ref_f, ref_l = _plain_fp32_forward(model, x)
+    model.train()
+    for outer in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=outer):
+            f, lg = extract(model, x, batch_size=len(x))
+        assert f.dtype == lg.dtype == torch.float32
+        assert torch.equal(f, ref_f) and torch.equal(lg, ref_l), f"outer autocast={outer}"
+    assert model.training  # restored
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what the old extraction did on CUDA, here on CPU
+        bf16_f = _plain_fp32_forward(model, x)[0].float()
+    assert not torch.equal(bf16_f, ref_f)  # the test can tell the two apart
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_extract_is_a_plain_fp32_forward_on_cuda(data):
+    """On CUDA too: no bf16 autocast and no TF32 (cuDNN uses TF32 for fp32 convs by default); the global precision
+    settings are restored afterwards."""
+    model = _papers_resnet("cuda").to(memory_format=torch.channels_last)  # as the Trainer leaves it
+    x = data.test.x.cuda()
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    saved = conv.fp32_precision, matmul.fp32_precision
+    conv.fp32_precision = matmul.fp32_precision = "ieee"
+    try:
+        ref_f, ref_l = _plain_fp32_forward(model, x)
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = saved
+    for outer in (False, True):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=outer):
+            f, lg = extract(model, x, batch_size=len(x))
+        assert (conv.fp32_precision, matmul.fp32_precision) == saved
+        torch.testing.assert_close(f, ref_f, rtol=0, atol=0)
+        torch.testing.assert_close(lg, ref_l, rtol=0, atol=0)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        bf16_f = _plain_fp32_forward(model, x)[0].float()
+    assert not torch.equal(bf16_f, ref_f)
+
+
+class DeadChannelNet(TinyNet):
+    """TinyNet with ReLU and feature channel 0 dead (weights 0, bias -1): zero variance in every class."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(64, D), nn.ReLU())
+        with torch.no_grad():
+            self.encoder[1].weight[0] = 0.0
+            self.encoder[1].bias[0] = -1.0
+
+
+def test_degenerate_fit_is_logged_and_warned_by_the_trial(data):
+    """The measurement returns the facts (jitter, zero-variance dims); the trial's Evaluation warns, naming the
+    condition and seed, at the first degenerate fit and again at the last epoch only."""
+    from ncood.config import make_config
+    from ncood.pipeline import DegenerateGaussianWarning, Evaluation
+
+    torch.manual_seed(0)
+    results, _ = evaluate(DeadChannelNet(), data, OOD, l2=False)
+    assert results[keys.GMM_JITTER] == torch.finfo(torch.float64).tiny  # DDU's second rung: the dead dim only
+    assert results[keys.GMM_DEGENERATE_DIMS] == 1.0
+    cfg = make_config("digits", epochs=3, seed=7, eval_every=1, spectral_norm=False, leaky_gap=False)
+    ev = Evaluation({"noise": OOD["noise"]}, cfg)
+    trainer = SimpleNamespace(model=DeadChannelNet(), data=data)
+    with pytest.warns(DegenerateGaussianWarning, match=rf"{cfg.condition} seed 7, epoch 1: .*jitter 2.2\d*e-308"):
+        ev(trainer, 1, {})
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ev(trainer, 2, {})  # already warned, not the last epoch: silent
+    with pytest.warns(DegenerateGaussianWarning, match="epoch 3"):
+        ev(trainer, 3, {})
+    fine = Evaluation({"noise": OOD["noise"]}, cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        metrics: dict[str, float] = {}
+        fine(SimpleNamespace(model=TinyNet(), data=data), 3, metrics)  # leaky + BN: no jitter, no warning
+    assert metrics[keys.GMM_JITTER] == 0.0 and metrics[keys.GMM_DEGENERATE_DIMS] == 0.0

@@ -24,27 +24,41 @@ def _cfg(tmp_path, **kw):
     return make_config("digits", **{**base, **kw})
 
 
-def test_simplex_etf_gram():
-    for d_in, c in ((256, 64), (10, 10), (64, 256)):
-        w = simplex_etf(d_in, c).double()  # (c, d_in)
-        assert w.shape == (c, d_in)
-        if d_in >= c:  # exact simplex ETF: W W^T = c/(c-1) (I - 11^T/c)
-            gram = w @ w.T
-            expect = c / (c - 1) * (torch.eye(c, dtype=torch.float64) - 1.0 / c)
-            assert torch.allclose(gram, expect, atol=1e-5)
+def test_etf_projector_weights_are_the_icml_code():
+    """Pinned small case of NC-OOD resnet/resnet_etf.py:157-163: weight = sqrt(c/(c-1)) (eye(*shape) - ones(*shape)/c)
+    with c = the projector's output dim (= d) in BOTH layers, shapes (4d, d) and (d, 4d), no rotation."""
+    from ncood.models import ETFProjector
+
+    proj = ETFProjector(3)  # d = 3, hidden 12, c = 3: sqrt(3/2) * (2/3 on the rectangular diagonal, -1/3 elsewhere)
+    a = (3 / 2) ** 0.5
+    diag, off = a * 2 / 3, -a / 3
+    w1 = torch.full((12, 3), off, dtype=torch.float64)
+    w1[0, 0] = w1[1, 1] = w1[2, 2] = diag
+    w2 = torch.full((3, 12), off, dtype=torch.float64)
+    w2[0, 0] = w2[1, 1] = w2[2, 2] = diag
+    assert proj.w1.dtype == torch.float32 and proj.w1.shape == (12, 3) and proj.w2.shape == (3, 12)
+    torch.testing.assert_close(proj.w1.double(), w1, rtol=0, atol=1e-7)
+    torch.testing.assert_close(proj.w2.double(), w2, rtol=0, atol=1e-7)
+    np = pytest.importorskip("numpy")  # the code's formula, written with numpy for d = 5 (hidden 20)
+    for shape in ((20, 5), (5, 20)):
+        ref = (5 / 4) ** 0.5 * (np.eye(*shape) - np.ones(shape) / 5)
+        np.testing.assert_allclose(simplex_etf(shape[1], shape[0], c=5).numpy(), ref, rtol=1e-6, atol=1e-7)
+    w = simplex_etf(4, 4, c=4).double()  # square: the rows are a simplex ETF
+    torch.testing.assert_close(w @ w.T, 4 / 3 * (torch.eye(4, dtype=torch.float64) - 0.25), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="c >= 2"):
+        simplex_etf(4, 4, c=1)
 
 
 def test_etf_projector_is_fixed_during_training(tmp_path):
     cfg = _cfg(tmp_path, etf_projector=True)
-    assert cfg.condition == "resnet18-w4-nol2-etf-e2"
+    assert cfg.condition == "resnet18-w4-nol2-sn-lg-etf-e2"
     trial = build_trial(cfg, progress=False)
     model = trial.trainer.model
     proj = model.projector
     assert proj is not None and not list(proj.parameters())  # buffers: no optimizer can see them
     before = {k: v.clone() for k, v in proj.state_dict().items()}
-    c = model.feature_dim
-    w2 = proj.w2.double()
-    assert torch.allclose(w2 @ w2.T, c / (c - 1) * (torch.eye(c, dtype=torch.float64) - 1.0 / c), atol=1e-5)
+    d = model.feature_dim
+    assert torch.equal(proj.w1, simplex_etf(d, 4 * d, c=d)) and torch.equal(proj.w2, simplex_etf(4 * d, d, c=d))
     cls_before = model.classifier.weight.detach().clone()
     trial.trainer.fit()
     for k, v in proj.state_dict().items():
@@ -60,7 +74,7 @@ def test_etf_projector_is_fixed_during_training(tmp_path):
 def test_defaults_reproduce_plain_cross_entropy_exactly(tmp_path, monkeypatch):
     """entropy_reg=0, loss='ce' (the defaults) give bit-identical weights to a loop that calls F.cross_entropy."""
     cfg = _cfg(tmp_path, entropy_reg=0.0, loss="ce")
-    assert cfg.condition == "resnet18-w4-nol2-e2"  # condition names of the papers' grids are unchanged
+    assert cfg.condition == "resnet18-w4-nol2-sn-lg-e2"  # condition names of the papers' grids are unchanged
     ours = build_trial(cfg, progress=False)
     ours.trainer.fit()
     monkeypatch.setattr(train, "training_loss", lambda model, logits, z, y, c: F.cross_entropy(logits.float(), y))
@@ -86,6 +100,9 @@ def test_config_validation_and_condition():
         make_config("digits", loss="mse")
     with pytest.raises(ConfigError, match="entropy_reg"):
         make_config("digits", entropy_reg=-1.0)
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ConfigError, match="label_smoothing"):
+            make_config("digits", label_smoothing=bad)
     cfg = make_config("digits", lr_steps="10", entropy_reg=0.05, loss="nc")
     assert cfg.milestones == (10,) and cfg.condition.endswith("-ent0.05-ncloss-e15")
     assert make_config("digits").milestones == make_config("digits", lr_steps=None).milestones
@@ -186,7 +203,7 @@ def test_nc_control_grid_axes_and_flags():
     shared, conds = grid_conditions("default", overrides)
     assert len(conds) == 8
     names = {TrialConfig.from_dict({**shared, **c, "seed": 0}).condition for c in conds}
-    assert len(names) == 8 and "resnet18-w8-nol2-e15" in names and "resnet18-w8-l2-etf-ent0.05-e15" in names
+    assert len(names) == 8 and "resnet18-w8-nol2-sn-lg-e15" in names and "resnet18-w8-l2-sn-lg-etf-ent0.05-e15" in names
     assert jobs.settings_from_args(args, "ablation").keep_checkpoint_epochs == GRIDS["default"].keep_checkpoint_epochs
     assert jobs.settings_from_args(job.build_parser().parse_args(["--keep-checkpoint-epochs", "3,7"]),
                                    "ablation").keep_checkpoint_epochs == (3, 7)

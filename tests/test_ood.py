@@ -9,6 +9,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from ncood import keys
 from ncood.ood import (JITTERS, SCORES, ClassGaussians, GaussianFitError, ScoreInputs, compute_scores,
                        detection_metrics, fit_class_gaussians, fit_scores, register_score)
+from ncood.ood.gaussian import zero_variance_dims
 
 
 def blobs(n_per, d, c, seed=0, scale=5.0):
@@ -22,7 +23,59 @@ def blobs(n_per, d, c, seed=0, scale=5.0):
 # ---- class Gaussians ----------------------------------------------------------------------------------------
 
 def test_jitter_ladder_is_ddu_list():
-    assert JITTERS == tuple([0.0] + [10.0**k for k in range(-12, 0)])
+    # DDU utils/gmm_utils.py:5-6, written out: 0, finfo(float64).tiny, 1e-308, 1e-307, ..., 1e-1
+    assert JITTERS == tuple([0, torch.finfo(torch.double).tiny] + [10 ** exp for exp in range(-308, 0, 1)])
+    assert len(JITTERS) == 310 and JITTERS[1] == 2.2250738585072014e-308 and JITTERS[2] == 1e-308
+    assert JITTERS[-1] == 0.1 and JITTERS[-12] == 1e-12
+
+
+def _ladder_without_skips(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Every rung of the ladder tried in turn on the full covariances (no skipping): the jitter DDU's loop picks."""
+    c = int(y.max()) + 1
+    covs = []
+    for k in range(c):
+        xk = x[y == k].double()
+        xk = xk - xk.mean(0)
+        covs.append(xk.T @ xk / (xk.shape[0] - 1))
+    cov = torch.stack(covs)
+    eye = torch.eye(x.shape[1], dtype=torch.float64)
+    for eps in JITTERS:
+        if not bool(torch.linalg.cholesky_ex(cov + eps * eye).info.any()):
+            return eps
+    raise AssertionError("no rung worked")
+
+
+@pytest.mark.parametrize("case", ["zero_dims", "few_samples", "both"])
+def test_degenerate_fits_pick_ddus_jitter_and_count_zero_dims(case):
+    """Skipping the rungs that leave the matrix unchanged picks exactly the jitter of the full ladder; constant
+    feature dims (a dead ReLU channel: exactly 0 for a class) are counted per class."""
+    g = torch.Generator().manual_seed(5)
+    d = 12
+    n = [80, 80] if case == "zero_dims" else [80, 6]  # class 1: 6 samples < d -> singular by construction
+    x = torch.randn(sum(n), d, generator=g).abs()
+    y = torch.cat([torch.zeros(n[0]), torch.ones(n[1])]).long()
+    if case != "few_samples":
+        x[y == 0, 3] = 0.0  # dead channel in class 0
+        x[y == 1, 3:5] = 0.0  # two in class 1
+    gm = fit_class_gaussians(x, y)
+    assert gm.jitter == _ladder_without_skips(x, y)
+    if case == "zero_dims":  # the zero pivots only need a positive eps: the smallest normal float64 does it
+        assert gm.jitter == torch.finfo(torch.float64).tiny
+    else:
+        assert 1e-20 < gm.jitter < 1e-5
+    zero_dims = [0, 0] if case == "few_samples" else [1, 2]
+    assert gm.degenerate_dims.tolist() == zero_dims
+    ok = fit_class_gaussians(torch.randn(200, d, generator=g), torch.arange(200) % 2)
+    assert ok.jitter == 0.0 and ok.degenerate_dims.tolist() == [0, 0]
+
+
+def test_zero_variance_dims_relative_tolerance():
+    d = 4
+    tol = d * torch.finfo(torch.float64).eps  # relative to the class's largest variance
+    var = torch.tensor([[1.0, 0.5 * tol, 2 * tol, 0.0],  # 0.5 tol and 0 count; 2 tol does not
+                        [1e-30, 1e-30, 1e-30, 1e-30],  # a tiny scale is not degenerate by itself
+                        [0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)  # all zero: every dim
+    assert zero_variance_dims(var).tolist() == [2, 0, 4]
 
 
 def test_log_density_matches_scipy():
@@ -77,6 +130,7 @@ def test_chunked_equals_unchunked_and_save_load(tmp_path):
     gm.save(tmp_path / "gmm.pt")
     back = ClassGaussians.load(tmp_path / "gmm.pt")
     assert back.jitter == gm.jitter and torch.equal(back.chol, gm.chol) and torch.equal(back.means, gm.means)
+    assert torch.equal(back.degenerate_dims, gm.degenerate_dims)
     assert torch.equal(back.log_density(z), full)
 
 

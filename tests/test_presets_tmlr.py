@@ -113,7 +113,7 @@ def test_acceptance_shaped_tmlr_table1_on_digits():
     configs = resolved("tmlr_table1", {"dataset": "digits", "epochs": [2], "width": 4})
     assert [c.condition for c in configs] == ["resnet18-w4-l2-sn-lg-e2", "resnet50-w4-l2-sn-lg-e2",
                                               "resnet18-w4-nol2-sn-lg-logitnormloss-e2"]
-    assert [c.batch_size for c in configs] == [128, 768, 128]  # digits' default, then the preset's per-condition
+    assert [c.batch_size for c in configs] == [1024, 768, 128]  # the cifar10 preset's 1024 (seed paper Sec. 3.1), then per-condition
     assert {c.ood_sets for c in configs} == {("photos", "scrambled", "noise")}  # the dataset's own OoD sets
 
 
@@ -137,7 +137,7 @@ def test_conditions_that_would_merge_are_refused(monkeypatch):
     """Two conditions that differ only outside the condition name would share MLflow names and aggregate rows."""
     monkeypatch.setitem(GRIDS, "clash", GridPreset("digits", {"width": 4, "epochs": 2}, (
         {"arch": ("resnet18",), "batch_size": (32,)}, {"arch": ("resnet18",), "batch_size": (64,)})))
-    with pytest.raises(ConfigError, match=r"both named 'resnet18-w4-nol2-e2'.*\['batch_size'\]"):
+    with pytest.raises(ConfigError, match=r"both named 'resnet18-w4-nol2-sn-lg-e2'.*\['batch_size'\]"):
         grid_conditions("clash")
     monkeypatch.setitem(GRIDS, "no_clash", GridPreset("digits", {"width": 4, "epochs": 2}, (
         {"arch": ("resnet18",), "batch_size": (32,)}, {"arch": ("resnet18",), "batch_size": (64,), "l2": (True,)})))

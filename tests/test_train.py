@@ -143,7 +143,7 @@ def test_digits_summary_has_every_measurement_key_and_evaluation_is_cheaper_than
     cfg = make_config("digits", width=8, epochs=15, eval_every=5, device="cpu", data_root=str(tmp_path / "d"))
     summary = run_trial(cfg, tmp_path / "run", progress=False)
     final = summary["final"]
-    expected = {keys.LOSS_TRAIN, keys.ACC_TRAIN, keys.ACC_TEST, keys.GMM_JITTER}
+    expected = {keys.LOSS_TRAIN, keys.ACC_TRAIN, keys.ACC_TEST, keys.GMM_JITTER, keys.GMM_DEGENERATE_DIMS}
     expected |= {keys.nc_key(m) for m in keys.NC_METRICS}
     expected |= {keys.ood_key(s, c, m) for s in ("photos", "scrambled", "noise") for c in SCORES
                  for m in keys.DETECTION_METRICS}

@@ -3,6 +3,7 @@
     python tune_jobs/ablation.py                        # default: digits, width-8 ResNet18, L2 off/on x 15 seeds
     python tune_jobs/ablation.py --preset table1 --gpus-per-trial 0.25 --data-root /data
     python tune_jobs/ablation.py --resume               # continue the newest interrupted sweep of this experiment
+    python tune_jobs/ablation.py --preset table1 --dry-run   # list every resolved condition; starts nothing
     ray job submit --working-dir . -- python tune_jobs/ablation.py --tracking-uri sqlite:////abs/mlruns/mlflow.db
 
 Without RAY_ADDRESS it starts a private local Ray; `ray job submit` sets RAY_ADDRESS, so the job joins that cluster.
@@ -22,8 +23,7 @@ except ImportError:  # a source checkout without `pip install -e .`: the package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ncood.config import ConfigError  # noqa: E402
-from ncood.tracking import TrackingError  # noqa: E402
-from ncood.tune import jobs, run_grid  # noqa: E402
+from ncood.tune import jobs  # noqa: E402  (Ray and MLflow load in main(), after --dry-run had its chance)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,11 +38,24 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_run_flags(parser)
     parser.add_argument("--no-aggregate", action="store_true",
                         help="skip the aggregation step (tables/figures via ncood.aggregate, when installed)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print every resolved condition (arch, L2, spectral norm, leaky/GAP, epochs, batch size, "
+                             "LR milestones, ...) and the seeds, then exit without starting Ray")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.dry_run:
+        try:
+            print(jobs.describe_grid(args.preset, jobs.overrides_from_args(args), args.seeds))
+        except ConfigError as e:
+            print(f"ablation: {e}", file=sys.stderr)
+            return 2
+        return 0
+    from ncood.tracking import TrackingError
+    from ncood.tune import run_grid
+
     settings = jobs.settings_from_args(args, "ablation")
     try:
         overrides = jobs.overrides_from_args(args)

@@ -3,6 +3,7 @@ weak trials early. Same MLflow schema as the ablation: one sweep parent run, one
 
     python tune_jobs/search.py --trials 30                       # digits, the default preset's first condition
     python tune_jobs/search.py --preset table1 --archs resnet18 --epochs 60 --l2 on --trials 40 --gpus-per-trial 0.25
+    python tune_jobs/search.py --preset table1 --archs resnet50 --dry-run   # what would be tuned; starts nothing
 
 The objective is validation accuracy (`accuracy/val`, 10% of the training set held out), not test accuracy and
 not an OoD AUROC: choosing hyper-parameters on the test or OoD sets would leak them into the numbers the paper
@@ -21,15 +22,9 @@ try:
 except ImportError:  # a source checkout without `pip install -e .`: the package sits next to tune_jobs/
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import optuna  # noqa: E402
-from ray import tune  # noqa: E402
-from ray.tune.schedulers import ASHAScheduler  # noqa: E402
-from ray.tune.search.optuna import OptunaSearch  # noqa: E402
-
 from ncood import keys  # noqa: E402
 from ncood.config import ConfigError  # noqa: E402
-from ncood.tracking import TrackingError  # noqa: E402
-from ncood.tune import config_from_tune, grid_conditions, jobs, run_sweep  # noqa: E402
+from ncood.tune import config_from_tune, grid_conditions, jobs  # noqa: E402  (Ray, Optuna, MLflow: in main())
 from ncood.tune.grid import NAME_PARAMS_KEY  # noqa: E402
 
 LR_RANGE = (1e-3, 0.3)  # log-uniform; the papers use 0.1
@@ -52,11 +47,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--search-batch-size", action="store_true", help="also search the batch size (x0.5, x1, x2)")
     s.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs every trial gets before it can be stopped")
     s.add_argument("--reduction-factor", type=int, default=3, help="ASHA: keep the top 1/k at each rung")
+    s.add_argument("--dry-run", action="store_true",
+                   help="print the tuned condition, the search ranges and the objective, then exit without starting Ray")
     return parser
+
+
+def describe_search(args: argparse.Namespace) -> str:
+    """What --dry-run prints: the one condition tuned (resolved) and what is searched."""
+    shared, conditions = grid_conditions(args.preset, jobs.overrides_from_args(args))
+    name = config_from_tune({**shared, "condition": conditions[0], "seed": args.seed}).condition
+    one = {**jobs.overrides_from_args(args), **conditions[0]}  # narrow the listing to the tuned condition
+    batch = ", batch size x0.5/x1/x2 of the preset's" if args.search_batch_size else ""
+    return (f"search: {args.trials} trials of {name} (the first of {len(conditions)} conditions), seed {args.seed}; "
+            f"lr log-uniform {LR_RANGE}, weight decay log-uniform {WD_RANGE}{batch}; objective {args.metric} "
+            f"({args.mode}), ASHA grace {args.grace_period}, reduction {args.reduction_factor}\n\n"
+            + jobs.describe_grid(args.preset, one, [args.seed]))
 
 
 def search_space(args: argparse.Namespace) -> tuple[dict, str]:
     """(param_space of the one tuned condition, its name)."""
+    from ray import tune
+
     if not (args.metric == keys.ACC_VAL or keys.parse_ood_key(args.metric) or args.metric.startswith("nc/")):
         raise ConfigError(f"--metric {args.metric!r}: use accuracy/val, nc/<metric> or ood/<set>/<score>/<metric> "
                           f"(it must be reported every epoch: ASHA and OptunaSearch read it from every result)")
@@ -80,6 +91,20 @@ def search_space(args: argparse.Namespace) -> tuple[dict, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.dry_run:
+        try:
+            print(describe_search(args))
+        except ConfigError as e:
+            print(f"search: {e}", file=sys.stderr)
+            return 2
+        return 0
+    import optuna
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from ncood.tracking import TrackingError
+    from ncood.tune import run_sweep
+
     settings = jobs.settings_from_args(args, "search")
     try:
         if args.resume:

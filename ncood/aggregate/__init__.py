@@ -3,6 +3,7 @@
     runs.py     the sweep and its trial runs out of MLflow into pandas (final-epoch values, seeds found vs expected)
     tables.py   seed report, Table 1 (OoD x score), Table 2 (ablation), Table 3 (NC), Table 4 (L2 vs no-L2 twin)
     figures.py  NC2 vs AUROC scatter, NC metrics vs epoch, per-seed AUROC strip plot
+    papers.py   the papers' published numbers (ncood.published) beside the measured ones, where a condition matches
     report.py   files (md/csv/tex/html/png), terminal output, the aggregate MLflow run
 
 Entry points: `aggregate(...)` (library), `after_sweep(...)` (the end of tune_jobs/ablation.py),

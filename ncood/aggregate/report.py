@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from ncood import keys, tracking
 from ncood.aggregate import figures
+from ncood.aggregate.papers import comparison_summary, published_table
 from ncood.aggregate.runs import FAILED, INCOMPLETE, SweepData, load_sweep, metric_histories
 from ncood.aggregate.tables import GMM, Table, all_tables
 
@@ -138,7 +139,8 @@ def log_aggregate_run(data: SweepData, result: AggregateResult, resamples: int, 
                   "runs_used": len(data.used), "runs_failed": int((runs["use"] == FAILED).sum()) if len(runs) else 0,
                   "runs_incomplete": int((runs["use"] == INCOMPLETE).sum()) if len(runs) else 0,
                   "bootstrap_resamples": resamples, "bootstrap_seed": seed,
-                  "figure_ood_set": ood_set_names(data)[0] if ood_set_names(data) else "", "figure_score": GMM}
+                  "figure_ood_set": ood_set_names(data)[0] if ood_set_names(data) else "", "figure_score": GMM,
+                  **comparison_summary(next((t for t in result.tables if t.name == "published"), None))}
         client.log_batch(rid, params=[Param(k, str(v)) for k, v in params.items()],
                          tags=[RunTag("pearson_r_nc2_auroc", f"{result.pearson_r:.4f}")])
         log_outputs(client, rid, result.files, result.out, result.tables)
@@ -176,6 +178,8 @@ def aggregate(tracking_uri: str | None = None, experiment: str | None = None, *,
     out = Path(out).expanduser().resolve() if out else default_out(data.sweep.experiment_name)
     sets, scores = ood_set_names(data), score_names(data)
     tables = all_tables(data.runs, data.conditions, data.expected_seeds, sets, scores, resamples, seed)
+    comparison = published_table(data.runs, data.used, data.conditions, len(data.expected_seeds))
+    tables += [comparison] if len(comparison.display) else []  # an empty table would only say "no match"
     result = AggregateResult(data, tables, out)
     for t in tables:
         result.files += write_table(t, out / "tables")
@@ -183,7 +187,8 @@ def aggregate(tracking_uri: str | None = None, experiment: str | None = None, *,
     result.files += list(result.figures.values())
     head = (f"# Sweep {data.sweep.run_name} ({data.sweep.run_id}), experiment {data.sweep.experiment_name}\n\n"
             f"{len(data.used)} runs used of {len(data.runs)}; {len(data.conditions)} conditions x "
-            f"{len(data.expected_seeds)} seeds expected; final-epoch values.\n")
+            f"{len(data.expected_seeds)} seeds expected; final-epoch values.\n"
+            + ("" if len(comparison.display) else f"\n{comparison.notes[0]}\n"))
     report = head + "\n" + "\n".join(render(t) for t in tables) + "\n" + "\n".join(
         f"![{k}](figures/{p.name})" for k, p in result.figures.items()) + "\n"
     (out / "report.md").write_text(report)

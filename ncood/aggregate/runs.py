@@ -123,6 +123,7 @@ def _child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) ->
 # ---- one row per run -------------------------------------------------------------------------------------------------
 _CONVERT = {"bool": lambda s: s == "True", "int": int, "float": float, "str": str}
 _FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(TrialConfig)}
+_CONFIG_COLUMNS = tuple(f for f in _FIELD_TYPES if f not in ("seed", "ood_sets"))  # CONDITION_FIELDS among them
 
 
 def _param(params: dict[str, str], name: str) -> Any:
@@ -151,7 +152,9 @@ def _run_row(run) -> dict[str, Any]:
         "final_step": final_step, "use": "", "error": error.strip().splitlines()[0] if error.strip() else "",
         "ood_sets": params.get("ood_sets", ""),
     }
-    row.update({f: _param(params, f) for f in RUN_FIELDS})
+    # every config field, typed (the condition fields group runs; the rest lets ncood.aggregate.papers match the
+    # papers' recipes); seed and ood_sets are meta columns above
+    row.update({f: _param(params, f) for f in _CONFIG_COLUMNS})
     row.update({k: (v if step == final_step else np.nan) for k, (step, v) in latest.items()})
     return row
 
@@ -200,7 +203,7 @@ def load_sweep(tracking_uri: str | None, experiment: str | None = None, parent_r
     info = SweepInfo(uri, experiment_id, name, parent.info.run_id, parent.info.run_name or parent.info.run_id,
                      parent.data.tags.get(tracking.TAG_KIND, ""), dict(parent.data.params))
     rows = [_run_row(r) for r in _child_runs(client, experiment_id, info.run_id)]
-    runs = pd.DataFrame(rows, columns=None if rows else [*_META, "ood_sets", *RUN_FIELDS])
+    runs = pd.DataFrame(rows, columns=None if rows else [*_META, "ood_sets", *_CONFIG_COLUMNS])
     if len(runs):
         runs = _mark_use(runs)
     conditions, seeds = _expected(info.params, runs)

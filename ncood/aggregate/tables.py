@@ -322,6 +322,23 @@ def _signed(x: float) -> str:
     return DASH if x is None or not np.isfinite(x) else f"{x:+.3f}"
 
 
+def gmm_fit_notes(used: pd.DataFrame, conditions: Sequence[str]) -> list[str]:
+    """One warning per condition whose final GMM fits needed jitter (gmm/jitter > 0: a singular class covariance,
+    so the jitter shapes that condition's GMM scores), with the worst zero-variance dimension count."""
+    notes = []
+    for cond in conditions:
+        g = used[used["condition"] == cond]
+        jitter = _values(g, keys.GMM_JITTER)
+        jitter = jitter[np.isfinite(jitter)]
+        if not (jitter > 0).any():
+            continue
+        dims = _values(g, keys.GMM_DEGENERATE_DIMS)
+        worst = f"; up to {int(np.nanmax(dims))} zero-variance feature dims in a class" if np.isfinite(dims).any() else ""
+        notes.append(f"WARNING {cond}: {int((jitter > 0).sum())} of {jitter.size} final GMM fits needed jitter (up "
+                     f"to {jitter.max():g}){worst}; their GMM scores depend on it")
+    return notes
+
+
 def all_tables(runs: pd.DataFrame, conditions: Sequence[str], expected_seeds: Sequence[int],
                ood_sets: Sequence[str], scores: Sequence[str], resamples: int = 10_000, seed: int = 0) -> list[Table]:
     """The seed report and Tables 1-4, in print order."""
@@ -329,6 +346,8 @@ def all_tables(runs: pd.DataFrame, conditions: Sequence[str], expected_seeds: Se
     expected = len(expected_seeds)
     seeds = seed_table(runs, conditions, expected_seeds)
     why = seed_reasons(seeds)
-    return [seeds, ood_table(used, conditions, ood_sets, scores, expected, why),
+    ood = ood_table(used, conditions, ood_sets, scores, expected, why)
+    ood.notes += gmm_fit_notes(used, conditions)  # a degenerate GMM is shown, not trusted silently
+    return [seeds, ood,
             ablation_table(runs, used, conditions, ood_sets, expected, why), nc_table(used, conditions, expected, why),
             l2_effect_table(runs, used, conditions, ood_sets, resamples=resamples, seed=seed)]

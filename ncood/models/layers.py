@@ -11,7 +11,7 @@ Implements
   Networks for Improved OoD Detection", sec. 3.3, eq. 9): logits = fc(z / max(||z||_2, eps));
 - the fixed simplex-ETF projector of Harun et al. (ICML 2025, "Controlling Neural Collapse Enhances OoD
   Detection and Transfer Learning"): logits = fc(normalize(P(z))), P = Linear d->4d, ReLU, Linear 4d->d
-  with untrained simplex-ETF weights (REFERENCE.md section 2).
+  with the untrained weights sqrt(c/(c-1)) (I - 11^T/c) of its code (`simplex_etf`).
 
 Spatial sizes are propagated at construction (square maps, one int) because the operator norm of a
 convolution depends on the shape of the map it acts on. This module knows nothing of `ncood.models`.
@@ -216,24 +216,26 @@ def l2_normalize(z: Tensor, eps: float = L2_EPS) -> Tensor:
     return F.normalize(z.float(), dim=1, eps=eps).to(z.dtype)
 
 
-def simplex_etf(in_features: int, out_features: int, seed: int = 0) -> Tensor:
-    """(out, in) weight of a Linear whose rows form a simplex ETF: sqrt(c/(c-1)) (I - 11^T/c) U^T, c = out_features.
+def simplex_etf(in_features: int, out_features: int, c: int) -> Tensor:
+    """(out, in) fp32 weight sqrt(c/(c-1)) (I - 11^T/c) of a bias-free Linear, I and 1 rectangular (out x in).
 
-    As the ETF classifiers of Yang et al. 2022 / Harun et al. 2025: U (in, c) has orthonormal columns when
-    in >= c, then W W^T = c/(c-1) (I - 11^T/c) exactly (the simplex-ETF Gram); when in < c (the expanding
-    d -> 4d layer) U has orthonormal rows instead and the rows are the ETF's projection. U comes from a fixed
-    seed, not the global RNG, so adding the projector never changes the rest of the initialisation.
+    Exactly the ICML 2025 code (Harun et al., NC-OOD `resnet/resnet_etf.py`:157-163): `(c/(c-1))**(1/2) *
+    (torch.eye(*shape) - (1/c) * torch.ones(*shape))` with `shape` the Linear's weight shape (out, in) and
+    `c = output_dim`, the PROJECTOR's output dimension, for both of its layers (:157 and :161), no random rotation.
+    For a square shape the rows form a simplex ETF: W W^T = c/(c-1) (I - 11^T/c) when c = in = out.
     """
-    c = out_features
-    g = torch.Generator().manual_seed(seed)
-    q, _ = torch.linalg.qr(torch.randn(max(in_features, c), min(in_features, c), generator=g, dtype=torch.float64))
-    u = q if in_features >= c else q.T  # (in, c)
-    centre = torch.eye(c, dtype=torch.float64) - 1.0 / c  # I - 11^T/c
-    return (math.sqrt(c / (c - 1)) * centre @ u.T).float()  # (c, in)
+    if c < 2:
+        raise ValueError(f"simplex_etf needs c >= 2, got {c}")
+    eye = torch.eye(out_features, in_features, dtype=torch.float64)  # rectangular identity
+    ones = torch.ones(out_features, in_features, dtype=torch.float64)
+    return (math.sqrt(c / (c - 1)) * (eye - ones / c)).float()
 
 
 class ETFProjector(nn.Module):
-    """Fixed (never trained) projector Linear d->4d, ReLU, Linear 4d->d with simplex-ETF weights (ICML 2025).
+    """Fixed (never trained) projector Linear d->4d, ReLU, Linear 4d->d, bias-free, with the ICML 2025 code's ETF
+    weights (`simplex_etf`, c = d for both layers: `resnet_etf.py`:150-163 with output_dim 512 and hidden_mlp 2048,
+    `pretrain_resnet_nc.sh`:25-26). Its output is L2-normalized before the classifier (`resnet_etf.py`:211; the
+    code's eps 1e-8 there vs ncood's L2_EPS only matters for an exactly zero vector).
 
     The weights are buffers, not parameters: no optimizer ever sees them, and they are saved in state_dict.
     """
@@ -241,8 +243,8 @@ class ETFProjector(nn.Module):
     def __init__(self, dim: int, expansion: int = 4) -> None:
         super().__init__()
         hidden = expansion * dim
-        self.register_buffer("w1", simplex_etf(dim, hidden, seed=0))  # (4d, d)
-        self.register_buffer("w2", simplex_etf(hidden, dim, seed=1))  # (d, 4d)
+        self.register_buffer("w1", simplex_etf(dim, hidden, c=dim))  # (4d, d)
+        self.register_buffer("w2", simplex_etf(hidden, dim, c=dim))  # (d, 4d)
 
     def forward(self, z: Tensor) -> Tensor:  # (B, d) -> (B, d)
         return F.linear(F.relu(F.linear(z, self.w1.to(z.dtype))), self.w2.to(z.dtype))

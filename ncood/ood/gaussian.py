@@ -6,12 +6,21 @@ One full-covariance Gaussian per class, fitted on the train-set features in floa
     log p(z) = logsumexp_c log N(z; mu_c, Sigma_c)          (DDU's score: no class priors, higher = more ID)
     log N(z; mu, Sigma) = -(d log 2pi + log det Sigma + ||L^-1 (z - mu)||^2) / 2,   Sigma = L L^T
 
-Jitter (DDU's `centered_cov_torch` + jitter loop): Sigma_c + eps I for eps in [0, 1e-12, 1e-11, ..., 1e-1],
-the same eps for every class, the first one for which the batched Cholesky of all C matrices succeeds.
-The eps used is recorded (`jitter`) and must be logged: a class with fewer samples than dimensions is
-singular by construction and then the jitter is a regularizer that changes the scores. DDU's own loop
-matches an old torch error string and is broken on current torch; here `torch.linalg.cholesky_ex` reports
-failure through its `info` tensor. If no eps works the fit raises, naming the classes and their counts.
+Jitter: DDU's ladder (code `utils/gmm_utils.py`:5-6, `JITTERS = [0, DOUBLE_INFO.tiny] + [10 ** exp for exp in
+range(-308, 0, 1)]` with `DOUBLE_INFO = torch.finfo(torch.double)`; its fit loop at :93-107): Sigma_c + eps I for eps
+in 0, 2.2e-308 (finfo(float64).tiny, the smallest positive *normal* float64), 1e-308, 1e-307, ..., 1e-1 (310 rungs,
+in DDU's order: tiny comes before the subnormal 1e-308), the same eps for every class, the first one for which the
+batched Cholesky of all C matrices succeeds. A rung that leaves every diagonal entry bit-for-bit as the previous
+attempt left it (eps below the float64 resolution of every variance) gives the identical matrix, hence the identical
+(failed) Cholesky, and is skipped: the chosen eps is exactly DDU's. DDU's own loop matches an old torch error string
+and is broken on current torch; here `torch.linalg.cholesky_ex` reports failure through its `info` tensor. If no
+eps works the fit raises, naming the classes and their counts.
+
+Degenerate fits are made visible, not hidden (the jitter then decides the scores): the eps used is recorded
+(`jitter`), and so is, per class, the number of dimensions whose variance is numerically zero (`degenerate_dims`,
+see `zero_variance_dims`). Plain-ReLU networks produce such dimensions (a channel that is 0 for a whole class);
+a class with fewer samples than dimensions is singular without any. Warnings about them belong to the caller that
+knows the trial (ncood.pipeline): this module only returns the facts.
 """
 from __future__ import annotations
 
@@ -23,9 +32,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["JITTERS", "PRUNE_NATS", "ClassGaussians", "GaussianFitError", "fit_class_gaussians"]
+__all__ = ["JITTERS", "PRUNE_NATS", "ClassGaussians", "GaussianFitError", "fit_class_gaussians", "zero_variance_dims"]
 
-JITTERS: tuple[float, ...] = (0.0,) + tuple(10.0**k for k in range(-12, 0))  # DDU's ladder: 0, 1e-12 ... 1e-1
+# DDU utils/gmm_utils.py:6, verbatim: 0, finfo(float64).tiny, then 1e-308, 1e-307, ..., 1e-1 (Python's 10 ** -308 is
+# the float 1e-308, a subnormal below tiny).
+JITTERS: tuple[float, ...] = (0.0, torch.finfo(torch.float64).tiny) + tuple(10 ** k for k in range(-308, 0))
 _CHUNK_ELEMENTS = 2**25  # float64 elements of the (C, d, chunk) residual tensor: 256 MiB
 PRUNE_NATS = 50.0  # log_density drops a class once its log density provably stays this far below the best one
 
@@ -42,6 +53,7 @@ class ClassGaussians:
     chol: Tensor  # (C, d, d) lower Cholesky factor of Sigma_c + jitter I
     counts: Tensor  # (C,) int64 training samples per class (diagnostics)
     jitter: float  # the eps * I added to every covariance (0.0 when none was needed)
+    degenerate_dims: Tensor | None = None  # (C,) int64 numerically zero-variance dims per class (zero_variance_dims)
 
     @property
     def num_classes(self) -> int:
@@ -140,14 +152,17 @@ class ClassGaussians:
         return -0.5 * (self.dim * math.log(2 * math.pi) + log_det)
 
     def to(self, device: torch.device | str) -> ClassGaussians:
-        return ClassGaussians(self.means.to(device), self.chol.to(device), self.counts.to(device), self.jitter)
+        degenerate = None if self.degenerate_dims is None else self.degenerate_dims.to(device)
+        return ClassGaussians(self.means.to(device), self.chol.to(device), self.counts.to(device), self.jitter,
+                              degenerate)
 
     def state_dict(self) -> dict:
-        return {"means": self.means, "chol": self.chol, "counts": self.counts, "jitter": self.jitter}
+        state = {"means": self.means, "chol": self.chol, "counts": self.counts, "jitter": self.jitter}
+        return state if self.degenerate_dims is None else {**state, "degenerate_dims": self.degenerate_dims}
 
     @classmethod
-    def from_state_dict(cls, state: dict) -> ClassGaussians:
-        return cls(state["means"], state["chol"], state["counts"], float(state["jitter"]))
+    def from_state_dict(cls, state: dict) -> ClassGaussians:  # files written before degenerate_dims load too
+        return cls(state["means"], state["chol"], state["counts"], float(state["jitter"]), state.get("degenerate_dims"))
 
     def save(self, path: str | Path) -> None:
         """torch.save of {means, chol, counts, jitter} (CPU tensors, loadable with weights_only=True)."""
@@ -176,6 +191,19 @@ def _gram_lower(x: Tensor, out: Tensor, block: int = 256) -> Tensor:
         b = min(a + block, d)
         torch.mm(x[:, a:b].T, x[:, :b], out=out[a:b, :b])
     return out
+
+
+def zero_variance_dims(var: Tensor) -> Tensor:
+    """(C, d) per-class variances (the covariance diagonals) -> (C,) int64 count of numerically zero-variance dims.
+
+    Dimension j of class c counts when var[c, j] <= d * eps64 * max_j var[c, j] (eps64 = 2^-52): the numerical-rank
+    tolerance of numpy's `matrix_rank` (max(M, N) * eps * largest singular value), applied to the diagonal. Such a
+    pivot cannot be told from rounding error by a float64 Cholesky, so the class covariance is singular in that
+    direction and only the jitter makes it invertible. Exactly constant features (a ReLU channel that is 0 for the
+    whole class) have var = 0 and always count. A class whose variances are all 0 counts all d dimensions.
+    """
+    tol = var.shape[1] * torch.finfo(torch.float64).eps * var.amax(dim=1, keepdim=True)  # (C, 1)
+    return (var <= tol).sum(dim=1)
 
 
 def fit_class_gaussians(features: Tensor, labels: Tensor, num_classes: int | None = None) -> ClassGaussians:
@@ -212,11 +240,16 @@ def fit_class_gaussians(features: Tensor, labels: Tensor, num_classes: int | Non
 
     diag = cov.diagonal(dim1=-2, dim2=-1)  # (C, d) view: the ladder rewrites it in place, no (C, d, d) copy per eps
     var = diag.clone()
+    degenerate = zero_variance_dims(var)  # (C,)
+    tried = None  # (C, d) the diagonal of the last Cholesky attempt
     for eps in JITTERS:
         torch.add(var, eps, out=diag)  # Sigma_c + eps I, bit for bit
+        if tried is not None and torch.equal(diag, tried):
+            continue  # the same matrix as the last (failed) attempt: the same result, so DDU's eps is unchanged
         chol, info = torch.linalg.cholesky_ex(cov)  # info (C,) int32: 0 = success; reads the lower triangle only
         if not bool(info.any()):
-            return ClassGaussians(means, chol, counts, float(eps))
+            return ClassGaussians(means, chol, counts, float(eps), degenerate)
+        tried = diag.clone()
     failed = torch.nonzero(info).flatten().tolist()
     detail = ", ".join(f"class {k}: {int(counts[k])} samples" for k in failed)
     raise GaussianFitError(

@@ -46,6 +46,7 @@ from torch import nn
 import ncood
 from ncood.config import TrialConfig
 from ncood.data import IDData
+from ncood.evaluate import exact_fp32
 from ncood.pipeline import model_kwargs
 from ncood.ood import ScoreFit
 from ncood.serve.scorer import (INPUT_COLUMN, SCORE_COLUMNS, Scorer, ScorerSpec, ServingLimits,
@@ -79,28 +80,13 @@ class ScorerParts:
         return cls(trial.trainer.model, trial.data, fit, trial.cfg)
 
 
-@contextlib.contextmanager
-def _exact_fp32(device: torch.device) -> Iterator[None]:
-    """No TF32 in CUDA convs/matmuls while the threshold is computed: the CPU server scores in true fp32."""
-    if device.type != "cuda":
-        yield
-        return
-    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
-    saved = conv.fp32_precision, matmul.fp32_precision
-    conv.fp32_precision = matmul.fp32_precision = "ieee"
-    try:
-        yield
-    finally:
-        conv.fp32_precision, matmul.fp32_precision = saved
-
-
 def decision_threshold(parts: ScorerParts, tpr_percent: int = THRESHOLD_TPR_PERCENT) -> tuple[float, int]:
     """(t, n_val): the GMM score accepting tpr_percent % of the ID validation images, fp32 on the trial's device."""
     val_x = parts.data.val.x
     if val_x.shape[0] == 0:
         raise ValueError("the trial has no validation images: the decision threshold is set on them")
     device = next(parts.model.parameters()).device
-    with _exact_fp32(device):
+    with exact_fp32(device):
         gmm = score_model_input(parts.model, parts.fit, val_x)["gmm_log_density"]
     return threshold_at_tpr(gmm.cpu().numpy(), tpr_percent), int(val_x.shape[0])
 

@@ -1,18 +1,35 @@
 """Ray Tune for ncood: the papers' grids, the resumable MLflow-logged trial, and the sweep runner.
 
-    grid.py    condition axes x seeds as a Ray param_space (presets default / table1 / table2)
+    grid.py    condition axes x seeds as a Ray param_space (presets default / table1 / table2 / nc_control)
     trial.py   the function trainable (per-epoch MLflow batch + tune.report with checkpoint)
     sweep.py   Ray start-up, MLflow parent run, Tuner / Tuner.restore, run-status sweep
     jobs.py    flags and end-of-sweep summary shared by tune_jobs/ablation.py and tune_jobs/search.py
 
-Jobs only assemble these (STYLE.md 8): `python tune_jobs/ablation.py --help`.
+Jobs only assemble these (STYLE.md 8): `python tune_jobs/ablation.py --help`. The names below load their module on
+first use (PEP 562): `--dry-run` and `--help` list a grid without importing Ray or MLflow.
 """
-from ncood.tune.grid import AXES, GRIDS, GridPreset, config_from_tune, grid_conditions, make_param_space, run_name
-from ncood.tune.sweep import SweepResult, SweepSettings, SweepStatusCallback, init_ray, run_grid, run_sweep
-from ncood.tune.trial import TrialRuntime, train_trial
+from __future__ import annotations
 
-__all__ = [
-    "AXES", "GRIDS", "GridPreset", "SweepResult", "SweepSettings", "SweepStatusCallback", "TrialRuntime",
-    "config_from_tune", "grid_conditions", "init_ray", "make_param_space", "run_grid", "run_name", "run_sweep",
-    "train_trial",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AXES": "grid", "GRIDS": "grid", "GridPreset": "grid", "config_from_tune": "grid", "grid_conditions": "grid",
+    "make_param_space": "grid", "run_name": "grid",
+    "SweepResult": "sweep", "SweepSettings": "sweep", "SweepStatusCallback": "sweep", "init_ray": "sweep",
+    "run_grid": "sweep", "run_sweep": "sweep",
+    "TrialRuntime": "trial", "train_trial": "trial",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

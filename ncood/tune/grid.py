@@ -1,8 +1,10 @@
 """The papers' grids as Ray param spaces: condition axes x seeds, and the trial naming used by Ray and MLflow.
 
-A grid is a union of product grids over the condition axes arch x l2 x spectral_norm x leaky_gap x epochs (seed
-paper Table 1 gives ResNet18 and ResNet50 different epoch budgets, so one `grid_search` runs over whole
-"condition" dicts), times a `grid_search` over seeds (REFERENCE.md 7: `num_samples` would repeat the whole grid).
+Every preset trains the papers' model (spectral norm + leaky/GAP) except `table2`, the seed paper's ablation of them;
+each preset's help names the table and rows it reproduces. A grid is a union of product grids over the condition
+axes arch x l2 x spectral_norm x leaky_gap x epochs (seed paper Table 1 gives ResNet18 and ResNet50 different epoch
+budgets, so one `grid_search` runs over whole "condition" dicts), times a `grid_search` over seeds (REFERENCE.md 7:
+`num_samples` would repeat the whole grid).
 A product may also set any other TrialConfig field for its conditions (TMLR 2024 A.1: batch 768 for ResNet50,
 128 for LogitNorm and CCT, AdamW + cosine for ConvNeXt and CCT). Every condition is resolved to a full config; what
 differs between conditions goes into the condition dicts, the rest is shared. Two different conditions must have
@@ -14,8 +16,6 @@ import importlib
 import itertools
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
-
-from ray import tune
 
 from ncood.config import CONDITION_FIELDS, ConfigError, TrialConfig, make_config
 
@@ -37,6 +37,13 @@ class GridPreset:
 
 
 _OFF_ON = (False, True)
+# The papers' model (seed paper Sec. 3.1: "All models (except those explicitly noted in the ablation study) use
+# spectral normalization, leaky ReLUs and Global Average Pooling"; TMLR 2024 App. A.1 the same for every ResNet):
+# every preset but table2, which ablates them. The TrialConfig defaults already say so; each preset spells it out
+# so that a changed default cannot silently change a paper's grid (tests/test_presets.py pins every resolved config).
+_PAPERS_MODEL = {"spectral_norm": True, "sn_coeff": 3.0, "leaky_gap": True}
+_CIFAR_OOD = ("svhn", "cifar100", "tinyimagenet")  # seed paper Table 1 / TMLR Tables 2-4 and 8: the OoD test sets
+
 
 # ---- TMLR 2024 ("Exploring Simple, High Quality OoD Detection with L2 Normalization"), appendix A.1 and Tables 1-7.
 # A.1: "All ResNet models use spectral normalization, global average pooling, and Leaky ReLUs" (VGG16, ConvNeXt and
@@ -49,6 +56,9 @@ _OFF_ON = (False, True)
 # cosine annealing schedule with the AdamW optimizer". OoD sets: each ID set's defaults (ncood.data), which hold
 # every OoD column of its table. What A.1 leaves open is ours, said in each preset's help.
 _SN_LG = {"spectral_norm": (True,), "leaky_gap": (True,)}  # A.1: every ResNet
+# VGG16, ConvNeXt and CCT: A.1 names SN + leaky/GAP for the ResNets only, and ConvNeXt/CCT cannot take DDU's
+# toggles at all; the config defaults are the seed paper's ResNet (both on), so these products switch them off.
+_PLAIN = {"spectral_norm": (False,), "leaky_gap": (False,)}
 _R50_CIFAR = {"batch_size": (768,)}  # A.1: ResNet50 on CIFAR-10 (and, same image size, our reading for CIFAR-100)
 # LogitNorm+ (Table 1; A.1): LogitNorm (T = 0.04, Wei et al. 2022's CIFAR-10 value) + SN + leaky/GAP, batch 128. A.1
 # gives no epoch budget: LogitNorm's own recipe, 200 epochs with LR x0.1 at 80 and 140 (github.com/hongxin001/
@@ -59,18 +69,18 @@ _ADAMW_COSINE = {"optimizer": ("adamw",), "schedule": ("cosine",)}
 # CCT-7/3x1: the CCT recipe's AdamW lr / weight decay, 300 epochs, batch 128. Not reproduced from that recipe: 10
 # warmup epochs, min lr 1e-5, label smoothing 0.1, AutoAugment, Mixup/CutMix (ncood trains every model with the
 # papers' crop + flip).
-_CCT = {"arch": ("cct_7_3x1",), "l2": _OFF_ON, **_ADAMW_COSINE, "epochs": (300,), "batch_size": (128,),
+_CCT = {"arch": ("cct_7_3x1",), **_PLAIN, "l2": _OFF_ON, **_ADAMW_COSINE, "epochs": (300,), "batch_size": (128,),
         "lr": (5.5e-4,), "weight_decay": (0.06,)}
 # ConvNeXt: A.1 gives neither epochs nor lr / weight decay: 300 epochs (ConvNeXt's own and CCT's budget) and the
 # AdamW defaults of ncood.config.OPTIMIZER_DEFAULTS (ConvNeXt's lr scaled to batch 1024, its weight decay 0.05).
-_CONVNEXT = {"arch": ("convnext_tiny",), "l2": _OFF_ON, **_ADAMW_COSINE, "epochs": (300,)}
+_CONVNEXT = {"arch": ("convnext_tiny",), **_PLAIN, "l2": _OFF_ON, **_ADAMW_COSINE, "epochs": (300,)}
 # Table 4: "Bracketed numbers indicate training epochs used for the L2 case". ResNet18 (60) and ResNet18 (350) share
 # one No-L2 column (77.8 / 76.6 ...), as do the two ResNet50 rows: a single No-L2 model per architecture, trained
 # 350 epochs (the DDU baseline; Table 8 compares 60-epoch models with "NoL2 models trained for the full 350 epochs").
 # VGG16 has no bracket: L2 60 epochs (Table 2: "VGG16 and L2 ResNet18 are trained for 60 epochs"); its No-L2
 # budget is not given, we read it as the other No-L2 baselines' 350.
-_TABLE4 = ({"arch": ("vgg16",), "l2": (False,), "epochs": (350,)},
-           {"arch": ("vgg16",), "l2": (True,), "epochs": (60,)},
+_TABLE4 = ({"arch": ("vgg16",), **_PLAIN, "l2": (False,), "epochs": (350,)},
+           {"arch": ("vgg16",), **_PLAIN, "l2": (True,), "epochs": (60,)},
            {"arch": ("resnet18",), **_SN_LG, "l2": (False,), "epochs": (350,)},
            {"arch": ("resnet18",), **_SN_LG, "l2": (True,), "epochs": (60, 350)},
            {"arch": ("resnet50",), **_SN_LG, **_R50_CIFAR, "l2": (False,), "epochs": (350,)},
@@ -111,22 +121,32 @@ TMLR_GRIDS: dict[str, GridPreset] = {
 
 GRIDS: dict[str, GridPreset] = {
     # eval_every 1: a digits evaluation costs less than an epoch, and every epoch gets its NC/OoD metrics.
-    "default": GridPreset("digits", {"width": 8, "epochs": 15, "eval_every": 1},
+    "default": GridPreset("digits", {**_PAPERS_MODEL, "width": 8, "epochs": 15, "batch_size": 128, "eval_every": 1},
                           ({"arch": ("resnet18",), "l2": _OFF_ON},),
-                          help="embedded digits, width-8 ResNet18, 15 epochs, L2 off/on x 15 seeds = 30 trials (CPU)",
+                          help="embedded digits (CPU): the seed paper's Table 1 ResNet18 recipe (SN coeff 3 + leaky/GAP, "
+                               "SGD 0.1, L2 off/on) width-reduced: width 8, 15 epochs, batch 128, LR x0.1 at 10/12; "
+                               "15 seeds = 30 trials",
                           keep_checkpoint_epochs=(10,)),  # tune_jobs/nc_intervention.py --from-epoch 10
-    "table1": GridPreset("cifar10", {"width": 64, "ood_sets": ("svhn", "cifar100", "tinyimagenet")},
+    "table1": GridPreset("cifar10", {**_PAPERS_MODEL, "width": 64, "batch_size": 1024, "ood_sets": _CIFAR_OOD},
                          ({"arch": ("resnet18",), "epochs": (60, 350), "l2": _OFF_ON},
                           {"arch": ("resnet50",), "epochs": (100, 350), "l2": _OFF_ON}),
-                         help="seed paper Table 1: ResNet18 60/350 and ResNet50 100/350 epochs, L2 off/on, CIFAR-10",
+                         help="seed paper Table 1 (CIFAR-10 vs SVHN/CIFAR-100/Tiny ImageNet, SN + leaky/GAP, batch "
+                              "1024): ResNet18 No L2 350 / No L2 60 / L2 60 and ResNet50 No L2 350 / No L2 100 / L2 100, "
+                              "LR x0.1 at 150/250 (350), 40/50 (60), 75/90 (100); also L2 350 of both (TMLR Table 4); "
+                              "15 seeds = 120 trials",
                          keep_checkpoint_epochs=(50,)),  # seed paper Sec. 4.2: the NC intervention starts at 50
-    "table2": GridPreset("cifar10", {"width": 64, "arch": "resnet18", "epochs": 60},
+    "table2": GridPreset("cifar10", {"width": 64, "sn_coeff": 3.0, "arch": "resnet18", "epochs": 60, "batch_size": 1024},
                          ({"spectral_norm": _OFF_ON, "leaky_gap": _OFF_ON, "l2": _OFF_ON},),
-                         help="seed paper Table 2: ResNet18 60 epochs, spectral norm x leaky/GAP x L2 (8 conditions)"),
-    "nc_control": GridPreset("cifar10", {"width": 64, "arch": "resnet18", "epochs": 60, "l2": False},
+                         help="seed paper Tables 2 and 3 (the ablation: the only preset with SN and leaky/GAP off): "
+                              "ResNet18, CIFAR-10 vs SVHN, 60 epochs, batch 1024, LR x0.1 at 40/50, spectral norm x "
+                              "leaky/GAP x L2 = all 8 rows; 15 seeds = 120 trials"),
+    "nc_control": GridPreset("cifar10", {**_PAPERS_MODEL, "width": 64, "arch": "resnet18", "epochs": 60,
+                                         "batch_size": 1024, "l2": False, "label_smoothing": 0.1},
                              ({"etf_projector": _OFF_ON, "entropy_reg": (0.0, 0.05)},),
-                             help="ICML 2025 NC control on the Table 2 setting: fixed simplex-ETF projector off/on x "
-                                  "entropy regularizer 0/0.05 (4 conditions), ResNet18 60 epochs, CIFAR-10"),
+                             help="ICML 2025 NC control (fixed simplex-ETF projector off/on x entropy regularizer 0/0.05, "
+                                  "label smoothing 0.1 as its code) on the seed paper's Table 1 'No L2 60' model: ResNet18 "
+                                  "SN + leaky/GAP, CIFAR-10, 60 epochs, batch 1024, LR x0.1 at 40/50; 4 conditions x 15 "
+                                  "seeds (the ICML paper's own ImageNet-100 recipe is not reproduced)"),
     **TMLR_GRIDS,
 }
 
@@ -178,12 +198,19 @@ def _check_distinct_names(preset: str, resolved: Sequence[dict], fields: Sequenc
 def make_param_space(preset: str = "default", overrides: Mapping[str, Any] | None = None,
                      seeds: int | Sequence[int] | None = None) -> dict[str, Any]:
     """Ray param_space: shared fields + grid_search over condition dicts + grid_search over seeds."""
+    from ray import tune  # here, not at import: listing a grid (--dry-run, --help) needs no Ray
+
     shared, conditions = grid_conditions(preset, overrides)
+    return {**shared, "condition": tune.grid_search(conditions), "seed": tune.grid_search(seed_list(preset, seeds))}
+
+
+def seed_list(preset: str, seeds: int | Sequence[int] | None = None) -> list[int]:
+    """The seeds of a grid: the preset's count (15, as the papers) unless `seeds` (a count N: 0..N-1, or a list)."""
     seeds = GRIDS[preset].seeds if seeds is None else seeds
-    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
-    if not seed_list:
+    out = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    if not out:
         raise ConfigError("seeds: need at least one seed")
-    return {**shared, "condition": tune.grid_search(conditions), "seed": tune.grid_search(seed_list)}
+    return out
 
 
 def config_from_tune(config: Mapping[str, Any]) -> TrialConfig:

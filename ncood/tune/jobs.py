@@ -3,6 +3,8 @@ summary printed at the end (conditions, seeds finished/failed, mean test accurac
 
 Grid flags override any field of the preset: the condition axes take lists (`--l2 off on`, `--epochs 60,350`),
 every other TrialConfig field is one flag made from the dataclass (so the flags cannot drift from the config).
+`describe_grid` is the `--dry-run` listing: every resolved condition, without starting (or importing) Ray or MLflow;
+the modules that need them (ncood.tracking, ncood.tune.sweep) are imported by the functions that use them.
 """
 from __future__ import annotations
 
@@ -10,12 +12,14 @@ import argparse
 import dataclasses
 import statistics
 from collections import defaultdict
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from ncood import keys, tracking
+from ncood import keys
 from ncood.config import TrialConfig
-from ncood.tune.grid import AXES, GRIDS
-from ncood.tune.sweep import SweepResult, SweepSettings
+from ncood.tune.grid import AXES, GRIDS, grid_conditions, seed_list
+
+if TYPE_CHECKING:
+    from ncood.tune.sweep import SweepResult, SweepSettings
 
 _AXIS_FLAGS = {"arch": "--archs", "epochs": "--epochs", "l2": "--l2", "spectral_norm": "--spectral-norm",
                "leaky_gap": "--leaky-gap", "etf_projector": "--etf-projector", "entropy_reg": "--entropy-reg"}
@@ -52,7 +56,7 @@ def add_grid_flags(parser: argparse.ArgumentParser, seeds: bool = True) -> None:
         if f.name in AXES or f.name == "seed":
             continue
         flag, help_ = "--" + f.name.replace("_", "-"), f.metadata.get("help", "")
-        if str(f.type) == "bool":
+        if str(f.type) in ("bool", "bool | None"):
             g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
         else:
             kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(str(f.type), str)
@@ -107,6 +111,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def settings_from_args(args: argparse.Namespace, job: str) -> SweepSettings:
+    from ncood.tune.sweep import SweepSettings
+
     keep = (tuple(int(e) for e in _split(args.keep_checkpoint_epochs)) if args.keep_checkpoint_epochs
             else GRIDS[args.preset].keep_checkpoint_epochs if job == "ablation" else ())
     return SweepSettings(
@@ -115,6 +121,47 @@ def settings_from_args(args: argparse.Namespace, job: str) -> SweepSettings:
         max_concurrent=args.max_concurrent, max_failures=args.max_failures, checkpoint_every=args.checkpoint_every,
         keep_checkpoint_epochs=keep, num_cpus=args.num_cpus, progress=not args.quiet,
     )
+
+
+# ---- --dry-run: the resolved grid ----------------------------------------------------------------------------------
+_DRY_COLUMNS = ("condition", "dataset", "arch", "width", "l2", "spectral_norm", "sn_coeff", "leaky_gap", "epochs",
+                "batch_size", "lr", "milestones", "loss", "label_smoothing", "etf_projector", "entropy_reg")
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def describe_grid(preset: str, overrides: Mapping[str, Any] | None = None,
+                  seeds: int | Sequence[int] | None = None) -> str:
+    """Every condition of the grid as its trials will run it (preset + overrides, validated), the seeds, and the
+    fields shared by all trials: what `--dry-run` prints. Needs neither Ray nor MLflow."""
+    shared, conditions = grid_conditions(preset, overrides)
+    seeds_ = seed_list(preset, seeds)
+    configs = [TrialConfig.from_dict({**shared, **c, "seed": seeds_[0]}) for c in conditions]
+    rows = [list(_DRY_COLUMNS)]
+    for cfg in configs:
+        values = {**cfg.to_dict(), "condition": cfg.condition, "milestones": "/".join(map(str, cfg.milestones))}
+        rows.append([str(values[c]) for c in _DRY_COLUMNS])
+    shown = set(_DRY_COLUMNS) | set(AXES)
+    rest = {k: v for k, v in shared.items() if k not in shown}
+    head = (f"preset {preset}: {GRIDS[preset].help}\n{len(conditions)} conditions x {len(seeds_)} seeds "
+            f"({_ranges(seeds_)}) = {len(conditions) * len(seeds_)} trials")
+    tail = "shared by every trial: " + ", ".join(f"{k}={v}" for k, v in sorted(rest.items()))
+    return f"{head}\n\n{_table(rows)}\n\n{tail}"
+
+
+def _ranges(seeds: Sequence[int]) -> str:
+    """[0, 1, 2, 5] -> 'seeds 0-2, 5'."""
+    parts, start = [], None
+    for i, s in enumerate(seeds):
+        if start is None:
+            start = s
+        if i + 1 == len(seeds) or seeds[i + 1] != s + 1:
+            parts.append(f"{start}" if start == s else f"{start}-{s}")
+            start = None
+    return "seeds " + ", ".join(parts)
 
 
 # ---- the end-of-sweep summary -------------------------------------------------------------------------------------
@@ -128,6 +175,8 @@ def _mean_sd(values: list[float]) -> str:
 def summary_table(runs: list) -> str:
     """One row per condition: seeds finished / failed / other, test accuracy and GMM AUROC per OoD set (finished
     runs, last logged value)."""
+    from ncood import tracking
+
     by_cond: dict[str, list] = defaultdict(list)
     for run in runs:
         by_cond[run.data.tags.get(tracking.TAG_CONDITION, "?")].append(run)
@@ -150,6 +199,8 @@ def summary_table(runs: list) -> str:
 
 
 def print_report(result: SweepResult) -> None:
+    from ncood import tracking
+
     print("\n" + summary_table(result.runs) + "\n")
     if result.num_errors:
         print(f"{result.num_errors} of {result.num_trials} trials failed (their runs carry an `error` tag)")
@@ -162,6 +213,8 @@ def print_report(result: SweepResult) -> None:
 
 def exit_code(result: SweepResult) -> int:
     """0: every trial finished; 1: some failed (the rest finished); 130: interrupted (like Ctrl+C)."""
+    from ncood import tracking
+
     if result.interrupted:
         return 130
     finished = sum(r.info.status == tracking.FINISHED for r in result.runs)
