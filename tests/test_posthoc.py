@@ -180,3 +180,20 @@ def test_neco_matches_the_neco_code(feats, params):
     ref = [neco_code(x, z, head(z), dim, params.get("standardize", True)) for z in (test_x, ood_x)]
     assert_same(ncood_scores("neco", feats, {"neco": params}), [r[0] for r in ref])
     assert_same(ncood_scores("neco_maxlogit", feats, {"neco": params}), [r[1] for r in ref])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_every_score_on_cuda_equals_cpu(feats):
+    """Fit and score on the GPU (states stay there) give the CPU's numbers (float64: 1e-6 of the scale)."""
+    from ncood.ood import SCORES
+
+    x, y, test_x, ood_x, head = feats
+    for name in SCORES:
+        got, want = [], []
+        for dev, out in (("cuda", got), ("cpu", want)):
+            h = head.to(dev)
+            fit = fit_scores(ScoreInputs(x.to(dev), h(x.to(dev))), y.to(dev), num_classes=C, head=h, scores=[name])
+            out += [compute_scores(ScoreInputs(z.to(dev), h(z.to(dev))), fit)[name].cpu().numpy()
+                    for z in (test_x, ood_x)]
+        assert_same(got, want, rtol=1e-6, of_scale=True)
