@@ -111,8 +111,8 @@ def decision_threshold(parts: ScorerParts, tpr_percent: int = THRESHOLD_TPR_PERC
 
 
 def package_scores(fit: ScoreFit) -> tuple[str, ...]:
-    """The scores a package serves: the served registry scores (ncood.ood.served_scores) this fit has, gmm first
-    among them (the decision threshold is on it)."""
+    """The scores a package serves: the served registry scores (ncood.ood.served_scores) this fit has, in registry
+    order; gmm must be among them (the decision threshold is on it)."""
     names = tuple(n for n in served_scores() if n in fit.scores)
     if "gmm" not in names:
         raise ValueError("the trial's evaluation did not fit the gmm score: the scorer's decision is set on it")
