@@ -67,7 +67,7 @@ def test_mahalanobis_matches_pytorch_ood(feats, float64_default):
 
 
 def lee_mahalanobis(x, y, z):
-    """The ViM code's Mahalanobis (haoqiwang/vim benchmark.py:330-345, Lee et al.'s estimator): sklearn
+    """The ViM code's Mahalanobis (haoqiwang/vim benchmark.py:318-345, Lee et al.'s estimator): sklearn
     EmpiricalCovariance(assume_centered=True) of the class-centred train features, its precision_ (pinvh)."""
     x, y, z = x.numpy(), y.numpy(), z.numpy()
     means = np.stack([x[y == c].mean(0) for c in range(C)])

@@ -7,7 +7,7 @@ final linear layer multiplies, so logits = x W^T + b holds exactly and the head 
     mahalanobis    -min_c (x - mu_c)^T Sigma^+ (x - mu_c), one covariance Sigma shared by the classes, estimated
                    on the class-centred train features (divide by N), no input preprocessing, last layer only
                    (Lee et al., NeurIPS 2018, eq. 2; as sklearn's EmpiricalCovariance in the ViM code,
-                   haoqiwang/vim benchmark.py:330-345, Sigma^+ its pinvh pseudo-inverse)
+                   haoqiwang/vim benchmark.py:318-345, Sigma^+ its pinvh pseudo-inverse)
     knn            -||x/||x|| - x_(k)||, the distance to the k-th nearest normalized train feature, k = 50
                    (Sun et al., "Out-of-Distribution Detection with Deep Nearest Neighbors", ICML 2022: k = 50 for
                    CIFAR-10; OpenOOD configs/postprocessors/knn.yml K 50)
