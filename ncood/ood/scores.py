@@ -8,7 +8,8 @@ A score is one decorated function `fn(inputs: ScoreInputs, fitted: Fitted) -> (N
                "input"   what the classifier multiplies: z / max(||z||, eps) for L2 models (seed paper eq. 9),
                          normalize(P(z)) for ICML 2025 ETF-projector models, z otherwise (ScoreInputs.classifier_input)
                "logits"  the logits
-             A score that needs logits beside its features says so with `logits=True` (ViM, NECO x max logit).
+             A score that needs the logits beside its features says so with `logits=True` (NECO x max logit;
+             ViM, ReAct and ASH recompute logits from the input with the head (W, b) instead).
     params   a frozen dataclass of its hyperparameters (None: it has none). Overrides go through
              `fit_scores(params=...)`; `score_params()` flattens them into the MLflow params score/<name>/<field>.
     fit      fit(data: FitData, params) -> state, run once per evaluation on the train-set features. A score may
@@ -47,7 +48,8 @@ from ncood import keys
 from ncood.ood.gaussian import ClassGaussians, fit_class_gaussians
 
 __all__ = ["SCORES", "SPACES", "Space", "Score", "ScoreInputs", "FitData", "Fitted", "Head", "ScoreFit",
-           "register_score", "fit_scores", "compute_scores", "score_params", "fit_diagnostics", "served_scores",
+           "register_score", "fit_scores", "compute_scores", "score_params", "resolve_params", "fit_diagnostics",
+           "served_scores",
            "pack_states", "unpack_states"]
 
 Space = Literal["raw", "input", "logits"]
@@ -200,7 +202,7 @@ def served_scores() -> tuple[str, ...]:
     return tuple(n for n, s in SCORES.items() if s.served)
 
 
-def _resolve_params(names: Iterable[str], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+def resolve_params(names: Iterable[str], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
     """{fit owner or score: params instance} with overrides ({name: dataclass instance | {field: value}}) applied."""
     overrides = dict(overrides or {})
     out = {}
@@ -228,7 +230,7 @@ def score_params(scores: Iterable[str] | None = None, overrides: Mapping[str, An
     """{score/<name>/<field>: value}: every hyperparameter of `scores` (default: all) and the space each reads,
     as flat MLflow params (ncood.tracking logs them with the TrialConfig of every trial run)."""
     names = _names(scores)
-    resolved = _resolve_params(names, overrides)
+    resolved = resolve_params(names, overrides)
     out: dict[str, Any] = {keys.score_param_key(n, "space"): "+".join(SCORES[n].reads) for n in names}
     for n, p in resolved.items():
         out.update({keys.score_param_key(n, k): v for k, v in dataclasses.asdict(p).items()})
@@ -272,7 +274,7 @@ def fit_scores(train: ScoreInputs, labels: Tensor, *, num_classes: int | None = 
     names = _names(scores)
     labels = labels.to(train.features.device).long()
     c = int(num_classes if num_classes is not None else int(labels.max()) + 1)
-    resolved = _resolve_params(names, params)
+    resolved = resolve_params(names, params)
     data = FitData(train, labels, c, head)
     state: dict[str, Any] = {}
     for n in names:
