@@ -121,7 +121,8 @@ def find_sources(tracking_uri: str | None, experiment: str, from_epoch: int, *, 
             raise ConfigError(f"run {r.info.run_name} ({r.info.run_id}) kept no checkpoint at or before epoch "
                               f"{from_epoch}; rerun the ablation with --keep-checkpoint-epochs {from_epoch}")
         onset = max(kept)
-        cfg = TrialConfig.from_dict({k: _param(k, v) for k, v in r.data.params.items()})
+        fields = {f.name for f in dataclasses.fields(TrialConfig)}  # runs also carry score/<name>/<field> params
+        cfg = TrialConfig.from_dict({k: _param(k, v) for k, v in r.data.params.items() if k in fields})
         sources.append({"run_id": r.info.run_id, "run_name": r.info.run_name, "seed": cfg.seed,
                         "condition": condition, "config": cfg.to_dict(), "checkpoint": kept[onset], "onset": onset,
                         "requested": from_epoch})

@@ -6,7 +6,7 @@ Layout (REFERENCE.md section 7 has the traps this avoids):
 - The driver creates the database, the experiment and the sweep's parent run before any trial starts: trials
   racing to create them fail (duplicate column / UNIQUE constraint). Trials receive a `SweepRef` (URI + ids).
 - Each trial is a child run (`mlflow.parentRunId`) named `<condition>-s<seed>`, with every TrialConfig field as a
-  param, tags `condition`, `seed`, `ray_trial_id`, `mlflow.source.git.commit`, and one `log_batch` per epoch
+  param (plus each OoD score's hyperparameters, score/<name>/<field>), tags `condition`, `seed`, `ray_trial_id`, `mlflow.source.git.commit`, and one `log_batch` per epoch
   (step = epoch). Only `MlflowClient` is used: the fluent API keeps a process-global active run, and with
   `reuse_actors` one Ray worker runs many trials in turn.
 - A resumed trial continues its own run (the id lives in its Ray checkpoint; without one it is found by its Ray
@@ -30,6 +30,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH
 
 from ncood import keys
+from ncood.ood import score_params
 
 # Tag names: the aggregator and the server filter on these, so they are spelled here only.
 TAG_ROLE = "ncood.role"  # "sweep" (parent) | "trial" (child)
@@ -272,7 +273,9 @@ class TrialTracker:
         return run_id
 
     def _log_params(self, present: set[str]) -> None:
-        params = [Param(k, _param_value(v)) for k, v in self.cfg.to_dict().items() if k not in present]
+        """Every TrialConfig field, and every OoD score's hyperparameters as score/<name>/<field> (ncood.ood)."""
+        values = {**self.cfg.to_dict(), **score_params()}
+        params = [Param(k, _param_value(v)) for k, v in values.items() if k not in present]
         for i in range(0, len(params), MAX_PARAMS_TAGS_PER_BATCH):
             self.client.log_batch(self.run_id, params=params[i:i + MAX_PARAMS_TAGS_PER_BATCH])
 

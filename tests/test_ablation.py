@@ -24,6 +24,7 @@ from ray import tune
 
 from ncood import keys, tracking
 from ncood.config import ConfigError, TrialConfig
+from ncood.ood import score_params
 from ncood.tune import SweepSettings, grid_conditions, init_ray, make_param_space, run_grid, run_sweep
 from ncood.tune import jobs
 
@@ -202,7 +203,7 @@ def test_tiny_grid_params_metrics_artifacts(tiny_grid):
     _, uri = tiny_grid
     client = MlflowClient(uri)
     _, children = _runs(uri, "tiny")
-    param_names = set(TrialConfig.__dataclass_fields__)
+    param_names = set(TrialConfig.__dataclass_fields__) | set(score_params())  # config + score hyperparameters
     for r in children:
         assert set(r.data.params) == param_names  # one compare view: the same params everywhere
         assert r.data.params["epochs"] == "2" and r.data.params["width"] == "4"

@@ -1,4 +1,5 @@
-"""evaluate(): one feature pass per image set -> every expected key, finite; extract() restores modes."""
+"""evaluate(): one feature pass per image set -> every expected key, finite; extract() restores modes; the scores
+and the NC metrics read the classifier's input (L2 and ETF-projector models)."""
 import math
 from types import SimpleNamespace
 
@@ -22,9 +23,12 @@ class TinyNet(nn.Module):
         self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(64, D), nn.BatchNorm1d(D), nn.LeakyReLU(0.01))
         self.classifier = nn.Linear(D, C)
 
+    def classifier_input(self, z):
+        return nn.functional.normalize(z, dim=1) if self.l2 else z
+
     def forward(self, x):
         z = self.encoder(x)
-        return self.classifier(nn.functional.normalize(z, dim=1) if self.l2 else z), z
+        return self.classifier(self.classifier_input(z)), z
 
 
 def split(n, seed):
@@ -42,10 +46,15 @@ OOD = {"noise": torch.rand(60, 1, 8, 8) * 4 - 2, "flat": torch.full((30, 1, 8, 8
 
 
 def expected_keys(ood_names, scores, with_val=True):
-    want = {keys.nc_key(m) for m in keys.NC_METRICS} | {keys.ACC_TEST, keys.EVAL_TIME, keys.GMM_JITTER,
-                                                         keys.GMM_DEGENERATE_DIMS}
+    want = {keys.nc_key(m) for m in keys.NC_METRICS} | {keys.ACC_TEST, keys.EVAL_TIME}
     want |= {keys.ood_key(s, c, m) for s in ood_names for c in scores for m in keys.DETECTION_METRICS}
+    fits = {SCORES[c].fit_key for c in scores} - {None}
+    want |= {keys.fit_key(f, name) for f in fits for name in FIT_DIAGNOSTICS.get(f, ())}
     return want | ({keys.ACC_VAL} if with_val else set())
+
+
+FIT_DIAGNOSTICS = {"gmm": ("jitter", "degenerate_dims"), "mahalanobis": ("rank",), "vim": ("alpha", "dim"), "react": ("threshold",),
+                   "neco": ("dim",)}
 
 
 @pytest.mark.parametrize("l2", [False, True])
@@ -56,7 +65,8 @@ def test_evaluate_returns_every_key_finite(l2, data):
     results, fit = evaluate(model, data, OOD, l2=l2, batch_size=64)
     assert set(results) == expected_keys(OOD, SCORES)
     assert all(isinstance(v, float) and math.isfinite(v) for v in results.values())
-    assert fit.feature_space == ("l2" if l2 else "raw") and results[keys.GMM_JITTER] == fit.gaussians.jitter
+    assert results[keys.GMM_JITTER] == fit.gaussians.jitter
+    assert (fit.gaussians.means.norm(dim=1).max() <= 1 + 1e-6) == l2  # L2: the Gaussians live on the sphere
     assert model.training and model.encoder[2].training  # mode restored
     table = format_results(results)
     assert "noise / gmm" in table and "AUROC" in table and "nc1" in table
@@ -65,9 +75,24 @@ def test_evaluate_returns_every_key_finite(l2, data):
 def test_evaluate_score_subset_and_empty_val(data):
     empty = SimpleNamespace(x=torch.empty(0, 1, 8, 8), y=torch.empty(0, dtype=torch.long))
     no_val = SimpleNamespace(train=data.train, val=empty, test=data.test)
-    results, fit = evaluate(TinyNet(), no_val, {"noise": OOD["noise"]}, l2=False, scores=["feature_norm", "msp"])
-    want = expected_keys(["noise"], ["feature_norm", "msp"], with_val=False) - {keys.GMM_JITTER, keys.GMM_DEGENERATE_DIMS}
+    results, fit = evaluate(TinyNet(), no_val, {"noise": OOD["noise"]}, scores=["feature_norm", "msp"])
+    want = expected_keys(["noise"], ["feature_norm", "msp"], with_val=False)
     assert set(results) == want and "gmm" not in fit.state
+
+
+def test_evaluate_refuses_a_model_without_the_interface_or_a_wrong_l2(data):
+    class Bare(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(64, C)
+
+        def forward(self, x):
+            return self.lin(x.flatten(1)), x.flatten(1)
+
+    with pytest.raises(TypeError, match="lacks \\['classifier', 'classifier_input'\\].*as_feature_classifier"):
+        evaluate(Bare(), data, OOD)
+    with pytest.raises(ValueError, match="evaluate\\(l2=True\\) but the model has l2=False"):
+        evaluate(TinyNet(False), data, OOD, l2=True)
 
 
 def test_extract_restores_mixed_modes_and_batches(data):
@@ -197,3 +222,27 @@ def test_degenerate_fit_is_logged_and_warned_by_the_trial(data):
         metrics: dict[str, float] = {}
         fine(SimpleNamespace(model=TinyNet(), data=data), 3, metrics)  # leaky + BN: no jitter, no warning
     assert metrics[keys.GMM_JITTER] == 0.0 and metrics[keys.GMM_DEGENERATE_DIMS] == 0.0
+
+
+@pytest.mark.parametrize("kind", ["plain", "l2", "projector"])
+def test_scores_and_nc_read_the_classifier_input(kind, data):
+    """Plain: z; L2: z / ||z||; ETF projector (ICML 2025): normalize(P(z)), where the ICML code measures OoD. The
+    GMM class means and the score inputs are those of model.classifier_input(z); feature_norm keeps the raw z."""
+    from ncood.evaluate import feature_pass
+    from ncood.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_classes=C, in_channels=1, input_size=8, width=8, l2=kind == "l2",
+                         etf_projector=kind == "projector").eval()
+    results, fit = evaluate(model, data, {"noise": OOD["noise"]}, batch_size=128)
+    train = feature_pass(model, data.train.x)
+    with torch.no_grad():
+        want_in = model.classifier_input(train.features)
+    assert (train.classifier_input is None) == (kind == "plain")
+    torch.testing.assert_close(train.space("input"), want_in)
+    means = torch.stack([want_in[data.train.y == c].double().mean(0) for c in range(C)])
+    torch.testing.assert_close(fit.gaussians.means, means, rtol=1e-6, atol=1e-7)
+    if kind != "plain":
+        assert not torch.allclose(train.space("raw"), train.space("input"))
+    test = feature_pass(model, data.test.x)
+    torch.testing.assert_close(fit.head(test.space("input")).float(), test.logits, rtol=1e-4, atol=1e-5)

@@ -1,14 +1,18 @@
-"""Class Gaussians vs scipy, the score registry sweep, and detection metrics vs sklearn / explicit counts."""
+"""Class Gaussians vs scipy, the score registry sweep (finite, the declared feature space, params), and detection
+metrics vs sklearn / explicit counts / OpenOOD's auc_and_fpr_recall."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from ncood import keys
-from ncood.ood import (JITTERS, SCORES, ClassGaussians, GaussianFitError, ScoreInputs, compute_scores,
-                       detection_metrics, fit_class_gaussians, fit_scores, register_score)
+from ncood.ood import (JITTERS, SCORES, SPACES, ClassGaussians, GaussianFitError, Head, ScoreInputs, compute_scores,
+                       detection_metrics, fit_class_gaussians, fit_diagnostics, fit_scores, pack_states,
+                       register_score, score_params, served_scores, unpack_states)
 from ncood.ood.gaussian import zero_variance_dims
 
 
@@ -196,68 +200,160 @@ def test_gram_lower_triangle():
 
 # ---- the score registry -------------------------------------------------------------------------------------
 
+def inputs_of(x, head, l2):
+    """ScoreInputs of raw features x (N, d): the classifier input is x / ||x|| for an L2 model."""
+    x_in = torch.nn.functional.normalize(x, dim=1) if l2 else None
+    return ScoreInputs(x, head(x if x_in is None else x_in).float(), x_in)
+
+
 @pytest.fixture(scope="module")
 def id_ood():
     """ID: 4 Gaussian blobs at 5 e_c in d=8; OoD: small-norm noise near the origin, far from every blob."""
     x, y = blobs(100, 8, 4)
     g = torch.Generator().manual_seed(9)
-    w = torch.randn(4, 8, generator=g)
+    head = Head(torch.randn(4, 8, generator=g), 0.1 * torch.randn(4, generator=g))
     test_x, _ = blobs(50, 8, 4, seed=1)
     ood_x = 0.3 * torch.randn(200, 8, generator=g)
-    return x, y, w, ScoreInputs(test_x, test_x @ w.T), ScoreInputs(ood_x, ood_x @ w.T)
+    return x, y, head, test_x, ood_x
 
 
-@pytest.mark.parametrize("name", sorted(SCORES))
-@pytest.mark.parametrize("space", ["raw", "l2"])
-def test_every_score_is_finite(name, space, id_ood):
-    x, y, w, id_in, ood_in = id_ood
-    fit = fit_scores(x, y, feature_space=space, train_logits=x @ w.T, scores=[name])
-    for inputs in (id_in, ood_in):
-        s = compute_scores(inputs, fit)[name]
-        assert s.shape == (inputs.features.shape[0],) and s.dtype == torch.float64
+def fit_all(x, y, head, l2, scores=None, **kw):
+    return fit_scores(inputs_of(x, head, l2), y, num_classes=4, head=head, scores=scores, **kw)
+
+
+@pytest.mark.parametrize("name", list(SCORES))
+@pytest.mark.parametrize("l2", [False, True])
+def test_every_score_is_finite_float64(name, l2, id_ood):
+    x, y, head, test_x, ood_x = id_ood
+    fit = fit_all(x, y, head, l2, scores=[name])
+    for z in (test_x, ood_x):
+        s = compute_scores(inputs_of(z, head, l2), fit)[name]
+        assert s.shape == (z.shape[0],) and s.dtype == torch.float64
         assert torch.isfinite(s).all()
 
 
-@pytest.mark.parametrize("name", ["gmm", "feature_norm"])
+@pytest.mark.parametrize("name", list(SCORES))
+def test_every_score_reads_exactly_its_declared_spaces(name, id_ood):
+    """Replace one space of the inputs at a time (raw z, classifier input, logits): the score changes exactly when
+    the replaced space is one it declares. The fit is on consistent train inputs; the probes are not."""
+    x, y, head, test_x, _ = id_ood
+    fit = fit_all(x, y, head, True, scores=[name])
+    base = inputs_of(test_x, head, True)
+    g = torch.Generator().manual_seed(3)
+    other = {"raw": 2 * torch.randn(base.features.shape, generator=g) + 1,
+             "input": torch.nn.functional.normalize(torch.randn(base.features.shape, generator=g) + 0.5, dim=1),
+             "logits": 3 * torch.randn(base.logits.shape, generator=g)}
+    fields = {"raw": "features", "input": "classifier_input", "logits": "logits"}
+    s0 = compute_scores(base, fit)[name]
+    reads = SCORES[name].reads
+    assert set(reads) <= set(SPACES) and SCORES[name].space in reads
+    for space in SPACES:
+        probe = ScoreInputs(**{**{f: getattr(base, f) for f in fields.values()}, fields[space]: other[space]})
+        changed = not torch.equal(compute_scores(probe, fit)[name], s0)
+        assert changed == (space in reads), (name, space, reads)
+
+
+def test_input_space_is_raw_z_without_a_classifier_input(id_ood):
+    x, y, head, test_x, _ = id_ood
+    raw = ScoreInputs(test_x, head(test_x).float())
+    assert raw.space("input") is raw.space("raw")
+    with pytest.raises(ValueError, match="feature space must be one of"):
+        raw.space("l1")
+    with pytest.raises(ValueError, match="reads the logits"):
+        ScoreInputs(test_x).space("logits")
+
+
+@pytest.mark.parametrize("name", ["gmm", "feature_norm", "mahalanobis", "knn"])
 def test_scores_separate_far_ood(name, id_ood):
-    x, y, w, id_in, ood_in = id_ood
-    fit = fit_scores(x, y, feature_space="raw", scores=[name])
-    m = detection_metrics(compute_scores(id_in, fit)[name], compute_scores(ood_in, fit)[name])
+    x, y, head, test_x, ood_x = id_ood
+    fit = fit_all(x, y, head, False, scores=[name])
+    m = detection_metrics(compute_scores(inputs_of(test_x, head, False), fit)[name],
+                          compute_scores(inputs_of(ood_x, head, False), fit)[name])
     assert m["auroc"] > 0.9 and m["fpr95"] < 0.2
 
 
-def test_l2_feature_space_fits_normalized_features(id_ood):
-    x, y, *_ = id_ood
-    fit = fit_scores(x, y, feature_space="l2", scores=["gmm"])
-    assert fit.feature_space == "l2" and fit.gaussians.means.norm(dim=1).max() <= 1.0 + 1e-12
-    raw = fit_scores(x, y, feature_space="raw", scores=["gmm"])
+def test_gmm_of_an_l2_model_lives_on_the_normalized_features(id_ood):
+    x, y, head, *_ = id_ood
+    fit = fit_all(x, y, head, True, scores=["gmm"])
+    assert fit.gaussians.means.norm(dim=1).max() <= 1.0 + 1e-6
+    raw = fit_all(x, y, head, False, scores=["gmm"])
     assert raw.gaussians.means.norm(dim=1).min() > 3.0
-    with pytest.raises(ValueError, match="feature_space"):
-        fit_scores(x, y, feature_space="l1", scores=["gmm"])
+    assert fit_diagnostics(raw) == {keys.GMM_JITTER: raw.gaussians.jitter, keys.GMM_DEGENERATE_DIMS: 0.0}
+
+
+def test_shared_fit_runs_once_and_params_are_resolved(id_ood, monkeypatch):
+    x, y, head, *_ = id_ood
+    calls = []
+    hook = SCORES["neco"].fit
+    monkeypatch.setitem(SCORES, "neco", dataclasses.replace(SCORES["neco"],
+                                                            fit=lambda data, p: calls.append(p) or hook(data, p)))
+    fit = fit_all(x, y, head, False, scores=["neco", "neco_maxlogit"], params={"neco": {"dim": 2}})
+    assert len(calls) == 1 and calls[0].dim == 2 and list(fit.state) == ["neco"]
+    fit = fit_all(x, y, head, False, scores=["neco_maxlogit"])  # the sharing score alone still fits its owner
+    assert list(fit.state) == ["neco"] and fit.fitted("neco_maxlogit").params.dim is None
+
+
+def test_score_params_are_flat_mlflow_params_and_bad_overrides_fail():
+    flat = score_params()
+    assert flat[keys.score_param_key("knn", "k")] == 50
+    assert flat[keys.score_param_key("react", "percentile")] == 0.9
+    assert flat[keys.score_param_key("neco_maxlogit", "space")] == "input+logits"
+    assert {keys.score_param_key(n, "space") for n in SCORES} <= set(flat)
+    assert score_params(["knn"], {"knn": {"k": 7}}) == {"score/knn/space": "input", "score/knn/k": 7}
+    with pytest.raises(KeyError, match="has no params \\['kk'\\]"):
+        score_params(["knn"], {"knn": {"kk": 7}})
+    with pytest.raises(KeyError, match="no hyperparameters"):
+        score_params(None, {"msp": {"t": 1}})
+    with pytest.raises(ValueError, match="use 0.9 instead of 90"):
+        score_params(None, {"react": {"percentile": 90}})
+
+
+def test_packed_states_round_trip(id_ood):
+    x, y, head, test_x, _ = id_ood
+    fit = fit_all(x, y, head, True)
+    packed = pack_states(fit, served_scores())
+    assert "knn" not in packed and "knn" not in served_scores() and {"gmm", "vim", "neco"} <= set(packed)
+    assert all(t.device.type == "cpu" for st in packed.values() for t in st.values())
+    restored = type(fit)(served_scores(), unpack_states(packed), fit.params, head)
+    probe = inputs_of(test_x, head, True)
+    want, got = compute_scores(probe, fit, served_scores()), compute_scores(probe, restored)
+    assert all(torch.equal(want[n], got[n]) for n in served_scores())
 
 
 def test_new_score_with_own_fit_state_is_one_decorated_function(id_ood):
-    x, y, w, id_in, _ = id_ood
+    x, y, head, test_x, _ = id_ood
     try:
-        @register_score("_test_centroid", fit=lambda train, labels, space, c: train.features.mean(0))
-        def centroid(inputs, fit):
-            return -(inputs.features - fit.state["_test_centroid"]).norm(dim=1)
+        @register_score("_test_centroid", space="raw", fit=lambda data, params: data.train.features.mean(0))
+        def centroid(inputs, fitted):
+            return -(inputs.space("raw") - fitted.state).norm(dim=1)
 
-        @register_score("_test_nan")
-        def nan_score(inputs, fit):
-            return torch.full((inputs.features.shape[0],), float("nan"))
+        @register_score("_test_nan", space="logits")
+        def nan_score(inputs, fitted):
+            return torch.full((len(inputs),), float("nan"))
 
-        fit = fit_scores(x, y, feature_space="raw", train_logits=x @ w.T)
+        fit = fit_all(x, y, head, False)
         assert set(fit.state) == {n for n, sc in SCORES.items() if sc.fit is not None}
         assert {"gmm", "_test_centroid"} <= set(fit.state)
         with pytest.raises(ValueError, match="'_test_nan': 200 of 200 values are non-finite"):
-            compute_scores(id_in, fit)
-        assert compute_scores(id_in, fit, ["_test_centroid"])["_test_centroid"].shape == (200,)
+            compute_scores(inputs_of(test_x, head, False), fit)
+        assert compute_scores(inputs_of(test_x, head, False), fit, ["_test_centroid"])["_test_centroid"].shape == (200,)
         with pytest.raises(ValueError, match="already registered"):
-            register_score("gmm")(centroid)
+            register_score("gmm", space="raw")(centroid)
+        for bad, match in ((dict(space="l2"), "space must be one of"), (dict(space="raw", shares="msp"), "shares"),
+                           (dict(space="raw", params=3), "dataclass")):
+            with pytest.raises((ValueError, TypeError), match=match):
+                register_score("_test_bad", **bad)(centroid)
+        with pytest.raises(ValueError, match="must not contain"):
+            register_score("ood", space="raw")(centroid)
     finally:
-        SCORES.pop("_test_centroid", None)
-        SCORES.pop("_test_nan", None)
+        for n in ("_test_centroid", "_test_nan", "_test_bad"):
+            SCORES.pop(n, None)
+
+
+def test_head_needed_by_react_ash_vim_is_asked_for(id_ood):
+    x, y, *_ = id_ood
+    with pytest.raises(ValueError, match="'vim' recomputes logits and needs the classifier"):
+        fit_scores(ScoreInputs(x), y, scores=["vim"])
 
 
 # ---- detection metrics --------------------------------------------------------------------------------------
@@ -299,7 +395,7 @@ def test_fpr95_threshold_exact_at_boundary():
 
 def test_perfect_separation_and_bad_input():
     m = detection_metrics(np.linspace(5, 6, 100), np.linspace(0, 1, 50))
-    assert m == {"auroc": 1.0, "fpr95": 0.0, "aupr_in": 1.0, "aupr_out": 1.0}
+    assert m == {"auroc": 1.0, "fpr95": 0.0, "aupr_in": 1.0, "aupr_out": 1.0, "fpr95_id_rejected": 0.0}
     with pytest.raises(ValueError, match=r"1 of 3 ood scores are non-finite"):
         detection_metrics([1.0, 2.0], [0.0, float("nan"), 1.0])
     with pytest.raises(ValueError, match=r"2 of 2 id scores are non-finite"):
@@ -308,24 +404,50 @@ def test_perfect_separation_and_bad_input():
         detection_metrics([], [1.0])
 
 
-@pytest.mark.parametrize("space", ["raw", "l2"])
-def test_neco_matches_numpy(space, id_ood):
-    """NECO = ||P z|| / ||z||, P onto the top-C principal directions of the centred train features (numpy PCA)."""
-    x, y, w, id_in, ood_in = id_ood
-    fit = fit_scores(x, y, feature_space=space, train_logits=x @ w.T, scores=["neco", "neco_maxlogit"],
-                     num_classes=w.shape[0])
-    tr = x.double().numpy()
-    if space == "l2":
-        tr = tr / np.linalg.norm(tr, axis=1, keepdims=True)
-    _, _, vt = np.linalg.svd(tr - tr.mean(0), full_matrices=False)
-    v = vt[: w.shape[0]].T  # (d, C)
-    rtol = 1e-5 if space == "l2" else 1e-6  # l2: features normalized in float32 first (eps 1.2e-7 per element)
-    for inputs in (id_in, ood_in):
-        z = inputs.features.double().numpy()
-        if space == "l2":
-            z = z / np.linalg.norm(z, axis=1, keepdims=True)
-        expect = np.linalg.norm(z @ v, axis=1) / np.linalg.norm(z, axis=1)
-        got = compute_scores(inputs, fit)
-        np.testing.assert_allclose(got["neco"].numpy(), expect, rtol=rtol, atol=1e-9)
-        np.testing.assert_allclose(got["neco_maxlogit"].numpy(),
-                                   expect * inputs.logits.double().numpy().max(1), rtol=rtol, atol=1e-9)
+
+
+def openood_fpr(id_s, ood_s, tpr_th=0.95):
+    """OpenOOD's FPR@95, a transcription of openood/evaluators/metrics.py auc_and_fpr_recall (Jingkang50/OpenOOD at
+    3c35632, lines 40-49): conf = the scores (ID higher), label -1 marks OoD; OoD is the positive class, ranked by
+    -conf; the FPR at the first ROC point whose TPR reaches tpr_th."""
+    conf = np.r_[id_s, ood_s]
+    label = np.r_[np.zeros(id_s.size), -np.ones(ood_s.size)]
+    ood_indicator = np.zeros_like(label)
+    ood_indicator[label == -1] = 1
+    fpr_list, tpr_list, _ = roc_curve(ood_indicator, -conf)
+    return fpr_list[np.argmax(tpr_list >= tpr_th)]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_fpr95_id_rejected_is_openoods_fpr(seed):
+    rng = np.random.default_rng(seed)
+    n_id, n_ood = (int(v) for v in rng.integers(20, 500, size=2))
+    if seed % 2:  # many ties
+        id_s, ood_s = rng.integers(0, 15, n_id).astype(float), rng.integers(-4, 10, n_ood).astype(float)
+    else:
+        id_s, ood_s = rng.normal(1, 1, n_id), rng.normal(0, 1.5, n_ood)
+    m = detection_metrics(id_s, ood_s)
+    assert m["fpr95_id_rejected"] == openood_fpr(id_s, ood_s)
+    # what it means: the smallest t with >= 95% of OoD scored <= t, and the ID share rejected there (s <= t)
+    t = min(v for v in np.unique(ood_s) if 100 * np.sum(ood_s <= v) >= 95 * n_ood)
+    if seed % 2 == 0:  # no ties, so sklearn's drop_intermediate cannot move the point
+        assert m["fpr95_id_rejected"] == pytest.approx(np.mean(id_s <= t), abs=1e-15)
+
+
+def test_fpr95_id_rejected_follows_sklearns_collinear_thinning():
+    """20 tie groups holding one ID and one OoD image each: a straight ROC. The exact rule gives 19/20; OpenOOD's
+    roc_curve keeps only the end points of the straight run, so OpenOOD reports 1.0, and so does ncood."""
+    s = np.arange(20, dtype=float)
+    m = detection_metrics(s, s)
+    assert m["fpr95_id_rejected"] == openood_fpr(s, s) == 1.0
+    assert m["fpr95"] == 0.95  # the papers' number: no thinning, t = 1 accepts 19 of 20 OoD
+
+
+def test_the_two_fpr95_conventions_differ():
+    id_s = np.r_[np.linspace(5, 10, 95), np.linspace(-10, -5, 5)]  # 5% of ID far in the OoD range
+    ood_s = np.r_[np.linspace(-9, 0, 90), np.linspace(6, 7, 10)]  # 10% of OoD inside the ID range
+    m = detection_metrics(id_s, ood_s)
+    assert m["fpr95"] == pytest.approx(0.10)  # t = 5.0 accepts 95 ID; the 10 OoD at 6-7 pass
+    t = np.sort(ood_s)[94]  # 95 of 100 OoD scored <= t = 6.44: ID rejected are the 5 far ones and those <= t
+    assert m["fpr95_id_rejected"] == pytest.approx(np.mean(id_s <= t)) == pytest.approx(0.33)
+    assert m["fpr95_id_rejected"] == openood_fpr(id_s, ood_s)

@@ -26,12 +26,12 @@ from ncood import keys, tracking
 from ncood.config import make_config
 from ncood.data import to_model_input
 from ncood.data.builtin import load_photos
-from ncood.evaluate import extract
-from ncood.ood import ScoreInputs, compute_scores, fpr_at_tpr
+from ncood.evaluate import feature_pass
+from ncood.ood import SCORES, compute_scores, fpr_at_tpr, served_scores
 from ncood.pipeline import build_trial
 from ncood.serve import InputError, Scorer, ScorerSpec, ServingLimits, encode_png, log_ood_scorer, threshold_at_tpr
 from ncood.serve.register import Candidate, choose, format_registration, metric_mode, register_best
-from ncood.serve.scorer import SCORE_COLUMNS, decode_batch, decode_image
+from ncood.serve.scorer import OUTPUT_COLUMNS, decode_batch, decode_image, score_columns
 from ncood.serve.server import local_server
 
 EXPERIMENT = "serve-test"
@@ -139,16 +139,18 @@ def test_logged_model(trained, store):
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{info.model_id}", tracking_uri=uri))
     spec = ScorerSpec.load(local / "artifacts" / "scorer.json")
     assert spec.image_shape == (1, 8, 8) and spec.class_names == tuple(str(i) for i in range(10))
-    assert spec.mean == trial.data.info.mean and spec.feature_space == "raw"
+    assert spec.mean == trial.data.info.mean and spec.feature_space == "input" and spec.format == 2
+    assert spec.scores == served_scores() and "knn" in SCORES and "knn" not in spec.scores  # KNN: the train bank
+    assert spec.score_params["ash"] == {"variant": "ash-b", "percentile": 0.9}
     weights = torch.load(local / "artifacts" / "weights.pt", weights_only=True)
     assert set(weights) == set(trial.trainer.model.state_dict())  # the network only: no optimizer state
     reqs = (local / "requirements.txt").read_text().split()
-    assert {r.split("==")[0] for r in reqs} >= {"mlflow", "torch", "torchvision", "numpy", "pillow"}
+    assert {r.split("==")[0] for r in reqs} >= {"mlflow", "torch", "torchvision", "numpy", "pillow", "pytorch-ood"}
     assert (local / "code" / "ncood" / "serve" / "scorer.py").exists()  # ships its code (build-docker)
     assert sum(p.stat().st_size for p in local.rglob("*") if p.is_file()) < 2e6
     # The threshold accepts 95% of the ID validation images under the served (fp32) scores.
-    scorer = Scorer.from_files(local / "artifacts" / "scorer.json", local / "artifacts" / "weights.pt",
-                               local / "artifacts" / "gaussians.pt")
+    art = local / "artifacts"
+    scorer = Scorer.from_files(art / "scorer.json", art / "weights.pt", art / "gaussians.pt", art / "scores.pt")
     val_gmm = scorer.score(trial.data.val.x)["gmm_log_density"]
     assert spec.threshold_n_val == len(val_gmm) and np.mean(val_gmm >= spec.threshold) >= 0.95
     assert spec.threshold == threshold_at_tpr(val_gmm)
@@ -156,9 +158,37 @@ def test_logged_model(trained, store):
     model = mlflow.pyfunc.load_model(f"models:/{info.model_id}")
     example = json.loads((local / "serving_input_example.json").read_text())["dataframe_split"]["data"][0][0]
     out = model.predict(pd.DataFrame({"image": [example]}))
-    assert list(out.columns) == [*SCORE_COLUMNS, "predicted_class", "is_ood"] and len(out) == 1
+    assert list(out.columns) == list(OUTPUT_COLUMNS) and len(out) == 1
+    assert OUTPUT_COLUMNS[:2] == ("gmm_log_density", "feature_norm") and OUTPUT_COLUMNS[-2:] == ("predicted_class",
+                                                                                                 "is_ood")
+    assert {"mahalanobis", "vim", "react", "ash", "neco", "energy"} <= set(OUTPUT_COLUMNS)
+    meta = mlflow.models.get_model_info(f"models:/{info.model_id}")
+    assert meta.metadata["ncood"]["response_columns"] == list(OUTPUT_COLUMNS)
+    assert [c.name for c in meta.signature.outputs.inputs] == list(OUTPUT_COLUMNS)
     with pytest.raises(mlflow.exceptions.MlflowException, match="row 0: not valid base64"):
         model.predict(pd.DataFrame({"image": ["%%%"]}))
+
+
+def test_format1_package_still_serves_its_four_columns(trained, store, tmp_path):
+    """A scorer.json written before the post-hoc scores (format 1: no scores list, GMM space "raw"/"l2", no
+    scores.pt) loads and serves gmm_log_density, feature_norm, msp, max_logit as it did."""
+    trial, _, _, info = trained
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{info.model_id}", tracking_uri=store[0])) / "artifacts"
+    old = json.loads((local / "scorer.json").read_text())
+    for k in ("scores", "score_params"):
+        old.pop(k)
+    old.update(format=1, feature_space="raw")
+    (tmp_path / "scorer.json").write_text(json.dumps(old))
+    legacy = Scorer.from_files(tmp_path / "scorer.json", local / "weights.pt", local / "gaussians.pt")
+    new = Scorer.from_files(local / "scorer.json", local / "weights.pt", local / "gaussians.pt", local / "scores.pt")
+    got, want = legacy.score(trial.data.val.x[:5]), new.score(trial.data.val.x[:5])
+    assert legacy.columns == ("gmm_log_density", "feature_norm", "msp", "max_logit", "predicted_class", "is_ood")
+    for col in ("gmm_log_density", "feature_norm", "msp", "max_logit", "is_ood"):
+        np.testing.assert_array_equal(got[col], want[col])
+    old["format"] = 7
+    (tmp_path / "scorer.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="scorer spec format 7; this ncood reads formats"):
+        ScorerSpec.load(tmp_path / "scorer.json")
 
 
 @pytest.fixture(scope="module")
@@ -237,10 +267,10 @@ def _pixels01(a: np.ndarray) -> torch.Tensor:
 def _in_process(trial, arrays) -> dict[str, np.ndarray]:
     """The trainer's own model and fitted scores on to_model_input(pixels / 255): no serving code involved."""
     x = torch.cat([to_model_input(_pixels01(a), trial.data.info) for a in arrays])  # (N, 1, 8, 8)
-    feats, logits = extract(trial.trainer.model, x)
-    scores = compute_scores(ScoreInputs(feats, logits), trial.evaluation.last_fit, scores=tuple(SCORE_COLUMNS.values()))
-    out = {col: scores[name].numpy() for col, name in SCORE_COLUMNS.items()}
-    out["predicted_class"] = np.array([trial.data.class_names[i] for i in logits.argmax(1).tolist()])
+    inputs = feature_pass(trial.trainer.model, x)
+    scores = compute_scores(inputs, trial.evaluation.last_fit, scores=served_scores())
+    out = {col: scores[name].numpy() for col, name in score_columns(served_scores()).items()}
+    out["predicted_class"] = np.array([trial.data.class_names[i] for i in inputs.logits.argmax(1).tolist()])
     return out
 
 
@@ -252,7 +282,7 @@ def test_server_scores_equal_in_process(server, trained, images):
     assert status == 200, text
     preds = json.loads(text)["predictions"]
     ref = _in_process(trial, arrays)
-    for col in SCORE_COLUMNS:
+    for col in score_columns(served_scores()):
         np.testing.assert_allclose([p[col] for p in preds], ref[col], rtol=1e-5, atol=1e-5, err_msg=col)
     assert [p["predicted_class"] for p in preds] == ref["predicted_class"].tolist()
     threshold = mlflow.models.get_model_info(f"models:/{trained[3].model_id}").metadata["ncood"]["gmm_threshold"]

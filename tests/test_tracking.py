@@ -8,6 +8,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from ncood import keys, tracking
 from ncood.config import TrialConfig, make_config
+from ncood.ood import score_params
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +58,9 @@ def test_trial_run_lifecycle(store):
     assert run.data.tags[MLFLOW_PARENT_RUN_ID] == ref.parent_run_id
     assert run.data.tags[tracking.TAG_CONDITION] == cfg.condition and run.data.tags[tracking.TAG_SEED] == "7"
     assert run.data.tags[tracking.TAG_TRIAL_ID] == "abc_00001"
-    assert set(run.data.params) == set(TrialConfig.__dataclass_fields__)
+    assert set(run.data.params) == set(TrialConfig.__dataclass_fields__) | set(score_params())
     assert run.data.params["ood_sets"] == ",".join(cfg.ood_sets)
+    assert run.data.params[keys.score_param_key("knn", "k")] == "50"  # the score hyperparameters, as params
 
     wide = {keys.LOSS_TRAIN: 1.0, **{f"extra/m{i}": float(i) for i in range(1500)}}  # > 1000: chunked batches
     assert tracker.log_epoch(1, wide)

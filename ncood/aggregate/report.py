@@ -23,6 +23,7 @@ from ncood.aggregate import figures
 from ncood.aggregate.papers import comparison_summary, published_table
 from ncood.aggregate.runs import FAILED, INCOMPLETE, SweepData, load_sweep, metric_histories
 from ncood.aggregate.tables import GMM, Table, all_tables
+from ncood.ood import SCORES
 
 TAG_SWEEP_RUN_ID = "ncood.sweep_run_id"  # on the aggregate run: the sweep it summarises
 ROLE_AGGREGATE = "aggregate"  # value of tracking.TAG_ROLE on the aggregate run
@@ -100,9 +101,11 @@ def default_out(experiment_name: str) -> Path:
 
 
 def score_names(data: SweepData) -> list[str]:
-    """OoD scores found in the runs, GMM first, then in logged order."""
+    """Every OoD score found in the runs' metrics (no list kept here): GMM first, then in registry order (ncood.ood),
+    then scores this ncood does not register, in logged order."""
     found = list(dict.fromkeys(p[1] for k in data.metric_keys if (p := keys.parse_ood_key(k))))
-    return sorted(found, key=lambda s: s != GMM)
+    order = {name: i for i, name in enumerate(SCORES)}
+    return sorted(found, key=lambda s: (s != GMM, order.get(s, len(order))))
 
 
 def ood_set_names(data: SweepData) -> list[str]:

@@ -1,100 +1,190 @@
-"""The OoD score registry: every per-image score, higher = more in-distribution (REFERENCE.md sec. 5).
+"""The OoD score registry: every per-image score, higher = more in-distribution.
 
-    gmm           logsumexp_c log N(z; mu_c, Sigma_c) under the DDU class Gaussians (Mukhoti et al. 2023),
-                  fitted and evaluated in the run's feature space (below)
-    feature_norm  ||z||_2 of the PRE-normalization features (TMLR 2024 L2 feature-norm paper, Sec. 3)
-    msp           max_c softmax(logits)_c                 (Hendrycks & Gimpel 2017)
-    max_logit     max_c logits_c                          (Hendrycks et al. 2022)
-    energy        logsumexp_c logits_c, i.e. -E(x) at T=1 (Liu et al. 2020)
+A score is one decorated function `fn(inputs: ScoreInputs, fitted: Fitted) -> (N,)` registered with
+`register_score(name, space=..., params=..., fit=...)`. What the registry knows of each score:
+
+    space    the feature space it reads (tested per score in tests/test_ood.py):
+               "raw"     z, the encoder output before any normalization (ScoreInputs.features)
+               "input"   what the classifier multiplies: z / max(||z||, eps) for L2 models (seed paper eq. 9),
+                         normalize(P(z)) for ICML 2025 ETF-projector models, z otherwise (ScoreInputs.classifier_input)
+               "logits"  the logits
+             A score that needs the logits beside its features says so with `logits=True` (NECO x max logit;
+             ViM, ReAct and ASH recompute logits from the input with the head (W, b) instead).
+    params   a frozen dataclass of its hyperparameters (None: it has none). Overrides go through
+             `fit_scores(params=...)`; `score_params()` flattens them into the MLflow params score/<name>/<field>.
+    fit      fit(data: FitData, params) -> state, run once per evaluation on the train-set features. A score may
+             `share` another score's fit (NECO x max logit reuses NECO's PCA: one SVD per evaluation, not two).
+    diagnostics
+             state -> {name: float}: what the fit chose, logged as <score>/<name> (gmm/jitter, vim/alpha, ...).
+    served   whether the MLflow scorer computes it (KNN is not: its state is the whole train-feature bank).
+
+Scores defined here, on logits or needing only the DDU fit (the post-hoc detectors are in ncood/ood/posthoc.py):
+
+    gmm           logsumexp_c log N(x; mu_c, Sigma_c), x the classifier input, under the DDU class Gaussians
+                  (Mukhoti et al., "Deep Deterministic Uncertainty", CVPR 2023, Sec. 4; the seed paper fits them on
+                  the normalized features of L2 models, Sec. 3.3)
+    feature_norm  ||z||_2 of the PRE-normalization features (TMLR 2024 "Exploring Simple, High Quality OoD
+                  Detection with L2 Normalization", Sec. 3)
+    msp           max_c softmax(logits)_c                 (Hendrycks & Gimpel, ICLR 2017)
+    max_logit     max_c logits_c                          (Hendrycks et al., ICML 2022)
+    energy        logsumexp_c logits_c, i.e. -E(x) at T=1 (Liu et al., NeurIPS 2020)
     logit_norm    ||logits||_2                            (TMLR 2024, Table 2 baseline)
-    neco          ||P z|| / ||z||, P the projection on the top-C principal directions of the ID train
-                  features (NECO, Ammar et al. ICLR 2024: under NC, ID features live in the class-mean span)
-    neco_maxlogit neco * max_c logits_c                    (NECO's variant for models with a bias)
 
-Feature space: `fit_scores(..., feature_space=...)` fixes where fitted scores live. "l2": the features the
-classifier of an L2 model sees, z / max(||z||, 1e-12) (the seed paper normalizes at fit and at test time);
-"raw": z as the encoder returns it. ScoreInputs always carries the raw z; `ScoreFit.project` maps it.
-
-A new score is one decorated function `fn(inputs, fit) -> (N,)`; if it needs fitted state (NECO's PCA,
-say) it passes `fit=hook` to `register_score`, the hook's return value is stored under the score's name in
-`ScoreFit.state` and the score reads it back from there. No other score or table changes.
+These are one-liners in float64, written here rather than taken from pytorch-ood (whose EnergyBased, MaxSoftmax
+and MaxLogit compute the same numbers with the opposite sign): nothing to get wrong, and no device round trip.
+Every score returns float64 and compute_scores refuses non-finite values (never dropped silently).
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
+from ncood import keys
 from ncood.ood.gaussian import ClassGaussians, fit_class_gaussians
 
-__all__ = ["SCORES", "Score", "ScoreInputs", "ScoreFit", "FeatureSpace", "register_score", "fit_scores",
-           "compute_scores", "to_feature_space"]
+__all__ = ["SCORES", "SPACES", "Space", "Score", "ScoreInputs", "FitData", "Fitted", "Head", "ScoreFit",
+           "register_score", "fit_scores", "compute_scores", "score_params", "resolve_params", "fit_diagnostics",
+           "served_scores",
+           "pack_states", "unpack_states"]
 
-FeatureSpace = Literal["raw", "l2"]
-FEATURE_SPACES: tuple[str, ...] = ("raw", "l2")
-
-
-def to_feature_space(features: Tensor, feature_space: FeatureSpace) -> Tensor:
-    """(N, d) raw features -> the same features in `feature_space` (the L2 model's normalization, eps 1e-12)."""
-    if feature_space == "raw":
-        return features
-    if feature_space == "l2":
-        return F.normalize(features, dim=1, eps=1e-12)  # z / max(||z||, eps), as in the model
-    raise ValueError(f"feature_space must be one of {FEATURE_SPACES}, got {feature_space!r}")
+Space = Literal["raw", "input", "logits"]
+SPACES: tuple[str, ...] = ("raw", "input", "logits")
 
 
 @dataclass(frozen=True)
 class ScoreInputs:
-    """What one feature pass gives for an image set: raw (pre-normalization) features and logits."""
+    """What one feature pass gives for an image set."""
 
-    features: Tensor  # (N, d) float32, pre-normalization z
-    logits: Tensor | None  # (N, C); None only when fitting scores that need no logits
+    features: Tensor  # (N, d) raw z, before any normalization
+    logits: Tensor | None = None  # (N, C); None only when fitting scores that need none
+    classifier_input: Tensor | None = None  # (N, d') what the classifier multiplies; None: z itself
+
+    def space(self, name: str) -> Tensor:
+        """The (N, .) tensor of feature space `name` ("raw", "input", "logits")."""
+        if name == "raw":
+            return self.features
+        if name == "input":
+            return self.features if self.classifier_input is None else self.classifier_input
+        if name == "logits":
+            if self.logits is None:
+                raise ValueError("this score reads the logits, but ScoreInputs.logits is None")
+            return self.logits
+        raise ValueError(f"feature space must be one of {SPACES}, got {name!r}")
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
 
 
 @dataclass(frozen=True)
-class ScoreFit:
-    """Fitted state of the scores: the feature space plus each fitted score's state under its name."""
+class Head:
+    """The classifier as tensors: logits = x W^T + b for x in the "input" space (ReAct, ASH and ViM need it)."""
 
-    feature_space: FeatureSpace
-    state: Mapping[str, Any] = field(default_factory=dict)  # e.g. {"gmm": ClassGaussians}
-    scores: tuple[str, ...] = ()  # the scores this fit serves (compute_scores' default)
+    weight: Tensor  # (C, d')
+    bias: Tensor | None = None  # (C,)
 
-    @property
-    def gaussians(self) -> ClassGaussians:
-        if "gmm" not in self.state:
-            raise KeyError("the gmm score was not fitted (fit_scores(..., scores=...) left it out)")
-        return self.state["gmm"]
+    @classmethod
+    def of(cls, linear: nn.Linear) -> Head:
+        b = linear.bias
+        return cls(linear.weight.detach().clone(), None if b is None else b.detach().clone())
 
-    def project(self, features: Tensor) -> Tensor:
-        return to_feature_space(features, self.feature_space)
+    def __call__(self, x: Tensor) -> Tensor:
+        """(N, d') -> (N, C) float64 logits."""
+        x = x.double()
+        w = self.weight.to(x.device, torch.float64)
+        return torch.nn.functional.linear(x, w, None if self.bias is None else self.bias.to(x.device, torch.float64))
+
+    def to(self, device: torch.device | str) -> Head:
+        return Head(self.weight.to(device), None if self.bias is None else self.bias.to(device))
 
 
-FitHook = Callable[[ScoreInputs, Tensor, FeatureSpace, "int | None"], Any]
+@dataclass(frozen=True)
+class FitData:
+    """What a fit hook sees: the train-set inputs, their labels and the classifier."""
+
+    train: ScoreInputs
+    labels: Tensor  # (N,) int64 in [0, C)
+    num_classes: int
+    head: Head | None = None
+
+    def need_head(self, score: str) -> Head:
+        return _require_head(self.head, score)
+
+
+def _require_head(head: Head | None, score: str) -> Head:
+    if head is None:
+        raise ValueError(f"score {score!r} recomputes logits and needs the classifier: pass head=Head.of(...) "
+                         "to fit_scores (evaluate() does)")
+    return head
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """What a score function sees beside the inputs: its fit state, its params and the classifier."""
+
+    state: Any = None
+    params: Any = None
+    head: Head | None = None
+
+    def need_head(self, score: str) -> Head:
+        return _require_head(self.head, score)
+
+
+FitHook = Callable[[FitData, Any], Any]
 
 
 @dataclass(frozen=True)
 class Score:
     name: str
-    fn: Callable[[ScoreInputs, ScoreFit], Tensor]
-    fit: FitHook | None = None  # (train inputs, train labels, feature space, num_classes) -> state
+    fn: Callable[[ScoreInputs, Fitted], Tensor]
+    space: str
+    logits: bool = False  # also reads the logits
+    params: Any = None  # frozen dataclass instance with the defaults, or None
+    fit: FitHook | None = None
+    shares: str | None = None  # the score whose fit (state and params) this one reuses
+    diagnostics: Callable[[Any], Mapping[str, float]] | None = None
+    served: bool = True
+    pack: Callable[[Any], Mapping[str, Tensor]] | None = None  # state -> tensors (torch.save, weights_only)
+    unpack: Callable[[Mapping[str, Tensor]], Any] | None = None
 
-    def __call__(self, inputs: ScoreInputs, fit: ScoreFit) -> Tensor:
-        return self.fn(inputs, fit)
+    @property
+    def fit_key(self) -> str | None:
+        """Where this score's fitted state lives in ScoreFit.state (None: it needs no fit)."""
+        return self.shares or (self.name if self.fit is not None else None)
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """Every feature space the score reads."""
+        return (self.space, "logits") if self.logits and self.space != "logits" else (self.space,)
+
+    def __call__(self, inputs: ScoreInputs, fitted: Fitted) -> Tensor:
+        return self.fn(inputs, fitted)
 
 
 SCORES: dict[str, Score] = {}
 
 
-def register_score(name: str, *, fit: FitHook | None = None) -> Callable:
-    """Decorator: add `fn(inputs: ScoreInputs, fit: ScoreFit) -> Tensor (N,)` to SCORES under `name`."""
-    def deco(fn: Callable[[ScoreInputs, ScoreFit], Tensor]) -> Callable:
+def register_score(name: str, *, space: str, logits: bool = False, params: Any = None, fit: FitHook | None = None,
+                   shares: str | None = None, diagnostics: Callable | None = None, served: bool = True,
+                   pack: Callable | None = None, unpack: Callable | None = None) -> Callable:
+    """Decorator: add `fn(inputs: ScoreInputs, fitted: Fitted) -> Tensor (N,)` to SCORES under `name`."""
+    def deco(fn: Callable[[ScoreInputs, Fitted], Tensor]) -> Callable:
         if name in SCORES:
             raise ValueError(f"score {name!r} is already registered")
-        SCORES[name] = Score(name, fn, fit)
+        if "/" in name or name in keys.NAMESPACES:
+            raise ValueError(f"score name {name!r} must not contain '/' or be one of {keys.NAMESPACES}")
+        if space not in SPACES:
+            raise ValueError(f"score {name!r}: space must be one of {SPACES}, got {space!r}")
+        if params is not None and not (dataclasses.is_dataclass(params) and not isinstance(params, type)):
+            raise TypeError(f"score {name!r}: params must be a dataclass instance (the defaults), got {params!r}")
+        if shares is not None and (shares not in SCORES or SCORES[shares].fit is None or fit or params):
+            raise ValueError(f"score {name!r} shares the fit of {shares!r}, which must be registered first with a "
+                             "fit; a sharing score has no fit or params of its own")
+        SCORES[name] = Score(name, fn, space, logits, params, fit, shares, diagnostics, served, pack, unpack)
         return fn
     return deco
 
@@ -103,35 +193,108 @@ def _names(scores: Iterable[str] | None) -> tuple[str, ...]:
     names = tuple(SCORES) if scores is None else tuple(scores)
     unknown = [s for s in names if s not in SCORES]
     if unknown:
-        raise KeyError(f"unknown scores {unknown}; registered: {sorted(SCORES)}")
+        raise KeyError(f"unknown scores {unknown}; registered: {list(SCORES)}")
     return names
 
 
-def fit_scores(train_features: Tensor, train_labels: Tensor, *, feature_space: FeatureSpace,
-               train_logits: Tensor | None = None, scores: Iterable[str] | None = None,
-               num_classes: int | None = None) -> ScoreFit:
-    """Run the fit hook of every requested score (default: all registered) on the train-set features.
+def served_scores() -> tuple[str, ...]:
+    """The scores the MLflow scorer computes, in registry order."""
+    return tuple(n for n, s in SCORES.items() if s.served)
 
-    train_features (N, d) are the RAW encoder features; each hook projects them to `feature_space` itself
-    (via to_feature_space) if it needs to. feature_space is "l2" for the L2 models (GMM on normalized
-    features, as the 2023 paper does) and "raw" otherwise.
-    """
-    to_feature_space(train_features[:1], feature_space)  # validates the name early
+
+def resolve_params(names: Iterable[str], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """{fit owner or score: params instance} with overrides ({name: dataclass instance | {field: value}}) applied."""
+    overrides = dict(overrides or {})
+    out = {}
+    for n in names:
+        owner = SCORES[SCORES[n].shares or n]
+        if owner.params is not None:
+            out[owner.name] = owner.params
+    for n, value in overrides.items():
+        if n not in SCORES or SCORES[n].params is None:
+            have = [s for s, sc in SCORES.items() if sc.params is not None]
+            raise KeyError(f"params given for {n!r}, which has no hyperparameters; scores with params: {have}")
+        default = SCORES[n].params
+        if isinstance(value, type(default)):
+            out[n] = value
+            continue
+        known = {f.name for f in dataclasses.fields(default)}
+        bad = sorted(set(value) - known)
+        if bad:
+            raise KeyError(f"score {n!r} has no params {bad}; its params: {sorted(known)}")
+        out[n] = dataclasses.replace(default, **value)  # the dataclass's __post_init__ validates the values
+    return out
+
+
+def score_params(scores: Iterable[str] | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """{score/<name>/<field>: value}: every hyperparameter of `scores` (default: all) and the space each reads,
+    as flat MLflow params (ncood.tracking logs them with the TrialConfig of every trial run)."""
     names = _names(scores)
-    train = ScoreInputs(train_features, train_logits)
-    state = {n: SCORES[n].fit(train, train_labels, feature_space, num_classes) for n in names if SCORES[n].fit}
-    return ScoreFit(feature_space, state, names)
+    resolved = resolve_params(names, overrides)
+    out: dict[str, Any] = {keys.score_param_key(n, "space"): "+".join(SCORES[n].reads) for n in names}
+    for n, p in resolved.items():
+        out.update({keys.score_param_key(n, k): v for k, v in dataclasses.asdict(p).items()})
+    return out
+
+
+@dataclass(frozen=True)
+class ScoreFit:
+    """The fitted state of a set of scores: states by fit key, params by owner, the classifier head."""
+
+    scores: tuple[str, ...]  # the scores this fit serves (compute_scores' default)
+    state: Mapping[str, Any] = field(default_factory=dict)  # {fit key: state}, e.g. {"gmm": ClassGaussians}
+    params: Mapping[str, Any] = field(default_factory=dict)  # {score: params instance}
+    head: Head | None = None
+
+    @property
+    def gaussians(self) -> ClassGaussians:
+        if "gmm" not in self.state:
+            raise KeyError("the gmm score was not fitted (fit_scores(..., scores=...) left it out)")
+        return self.state["gmm"]
+
+    def fitted(self, name: str) -> Fitted:
+        """What score `name` reads from this fit."""
+        sc = SCORES[name]
+        key = sc.fit_key
+        if key is not None and key not in self.state:
+            raise KeyError(f"score {name!r} needs the fit {key!r}, which this ScoreFit lacks (fitted: "
+                           f"{sorted(self.state)})")
+        owner = sc.shares or name
+        params = self.params.get(owner, SCORES[owner].params)
+        return Fitted(None if key is None else self.state[key], params, self.head)
+
+
+def fit_scores(train: ScoreInputs, labels: Tensor, *, num_classes: int | None = None, head: Head | None = None,
+               scores: Iterable[str] | None = None, params: Mapping[str, Any] | None = None) -> ScoreFit:
+    """Run each fit hook the requested scores (default: all registered) need, once, on the train-set inputs.
+
+    train: the train set's raw features, logits and classifier input (ScoreInputs); labels (N,) in [0, C);
+    head: the classifier (ReAct, ASH, ViM need it); params: {score: {field: value} or params instance}.
+    """
+    names = _names(scores)
+    labels = labels.to(train.features.device).long()
+    c = int(num_classes if num_classes is not None else int(labels.max()) + 1)
+    resolved = resolve_params(names, params)
+    data = FitData(train, labels, c, head)
+    state: dict[str, Any] = {}
+    for n in names:
+        key = SCORES[n].fit_key
+        if key is not None and key not in state:
+            owner = SCORES[key]
+            state[key] = owner.fit(data, resolved.get(key, owner.params))
+    return ScoreFit(names, state, resolved, head)
 
 
 def compute_scores(inputs: ScoreInputs, fit: ScoreFit, scores: Iterable[str] | None = None) -> dict[str, Tensor]:
     """{score name: (N,) float64} for `scores` (default: those `fit` was fitted for). Non-finite -> ValueError."""
     names = fit.scores if scores is None else _names(scores)
-    n = inputs.features.shape[0]
-    if inputs.logits is None or inputs.logits.shape[0] != n:
-        raise ValueError("compute_scores needs features (N, d) and logits (N, C) for the same N images")
+    n = len(inputs)
+    if inputs.logits is not None and inputs.logits.shape[0] != n:
+        raise ValueError(f"features ({n} rows) and logits ({inputs.logits.shape[0]} rows) must describe the same "
+                         "images")
     out = {}
     for name in names:
-        s = SCORES[name](inputs, fit).double()
+        s = SCORES[name](inputs, fit.fitted(name)).double()
         if s.shape != (n,):
             raise ValueError(f"score {name!r} returned shape {tuple(s.shape)}, expected ({n},)")
         bad = int((~torch.isfinite(s)).sum())
@@ -141,65 +304,75 @@ def compute_scores(inputs: ScoreInputs, fit: ScoreFit, scores: Iterable[str] | N
     return out
 
 
+def fit_diagnostics(fit: ScoreFit) -> dict[str, float]:
+    """{<fit key>/<name>: float}: what each fit chose (keys.fit_key), e.g. gmm/jitter, vim/alpha."""
+    out = {}
+    for key, state in fit.state.items():
+        diag = SCORES[key].diagnostics
+        if diag is not None:
+            out.update({keys.fit_key(key, k): float(v) for k, v in diag(state).items()})
+    return out
+
+
+def pack_states(fit: ScoreFit, scores: Iterable[str], exclude: Iterable[str] = ()) -> dict[str, dict[str, Tensor]]:
+    """{fit key: {name: CPU tensor}} of the fits `scores` need (minus `exclude`): what torch.save writes."""
+    out = {}
+    for n in _names(scores):
+        key = SCORES[n].fit_key
+        if key is None or key in out or key in exclude:
+            continue
+        state, owner = fit.state[key], SCORES[key]
+        packed = owner.pack(state) if owner.pack else state
+        out[key] = {k: torch.as_tensor(v).detach().to("cpu") for k, v in packed.items()}
+    return out
+
+
+def unpack_states(packed: Mapping[str, Mapping[str, Tensor]]) -> dict[str, Any]:
+    """Inverse of pack_states: {fit key: state}."""
+    unknown = [k for k in packed if k not in SCORES]
+    if unknown:
+        raise KeyError(f"saved score states {unknown} are not registered scores in this ncood")
+    return {k: SCORES[k].unpack(v) if SCORES[k].unpack else dict(v) for k, v in packed.items()}
+
+
 # ---- the scores ------------------------------------------------------------------------------------------
 
-def _fit_gmm(train: ScoreInputs, labels: Tensor, feature_space: FeatureSpace, num_classes: int | None):
-    return fit_class_gaussians(to_feature_space(train.features, feature_space), labels, num_classes)
+def _fit_gmm(data: FitData, params: None) -> ClassGaussians:
+    return fit_class_gaussians(data.train.space("input"), data.labels, data.num_classes)
 
 
-@register_score("gmm", fit=_fit_gmm)
-def gmm(inputs: ScoreInputs, fit: ScoreFit) -> Tensor:
-    return fit.gaussians.log_density(fit.project(inputs.features))  # (N,) float64
+def _gmm_diagnostics(g: ClassGaussians) -> dict[str, float]:
+    """The jitter DDU's ladder chose and the worst class's count of zero-variance dims (keys.GMM_DEGENERATE_DIMS)."""
+    worst = float(g.degenerate_dims.max()) if g.degenerate_dims is not None else 0.0
+    return {"jitter": g.jitter, "degenerate_dims": worst}
 
 
-@register_score("feature_norm")
-def feature_norm(inputs: ScoreInputs, fit: ScoreFit) -> Tensor:
-    return inputs.features.double().norm(dim=1)  # raw z whatever the feature space: the TMLR 2024 score
+@register_score("gmm", space="input", fit=_fit_gmm, diagnostics=_gmm_diagnostics,
+                pack=ClassGaussians.state_dict, unpack=ClassGaussians.from_state_dict)
+def gmm(inputs: ScoreInputs, fitted: Fitted) -> Tensor:
+    return fitted.state.log_density(inputs.space("input"))  # (N,) float64
 
 
-@register_score("msp")
-def msp(inputs: ScoreInputs, fit: ScoreFit) -> Tensor:
-    return torch.softmax(inputs.logits.double(), dim=1).amax(dim=1)  # float64: fewer ties at ~1.0
+@register_score("feature_norm", space="raw")
+def feature_norm(inputs: ScoreInputs, fitted: Fitted) -> Tensor:
+    return inputs.space("raw").double().norm(dim=1)  # raw z whatever the model: the TMLR 2024 score
 
 
-@register_score("max_logit")
-def max_logit(inputs: ScoreInputs, fit: ScoreFit) -> Tensor:
-    return inputs.logits.double().amax(dim=1)
+@register_score("msp", space="logits")
+def msp(inputs: ScoreInputs, fitted: Fitted) -> Tensor:
+    return torch.softmax(inputs.space("logits").double(), dim=1).amax(dim=1)  # float64: fewer ties at ~1.0
 
 
-@register_score("energy")
-def energy(inputs: ScoreInputs, fit: ScoreFit) -> Tensor:
-    return torch.logsumexp(inputs.logits.double(), dim=1)
+@register_score("max_logit", space="logits")
+def max_logit(inputs: ScoreInputs, fitted: Fitted) -> Tensor:
+    return inputs.space("logits").double().amax(dim=1)
 
 
-@register_score("logit_norm")
-def logit_norm(inputs: ScoreInputs, fit: ScoreFit) -> Tensor:
-    return inputs.logits.double().norm(dim=1)
+@register_score("energy", space="logits")
+def energy(inputs: ScoreInputs, fitted: Fitted) -> Tensor:
+    return torch.logsumexp(inputs.space("logits").double(), dim=1)
 
 
-# ---- NECO (Ammar et al., "NECO: NEural Collapse Based Out-of-distribution detection", ICLR 2024) --------------------
-def _fit_neco(train: ScoreInputs, labels: Tensor, feature_space: FeatureSpace, num_classes: int | None) -> Tensor:
-    """(d, k) orthonormal principal directions of the train features (in the run's feature space), k = C.
-
-    PCA on the centred features (as sklearn's PCA in the NECO code); k = number of classes: under neural
-    collapse the class means span C-1 dimensions (NECO tunes k per model; C is the NC-motivated choice).
-    """
-    h = to_feature_space(train.features, feature_space).double()  # (N, d)
-    k = int(num_classes if num_classes is not None else int(labels.max()) + 1)
-    _, _, vh = torch.linalg.svd(h - h.mean(dim=0), full_matrices=False)  # vh (min(N, d), d)
-    return vh[: min(k, vh.shape[0])].T.contiguous()  # (d, k)
-
-
-@register_score("neco", fit=_fit_neco)
-def neco(inputs: ScoreInputs, fit: ScoreFit) -> Tensor:
-    """||P z|| / ||z|| with P = V V^T (V from _fit_neco); z uncentred, so the ratio is in [0, 1]."""
-    z = fit.project(inputs.features).double()  # (N, d)
-    v = fit.state["neco"].to(z.device)  # (d, k)
-    return (z @ v).norm(dim=1) / z.norm(dim=1).clamp_min(1e-12)
-
-
-@register_score("neco_maxlogit", fit=_fit_neco)
-def neco_maxlogit(inputs: ScoreInputs, fit: ScoreFit) -> Tensor:
-    v = fit.state["neco_maxlogit"].to(inputs.features.device)
-    z = fit.project(inputs.features).double()
-    return (z @ v).norm(dim=1) / z.norm(dim=1).clamp_min(1e-12) * inputs.logits.double().amax(dim=1)
+@register_score("logit_norm", space="logits")
+def logit_norm(inputs: ScoreInputs, fitted: Fitted) -> Tensor:
+    return inputs.space("logits").double().norm(dim=1)

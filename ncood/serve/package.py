@@ -2,15 +2,19 @@
 
 The model directory holds (artifacts of the pyfunc `ncood.serve.scorer.OODScorerModel`):
 
-    scorer.json    create_model arguments, preprocessing (dataset, C x H x W, mean/std), class names, the GMM
-                   feature space, the decision threshold, request limits, the trial's config (ScorerSpec)
+    scorer.json    create_model arguments, preprocessing (dataset, C x H x W, mean/std), class names, the served
+                   scores and their params, the decision threshold, request limits, the trial's config (ScorerSpec)
     weights.pt     the network's state_dict only (no optimizer state), CPU, loadable with weights_only=True
     gaussians.pt   the fitted DDU class Gaussians (ClassGaussians.save; float64: C x d x d Cholesky factors)
+    scores.pt      the fitted states of the other served scores ({fit key: {name: tensor}}, ncood.ood.pack_states;
+                   float64, e.g. ViM's D x (D - dim) residual basis, Mahalanobis' D x D whitening; KNN is not served:
+                   its state is the whole train-feature bank)
     code/ncood     this ncood source (MLflow `code_paths`): the model serves with the code it was trained with,
                    also in an image built by `mlflow models build-docker` where ncood is not installed
 
 plus a signature (one string column `image` -> the response columns), an input example (a base64 PNG of an ID
-validation image) and pinned pip requirements (mlflow, torch, torchvision, numpy, pillow: ncood's imports).
+validation image) and pinned pip requirements (mlflow, torch, torchvision, numpy, pillow, pytorch-ood: ncood's
+imports).
 
 Decision threshold: t = the score that accepts 95% of the ID *validation* images under the GMM score, with the
 definition of ncood.ood.metrics.fpr_at_tpr (the k-th largest score, k = ceil(0.95 n); `threshold_at_tpr`),
@@ -25,6 +29,7 @@ of the call only (and sys.path, which MLflow's input-example check extends with 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import tempfile
@@ -48,17 +53,17 @@ from ncood.config import TrialConfig
 from ncood.data import IDData
 from ncood.evaluate import exact_fp32
 from ncood.pipeline import model_kwargs
-from ncood.ood import ScoreFit
-from ncood.serve.scorer import (INPUT_COLUMN, SCORE_COLUMNS, Scorer, ScorerSpec, ServingLimits,
-                                encode_png, score_model_input, threshold_at_tpr)
+from ncood.ood import SCORES, ScoreFit, pack_states, served_scores
+from ncood.serve.scorer import (INPUT_COLUMN, Scorer, ScorerSpec, ServingLimits, encode_png, output_columns,
+                                score_columns, score_model_input, threshold_at_tpr)
 
 SCORER_NAME = "ood_scorer"  # the LoggedModel's name in every trial run
 THRESHOLD_TPR_PERCENT = 95  # is_ood threshold: accepts this % of ID validation images
-REQUIREMENTS = ("mlflow", "torch", "torchvision", "numpy", "pillow")  # what ncood.serve imports at serve time
+REQUIREMENTS = ("mlflow", "torch", "torchvision", "numpy", "pillow", "pytorch-ood")  # what ncood.serve imports
 PYFUNC_ENTRY = Path(__file__).with_name("pyfunc_model.py")  # models-from-code file (set_model(OODScorerModel()))
 PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
-FILES = {"spec": "scorer.json", "weights": "weights.pt", "gaussians": "gaussians.pt"}
+FILES = {"spec": "scorer.json", "weights": "weights.pt", "gaussians": "gaussians.pt", "scores": "scores.pt"}
 
 
 @dataclass
@@ -87,13 +92,22 @@ def decision_threshold(parts: ScorerParts, tpr_percent: int = THRESHOLD_TPR_PERC
         raise ValueError("the trial has no validation images: the decision threshold is set on them")
     device = next(parts.model.parameters()).device
     with exact_fp32(device):
-        gmm = score_model_input(parts.model, parts.fit, val_x)["gmm_log_density"]
+        gmm = score_model_input(parts.model, parts.fit, val_x, scores=("gmm",))["gmm_log_density"]
     return threshold_at_tpr(gmm.cpu().numpy(), tpr_percent), int(val_x.shape[0])
+
+
+def package_scores(fit: ScoreFit) -> tuple[str, ...]:
+    """The scores a package serves: the served registry scores (ncood.ood.served_scores) this fit has, in registry
+    order; gmm must be among them (the decision threshold is on it)."""
+    names = tuple(n for n in served_scores() if n in fit.scores)
+    if "gmm" not in names:
+        raise ValueError("the trial's evaluation did not fit the gmm score: the scorer's decision is set on it")
+    return names
 
 
 def write_scorer(parts: ScorerParts, out_dir: str | Path, limits: ServingLimits | None = None,
                  tpr_percent: int = THRESHOLD_TPR_PERCENT) -> dict[str, str]:
-    """Write scorer.json, weights.pt and gaussians.pt into out_dir; returns {artifact key: path}."""
+    """Write scorer.json, weights.pt, gaussians.pt and scores.pt into out_dir; returns {artifact key: path}."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     info, cfg = parts.data.info, parts.cfg
@@ -101,16 +115,24 @@ def write_scorer(parts: ScorerParts, out_dir: str | Path, limits: ServingLimits 
     spec = ScorerSpec(
         arch=cfg.arch, model_kwargs=model_kwargs(cfg, info), dataset=info.name, image_shape=tuple(info.image_shape),
         mean=tuple(info.mean), std=tuple(info.std), class_names=tuple(parts.data.class_names),
-        feature_space=parts.fit.feature_space, threshold=threshold, threshold_tpr=tpr_percent / 100,
+        feature_space="input", threshold=threshold, threshold_tpr=tpr_percent / 100,
         threshold_n_val=n_val, limits=limits or ServingLimits(),
         trial={"condition": cfg.condition, "seed": cfg.seed, "config": cfg.to_dict()},
+        scores=package_scores(parts.fit),
+        score_params={n: dataclasses.asdict(p) for n, p in parts.fit.params.items() if n in _owners(parts.fit)},
     )
     paths = {key: str(out / name) for key, name in FILES.items()}
     spec.save(paths["spec"])
     weights = {k: v.detach().to("cpu").contiguous() for k, v in parts.model.state_dict().items()}  # no optimizer
     torch.save(weights, paths["weights"])
     parts.fit.gaussians.save(paths["gaussians"])
+    torch.save(pack_states(parts.fit, spec.scores, exclude=("gmm",)), paths["scores"])
     return paths
+
+
+def _owners(fit: ScoreFit) -> set[str]:
+    """The scores whose params a package keeps: the served ones and the scores whose fit they share."""
+    return {SCORES[n].shares or n for n in package_scores(fit)}
 
 
 def example_image(parts: ScorerParts) -> str:
@@ -122,8 +144,9 @@ def example_image(parts: ScorerParts) -> str:
     return encode_png(pixels[0] if pixels.shape[0] == 1 else pixels.permute(1, 2, 0))
 
 
-def signature() -> ModelSignature:
-    outputs = [ColSpec("double", c) for c in SCORE_COLUMNS]
+def signature(scores: tuple[str, ...]) -> ModelSignature:
+    """image (base64 string) -> one double column per served score, predicted_class, is_ood."""
+    outputs = [ColSpec("double", c) for c in score_columns(scores)]
     return ModelSignature(inputs=Schema([ColSpec("string", INPUT_COLUMN)]),
                           outputs=Schema([*outputs, ColSpec("string", "predicted_class"), ColSpec("boolean", "is_ood")]))
 
@@ -181,11 +204,12 @@ def log_ood_scorer(trial: Any, run_id: str, tracking_uri: str, *, name: str = SC
         files = write_scorer(parts, d, limits, tpr_percent)
         spec = ScorerSpec.load(files["spec"])
         example = example_image(parts)
-        check = Scorer.from_files(files["spec"], files["weights"], files["gaussians"])
+        check = Scorer.from_files(files["spec"], files["weights"], files["gaussians"], files["scores"])
         check.score_base64([example])  # fail here, loudly, rather than in the server
         summary = {"condition": cfg.condition, "seed": cfg.seed, "dataset": spec.dataset,
                    "image_shape": list(spec.image_shape), "class_names": list(spec.class_names),
-                   "feature_space": spec.feature_space, "gmm_threshold": spec.threshold,
+                   "feature_space": spec.feature_space, "scores": list(spec.scores),
+                   "response_columns": list(output_columns(spec.scores)), "gmm_threshold": spec.threshold,
                    "threshold_tpr": spec.threshold_tpr, "threshold_n_val": spec.threshold_n_val}
         logged = client.create_logged_model(
             run.info.experiment_id, name=name, source_run_id=run_id, model_type="ncood-ood-scorer",
@@ -198,7 +222,7 @@ def log_ood_scorer(trial: Any, run_id: str, tracking_uri: str, *, name: str = SC
                 return Model.log(
                     None, name=name, flavor=mlflow.pyfunc, run_id=run_id, model_id=logged.model_id,
                     python_model=str(PYFUNC_ENTRY), artifacts=files,
-                    signature=signature(), input_example=pd.DataFrame({INPUT_COLUMN: [example]}),
+                    signature=signature(spec.scores), input_example=pd.DataFrame({INPUT_COLUMN: [example]}),
                     pip_requirements=pip_requirements(), code_paths=[str(Path(ncood.__file__).parent)],
                     metadata={"ncood": summary}, step=cfg.epochs, await_registration_for=0,
                 )

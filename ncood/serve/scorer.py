@@ -8,14 +8,21 @@ training and OoD evaluation data were (ncood.data.registry):
     (luma or channel repeat to the model's channels, antialiased bilinear resize to its H x W, normalization with
     the training set's mean/std).
 
-Then one fp32 forward pass gives the pre-normalization features z and the logits, and the scores come from the
-OoD score registry (REFERENCE.md sec. 5) with the trial's fitted class Gaussians:
+Then one fp32 forward pass gives the pre-normalization features z, the classifier's input and the logits, and the
+scores come from the OoD score registry (ncood.ood) with the trial's fitted states. The response has one column per
+SERVED score (ncood.ood.served_scores(): every registered score except those whose state is the train-feature bank,
+i.e. KNN), named as in the registry except gmm, which keeps its first name, gmm_log_density; the package lists them
+(ScorerSpec.scores, the signature, the `ncood` metadata). For the default registry:
 
-    gmm_log_density  logsumexp_c log N(z; mu_c, Sigma_c) in the trial's feature space   (DDU; higher = more ID)
+    gmm_log_density  logsumexp_c log N(x; mu_c, Sigma_c), x the classifier input       (DDU; higher = more ID)
     feature_norm     ||z||_2 before normalization                                        (TMLR 2024)
-    msp, max_logit   max softmax probability, max logit
+    msp, max_logit, energy, logit_norm                                                   (logit baselines)
+    mahalanobis, vim, react, ash, neco, neco_maxlogit                                    (ncood/ood/posthoc.py)
     predicted_class  the class name of argmax(logits)
     is_ood           gmm_log_density < t, t set on the ID validation set so that 95% of it is accepted
+
+Packages of spec format 1 (before the post-hoc scores) serve their four columns gmm_log_density, feature_norm, msp,
+max_logit, with the Gaussians in the feature space they were fitted in (spec.feature_space "raw" or "l2").
 
 Bad input (not base64, not an image, truncated, over the byte or pixel cap, empty batch, too many images, missing
 column) raises `InputError` naming the rows and the problem; the pyfunc wrapper turns it into an
@@ -43,15 +50,31 @@ from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from torch import Tensor, nn
 
 from ncood.data import DatasetInfo, to_model_input
+from ncood.evaluate import classifier_inputs
 from ncood.models import create_model
-from ncood.ood import ClassGaussians, ScoreFit, ScoreInputs, compute_scores
+from ncood.ood import (SCORES, ClassGaussians, Head, ScoreFit, ScoreInputs, compute_scores, resolve_params,
+                       served_scores, unpack_states)
 from ncood.ood.metrics import threshold_at_tpr  # the FPR95 threshold definition, reused for is_ood
 
 INPUT_COLUMN = "image"
-# Response column -> name in the OoD score registry (ncood.ood.SCORES). Order is the response's column order.
-SCORE_COLUMNS = {"gmm_log_density": "gmm", "feature_norm": "feature_norm", "msp": "msp", "max_logit": "max_logit"}
-OUTPUT_COLUMNS = (*SCORE_COLUMNS, "predicted_class", "is_ood")
-SPEC_FORMAT = 1  # version of scorer.json; bump when its fields change meaning
+COLUMN_ALIASES = {"gmm": "gmm_log_density"}  # registry name -> response column, where they differ
+EXTRA_COLUMNS = ("predicted_class", "is_ood")
+SPEC_FORMAT = 2  # version of scorer.json; bump when its fields change meaning (2: scores, score_params; input space)
+READABLE_FORMATS = (1, 2)
+FORMAT1_SCORES = ("gmm", "feature_norm", "msp", "max_logit")  # what a format-1 package served (frozen: history)
+
+
+def score_columns(scores: Sequence[str]) -> dict[str, str]:
+    """{response column: registry score} for `scores`, in their order (the response's column order)."""
+    return {COLUMN_ALIASES.get(n, n): n for n in scores}
+
+
+def output_columns(scores: Sequence[str]) -> tuple[str, ...]:
+    """Every response column of a scorer serving `scores`."""
+    return (*score_columns(scores), *EXTRA_COLUMNS)
+
+
+OUTPUT_COLUMNS = output_columns(served_scores())  # a scorer packaged by this ncood
 _DATA_URI = re.compile(r"^data:[\w.+/-]*;base64,", re.IGNORECASE)  # 'data:image/png;base64,' prefix, optional
 _WHITESPACE = re.compile(rb"\s+")
 
@@ -103,12 +126,14 @@ class ScorerSpec:
     mean: tuple[float, ...]  # per-channel normalization of the training data
     std: tuple[float, ...]
     class_names: tuple[str, ...]
-    feature_space: str  # "l2" | "raw": where the Gaussians live (ncood.ood.scores)
+    feature_space: str  # where the "input" scores read: "input" = model.classifier_input(z); format 1: "l2" | "raw"
     threshold: float  # is_ood = gmm_log_density < threshold
     threshold_tpr: float  # fraction of ID validation images with gmm_log_density >= threshold (target)
     threshold_n_val: int  # validation images it was set on
     limits: ServingLimits = field(default_factory=ServingLimits)
     trial: dict[str, Any] = field(default_factory=dict)  # condition, seed, full TrialConfig (provenance)
+    scores: tuple[str, ...] = FORMAT1_SCORES  # the served scores, in response order (registry names)
+    score_params: dict[str, dict[str, Any]] = field(default_factory=dict)  # {score: {field: value}} as fitted
     format: int = SPEC_FORMAT
 
     def dataset_info(self) -> DatasetInfo:
@@ -120,16 +145,18 @@ class ScorerSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.update(image_shape=list(self.image_shape), mean=list(self.mean), std=list(self.std),
-                 class_names=list(self.class_names), limits=self.limits.to_dict())
+                 class_names=list(self.class_names), limits=self.limits.to_dict(), scores=list(self.scores))
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ScorerSpec:
         d = dict(d)
-        if d.get("format") != SPEC_FORMAT:
-            raise ValueError(f"scorer spec format {d.get('format')!r}; this ncood reads format {SPEC_FORMAT}")
-        for key in ("image_shape", "mean", "std", "class_names"):
-            d[key] = tuple(d[key])
+        if d.get("format") not in READABLE_FORMATS:
+            raise ValueError(f"scorer spec format {d.get('format')!r}; this ncood reads formats {READABLE_FORMATS}: "
+                             "serve the model with the ncood it was logged with (its code/ folder)")
+        for key in ("image_shape", "mean", "std", "class_names", "scores"):
+            if key in d:
+                d[key] = tuple(d[key])
         d["limits"] = ServingLimits.from_dict(d.get("limits"))
         return cls(**d)
 
@@ -142,12 +169,25 @@ class ScorerSpec:
 
 
 # ---- scoring (shared by the server and by the threshold computed at log time) --------------------------------
+def _input_space(model: nn.Module, z: Tensor, feature_space: str) -> Tensor | None:
+    """The "input" space of the scores: the classifier's input, or a format-1 package's GMM space (z or z/||z||)."""
+    if feature_space == "input":
+        return classifier_inputs(model, z)
+    if feature_space == "l2":
+        return torch.nn.functional.normalize(z, dim=1, eps=1e-12)
+    if feature_space == "raw":
+        return None
+    raise ValueError(f"unknown scorer feature_space {feature_space!r}; expected input, l2 or raw")
+
+
 @torch.inference_mode()
-def score_model_input(model: nn.Module, fit: ScoreFit, x: Tensor, batch_size: int = 256) -> dict[str, Tensor]:
+def score_model_input(model: nn.Module, fit: ScoreFit, x: Tensor, batch_size: int = 256, *,
+                      feature_space: str = "input", scores: Sequence[str] | None = None) -> dict[str, Tensor]:
     """Normalized images x (N, C, H, W) -> {response column: (N,) float64, 'predicted': (N,) int64}, in fp32.
 
-    No autocast: the server scores in fp32 on the CPU, and the decision threshold must be set at that precision.
-    Runs on the model's device; every submodule's train/eval flag is restored afterwards.
+    scores: the registry scores to compute (default: those of `fit`). No autocast: the server scores in fp32 on the
+    CPU, and the decision threshold must be set at that precision. Runs on the model's device; every submodule's
+    train/eval flag is restored afterwards.
     """
     modes = [(m, m.training) for m in model.modules()]
     device = next(model.parameters()).device
@@ -161,12 +201,19 @@ def score_model_input(model: nn.Module, fit: ScoreFit, x: Tensor, batch_size: in
     finally:
         for m, was_training in modes:
             m.training = was_training
-    lg = torch.cat(logits)
-    scores = compute_scores(ScoreInputs(torch.cat(feats), lg), fit, scores=tuple(SCORE_COLUMNS.values()))
-    return {**{col: scores[name] for col, name in SCORE_COLUMNS.items()}, "predicted": lg.argmax(dim=1)}
+    z, lg = torch.cat(feats), torch.cat(logits)
+    names = tuple(fit.scores if scores is None else scores)
+    out = compute_scores(ScoreInputs(z, lg, _input_space(model, z, feature_space)), fit, names)
+    return {**{col: out[name] for col, name in score_columns(names).items()}, "predicted": lg.argmax(dim=1)}
 
 
 LIMITS_ENV = "NCOOD_SERVING_LIMITS"
+
+
+def _fit_key(score: str) -> str | None:
+    if score not in SCORES:
+        raise ValueError(f"the package serves score {score!r}, which this ncood does not register")
+    return SCORES[score].fit_key
 
 
 def limits_from_env() -> dict[str, Any]:
@@ -286,23 +333,33 @@ def decode_batch(values: Sequence[Any], limits: ServingLimits) -> list[Tensor]:
 
 # ---- the scorer ----------------------------------------------------------------------------------------------
 class Scorer:
-    """The network, its class Gaussians and its preprocessing on the CPU; `score_base64` serves a request."""
+    """The network, its fitted score states and its preprocessing on the CPU; `score_base64` serves a request."""
 
-    def __init__(self, spec: ScorerSpec, model: nn.Module, gaussians: ClassGaussians,
+    def __init__(self, spec: ScorerSpec, model: nn.Module, states: Mapping[str, Any],
                  limits: ServingLimits | None = None) -> None:
+        """states: {fit key: state} of the spec's scores (ncood.ood.unpack_states), "gmm" among them."""
         self.spec, self.limits = spec, limits or spec.limits
         self.info = spec.dataset_info()
         self.model = model.eval()
-        self.fit = ScoreFit(spec.feature_space, {"gmm": gaussians}, tuple(SCORE_COLUMNS.values()))
+        missing = sorted({k for n in spec.scores if (k := _fit_key(n)) is not None} - set(states))
+        if missing or "gmm" not in spec.scores:
+            raise ValueError(f"the scorer package lacks the fitted states {missing or ['gmm']} of its scores "
+                             f"{list(spec.scores)}")
+        params = resolve_params(spec.scores, spec.score_params)
+        self.fit = ScoreFit(tuple(spec.scores), dict(states), params, Head.of(model.classifier))
+        self.columns = output_columns(spec.scores)
 
     @classmethod
     def from_files(cls, spec_path: str | Path, weights_path: str | Path, gaussians_path: str | Path,
+                   scores_path: str | Path | None = None,
                    limit_overrides: Mapping[str, Any] | None = None) -> Scorer:
+        """scores_path: the packed states of the scores besides gmm (scores.pt; format-1 packages have none)."""
         spec = ScorerSpec.load(spec_path)
         model = create_model(spec.arch, **spec.model_kwargs)
         model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
         limits = ServingLimits.from_dict({**spec.limits.to_dict(), **dict(limit_overrides or {})})
-        return cls(spec, model, ClassGaussians.load(gaussians_path), limits)
+        states = unpack_states(torch.load(scores_path, map_location="cpu", weights_only=True)) if scores_path else {}
+        return cls(spec, model, {**states, "gmm": ClassGaussians.load(gaussians_path)}, limits)
 
     def prepare(self, images01: Sequence[Tensor]) -> Tensor:
         """[(1, C_i, h_i, w_i) in [0, 1]] -> (N, *image_shape) normalized: to_model_input image by image (sizes
@@ -311,8 +368,8 @@ class Scorer:
 
     def score(self, x: Tensor) -> dict[str, np.ndarray]:
         """Normalized (N, *image_shape) -> {column: (N,) array} with every response column."""
-        out = score_model_input(self.model, self.fit, x)
-        cols = {col: out[col].cpu().numpy() for col in SCORE_COLUMNS}
+        out = score_model_input(self.model, self.fit, x, feature_space=self.spec.feature_space)
+        cols = {col: out[col].cpu().numpy() for col in score_columns(self.spec.scores)}
         cols["predicted_class"] = np.array([self.spec.class_names[i] for i in out["predicted"].tolist()], dtype=object)
         cols["is_ood"] = cols["gmm_log_density"] < self.spec.threshold
         return cols
@@ -340,13 +397,14 @@ def _column(model_input: Any) -> list[Any]:
 
 # ---- the MLflow pyfunc -------------------------------------------------------------------------------------
 class OODScorerModel(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper: artifacts 'spec', 'weights', 'gaussians'; $NCOOD_SERVING_LIMITS = ServingLimits overrides."""
+    """pyfunc wrapper: artifacts 'spec', 'weights', 'gaussians', 'scores' (absent in format 1);
+    $NCOOD_SERVING_LIMITS = ServingLimits overrides."""
 
     def load_context(self, context) -> None:
         # No global torch state is touched here (grad mode, threads): MLflow also loads the model inside the
         # training process to check the input example. Scoring runs under torch.inference_mode.
-        self.scorer = Scorer.from_files(context.artifacts["spec"], context.artifacts["weights"],
-                                        context.artifacts["gaussians"], limits_from_env())
+        a = context.artifacts
+        self.scorer = Scorer.from_files(a["spec"], a["weights"], a["gaussians"], a.get("scores"), limits_from_env())
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         # The pd.DataFrame hint tells MLflow to take the schema from the logged signature, not from type hints.
@@ -356,4 +414,4 @@ class OODScorerModel(mlflow.pyfunc.PythonModel):
             raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
         except ValueError as e:  # e.g. non-finite scores: a model problem, not the client's
             raise MlflowException(f"scoring failed: {e}", error_code=INTERNAL_ERROR) from None
-        return pd.DataFrame(cols, columns=list(OUTPUT_COLUMNS))
+        return pd.DataFrame(cols, columns=list(self.scorer.columns))
