@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ncood import checkpoint
+
 __all__ = ["JITTERS", "PRUNE_NATS", "ClassGaussians", "GaussianFitError", "fit_class_gaussians"]
 
 JITTERS: tuple[float, ...] = (0.0,) + tuple(10.0**k for k in range(-12, 0))  # DDU's ladder: 0, 1e-12 ... 1e-1
@@ -155,7 +157,7 @@ class ClassGaussians:
 
     @classmethod
     def load(cls, path: str | Path, map_location: torch.device | str = "cpu") -> ClassGaussians:
-        return cls.from_state_dict(torch.load(path, map_location=map_location, weights_only=True))
+        return cls.from_state_dict(checkpoint.load(path, map_location=map_location))
 
 
 def _mahalanobis(chol: Tensor, mean: Tensor, z: Tensor) -> Tensor:

@@ -42,6 +42,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from torch import Tensor, nn
 
+from ncood import checkpoint
 from ncood.data import DatasetInfo, to_model_input
 from ncood.models import create_model
 from ncood.ood import ClassGaussians, ScoreFit, ScoreInputs, compute_scores
@@ -300,7 +301,7 @@ class Scorer:
                    limit_overrides: Mapping[str, Any] | None = None) -> Scorer:
         spec = ScorerSpec.load(spec_path)
         model = create_model(spec.arch, **spec.model_kwargs)
-        model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+        model.load_state_dict(checkpoint.load(weights_path))
         limits = ServingLimits.from_dict({**spec.limits.to_dict(), **dict(limit_overrides or {})})
         return cls(spec, model, ClassGaussians.load(gaussians_path), limits)
 

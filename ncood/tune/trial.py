@@ -19,6 +19,7 @@ import ray
 import torch
 from ray import tune
 
+from ncood import checkpoint as checkpoint_file
 from ncood import keys, tracking
 from ncood.config import TrialConfig
 from ncood.evaluate import extract
@@ -122,7 +123,7 @@ def train_trial(config: dict[str, Any], runtime: TrialRuntime) -> None:
     checkpoint = tune.get_checkpoint()  # set on a retry (max_failures) and on Tuner.restore
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / "checkpoint.pt", map_location="cpu", weights_only=False)
+            state = checkpoint_file.load(Path(d) / "checkpoint.pt")
             run_id = json.loads((Path(d) / RUN_ID_FILE).read_text())["mlflow_run_id"]
     tracker = tracking.TrialTracker(runtime.sweep, cfg, tune.get_context().get_trial_id(), run_name(config))
     done = tracker.finished_metrics(run_id)
