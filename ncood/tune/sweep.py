@@ -19,6 +19,7 @@ import ray
 from ray import tune
 
 from ncood import keys, tracking
+from ncood.tune.cluster import SqliteOnClusterCheck, init_ray, warn_if_sqlite_on_cluster
 from ncood.tune.grid import config_from_tune, make_param_space, trial_dirname, trial_name
 from ncood.tune.trial import TrialRuntime, train_trial
 
@@ -57,21 +58,6 @@ class SweepStatusCallback(tune.Callback):
         errors = {t.trial_id: _trial_error(t) for t in trials if t.status == "ERROR"}
         interrupted = any(t.status not in ("TERMINATED", "ERROR") for t in trials)
         tracking.close_orphans(self.ref, errors, interrupted)
-
-
-def init_ray(num_cpus: int | None = None) -> None:
-    """Attach to a cluster only when asked (RAY_ADDRESS: `ray job submit` sets it); otherwise start a private local
-    Ray, never a stray cluster that happens to run on this machine (plain `ray.init()` would join it)."""
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-        return
-    # Local workers inherit this environment: make the ncood source importable there even without `pip install`.
-    src = str(Path(__file__).resolve().parents[2])  # the folder holding the ncood package
-    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    os.environ["PYTHONPATH"] = os.pathsep.join([src, *[p for p in paths if p != src]])
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
 
 
 @dataclass
@@ -263,6 +249,7 @@ def _new_tuner(settings: SweepSettings, storage: Storage, param_space: dict, kin
     uri = tracking.resolve_tracking_uri(settings.tracking_uri)
     experiment_id = tracking.prepare_experiment(settings.experiment, uri)
     init_ray(settings.num_cpus)
+    warn_if_sqlite_on_cluster(uri)
     gpus = settings.gpus_per_trial
     if gpus is None:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
@@ -281,7 +268,8 @@ def _new_tuner(settings: SweepSettings, storage: Storage, param_space: dict, kin
         "resources": resources, "kind": kind, "trainable": _trainable_name(trainable)}, indent=2))
     tuner = tune.Tuner(_trainable(runtime, resources, trainable), param_space=param_space,
                        tune_config=tune.TuneConfig(**tune_config),
-                       run_config=tune.RunConfig(name=name, callbacks=[SweepStatusCallback(ref), *callbacks],
+                       run_config=tune.RunConfig(name=name, callbacks=[SweepStatusCallback(ref), SqliteOnClusterCheck(uri),
+                                                                    *callbacks],
                                                  **run_config))
     return tuner, ref, exp_dir
 
@@ -292,6 +280,7 @@ def _restored_tuner(settings: SweepSettings, storage: Storage, exp_dir: str):
     ref = tracking.SweepRef(**saved["sweep"])
     runtime = TrialRuntime(ref, **{k: tuple(v) if isinstance(v, list) else v for k, v in saved["runtime"].items()})
     init_ray(settings.num_cpus)
+    warn_if_sqlite_on_cluster(ref.tracking_uri)
     tracking.set_status(ref, ref.parent_run_id, tracking.ACTIVE)
     # resume_errored: failed trials get another go from their last checkpoint; restart_errored would drop it.
     fn = _trainable_from_name(saved.get("trainable", _trainable_name(train_trial)))
