@@ -2,7 +2,11 @@
 
 Layout (REFERENCE.md section 7 has the traps this avoids):
 - Store: `sqlite:///<repo>/mlruns/mlflow.db`, artifacts in `<repo>/mlruns/artifacts/<experiment>`, both absolute
-  (Ray trials run in temporary working dirs); `--tracking-uri` or MLFLOW_TRACKING_URI override it.
+  (Ray trials run in temporary working dirs); `--tracking-uri` or MLFLOW_TRACKING_URI override it. Concurrent
+  writers (every trial of one or several sweeps): the database is in WAL mode (set once, persistent in the file);
+  the busy timeout is MLflow 3.17's own (`PRAGMA busy_timeout = 20000` on every session it opens,
+  mlflow/store/db/utils.py), so a writer waits up to 20 s for the lock. sqlite is for one machine
+  (ncood.tune.cluster warns on a multi-node cluster); a cluster uses the server in deploy/.
 - The driver creates the database, the experiment and the sweep's parent run before any trial starts: trials
   racing to create them fail (duplicate column / UNIQUE constraint). Trials receive a `SweepRef` (URI + ids).
 - Each trial is a child run (`mlflow.parentRunId`) named `<condition>-s<seed>`, with every TrialConfig field as a
@@ -15,16 +19,20 @@ Measurement modules never import this one (STYLE.md 8): they return dicts, track
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
+import sqlite3
 import subprocess
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH
@@ -99,14 +107,55 @@ def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
     return (Path(tracking_uri[len("sqlite:///"):]).parent / "artifacts" / safe).as_uri()
 
 
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI, else None."""
+    return Path(tracking_uri[len("sqlite:///"):]) if tracking_uri.startswith("sqlite:///") else None
+
+
+@contextlib.contextmanager
+def _exclusive(db: Path) -> Iterator[None]:
+    """One process at a time (flock on `<db>.lock`): MLflow creates a new database's schema with migrations that
+    fail when two processes run them at once (two sweeps started together on a fresh store)."""
+    with open(db.with_name(db.name + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _use_wal(db: Path) -> None:
+    """Write-ahead logging: readers never block the writer and commits are cheaper. Persistent in the file, so
+    set once here; a no-op when it is on already. (The busy timeout is MLflow's own: 20 s on every session.)"""
+    with contextlib.closing(sqlite3.connect(db, timeout=60)) as con:
+        if con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            con.execute("PRAGMA journal_mode=WAL")
+
+
 def prepare_experiment(name: str, tracking_uri: str) -> str:
-    """Create (or find) the experiment on the driver, before any trial starts; returns its id."""
-    if tracking_uri.startswith("sqlite:///"):
-        Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri)  # the first access creates the sqlite schema (one process only)
+    """Create (or find) the experiment on the driver, before any trial starts; returns its id. Safe when several
+    drivers do it at once: a sqlite store is created under a file lock (and switched to WAL), and an experiment
+    that another driver created in the meantime is found instead of failing."""
+    db = sqlite_path(tracking_uri)
+    if db is None:
+        return _get_or_create_experiment(MlflowClient(tracking_uri), name, tracking_uri)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(db):
+        client = MlflowClient(tracking_uri)
+        client.search_experiments(max_results=1)  # the first access creates the schema
+        _use_wal(db)
+        return _get_or_create_experiment(client, name, tracking_uri)
+
+
+def _get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is None:
-        return client.create_experiment(name, artifact_location=_artifact_location(tracking_uri, name))
+        try:
+            return client.create_experiment(name, artifact_location=_artifact_location(tracking_uri, name))
+        except MlflowException as e:  # another driver created it between the lookup and here
+            if e.error_code != "RESOURCE_ALREADY_EXISTS" or client.get_experiment_by_name(name) is None:
+                raise
+            exp = client.get_experiment_by_name(name)
     if exp.lifecycle_stage != "active":
         raise TrackingError(f"MLflow experiment {name!r} is deleted; restore it in the UI, purge it with "
                             f"`mlflow gc --backend-store-uri {tracking_uri}`, or choose another --experiment")

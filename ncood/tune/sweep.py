@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import secrets
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -156,7 +157,7 @@ class Storage:
 
 def find_experiment(storage: Storage, experiment: str, resume: str) -> tuple[Storage, str]:
     """`--resume PATH` -> PATH (a directory or URI); `--resume` alone -> the newest `<experiment>_*` sweep under the
-    storage (names end in a %Y%m%d-%H%M%S start time). Returns (its storage, its path there)."""
+    storage (names end in a %Y%m%d-%H%M%S start time and a random tag). Returns (its storage, its path there)."""
     if resume != "latest":
         storage = Storage.parse(resume)  # Tuner.restore needs an absolute path
         path = storage.path
@@ -254,7 +255,8 @@ def _new_tuner(settings: SweepSettings, storage: Storage, param_space: dict, kin
     if gpus is None:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     resources = {"cpu": settings.cpus_per_trial, "gpu": gpus}
-    name = f"{settings.experiment}_{time.strftime('%Y%m%d-%H%M%S')}"
+    # start time, then a random tag: two sweeps started in the same second must not share a Ray experiment dir
+    name = f"{settings.experiment}_{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     exp_dir = storage.join(name)
     where = ("tracking_uri", "storage_path", "num_cpus", "progress")  # where and how it ran, not what ran
     params = {**sweep_params, **{k: v for k, v in asdict(settings).items() if v is not None and k not in where},
