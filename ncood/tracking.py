@@ -48,6 +48,8 @@ TAG_TRIAL_ID = "ray_trial_id"
 TAG_RAY_EXPERIMENT = "ray_experiment_path"
 TAG_ERROR = "error"  # set on FAILED runs: exception type, message and traceback tail
 TAG_PREVIOUS_ERROR = "previous_error"  # an error the trial recovered from (retry from checkpoint)
+TAG_FAILURE_KIND = "failure_kind"  # on FAILED runs: tracking | oom | killed | error (ncood.tune.status)
+TAG_PREVIOUS_FAILURE_KIND = "previous_failure_kind"  # the kind of the failure the trial recovered from
 TAG_RESTARTS = "restarts"  # how often this run was resumed after a failure or an interruption
 TAG_STOPPED_EARLY = "stopped_early_at_epoch"  # ASHA (search) stopped the trial before its last epoch
 TAG_GIT_DIRTY = "git_dirty"  # "true": the run's code differs from the commit in mlflow.source.git.commit
@@ -217,6 +219,10 @@ def start_sweep(tracking_uri: str, experiment_id: str, name: str, params: Mappin
     return SweepRef(tracking_uri, experiment_id, run.info.run_id, dict(git))
 
 
+def set_tags(ref: SweepRef, run_id: str, tags: Mapping[str, str]) -> None:
+    MlflowClient(ref.tracking_uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
 def set_status(ref: SweepRef, run_id: str, status: str, tags: Mapping[str, str] | None = None) -> None:
     client = MlflowClient(ref.tracking_uri)
     for k, v in (tags or {}).items():
@@ -247,17 +253,28 @@ def trial_run(ref: SweepRef, trial_id: str):
     return runs[0] if runs else None
 
 
-def close_orphans(ref: SweepRef, trial_errors: Mapping[str, str], interrupted: bool) -> list[tuple[str, str]]:
+def create_trial_run(ref: SweepRef, trial_id: str, run_name: str, tags: Mapping[str, str] | None = None) -> str:
+    """A child run of the sweep for Ray trial `trial_id` (RUNNING); returns its id."""
+    tags = {MLFLOW_PARENT_RUN_ID: ref.parent_run_id, TAG_ROLE: "trial", TAG_TRIAL_ID: trial_id, **ref.git,
+            **(tags or {})}
+    return MlflowClient(ref.tracking_uri).create_run(ref.experiment_id, run_name=run_name, tags=tags).info.run_id
+
+
+def close_orphans(ref: SweepRef, trial_errors: Mapping[str, str], interrupted: bool,
+                  kinds: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
     """Driver-side sweep once no trial runs: a child still RUNNING lost its process (killed actor, dead node,
-    Ctrl+C). It becomes FAILED (with the Ray error) if its trial errored, else KILLED (a resume revives it).
-    Returns [(run name, new status)]."""
+    Ctrl+C, an unreachable store). It becomes FAILED (with the Ray error, and `kinds[trial id]` as its
+    failure_kind) if its trial errored, else KILLED (a resume revives it). Returns [(run name, new status)]."""
     changed = []
     for run in child_runs(ref):
         if run.info.status != ACTIVE:
             continue
         tid = run.data.tags.get(TAG_TRIAL_ID, "")
         if tid in trial_errors:
-            set_status(ref, run.info.run_id, FAILED, {TAG_ERROR: _truncate(trial_errors[tid])})
+            tags = {TAG_ERROR: truncate(trial_errors[tid])}
+            if kinds and tid in kinds:
+                tags[TAG_FAILURE_KIND] = kinds[tid]
+            set_status(ref, run.info.run_id, FAILED, tags)
             changed.append((run.info.run_name, FAILED))
         else:
             note = "interrupted; resume with --resume" if interrupted else "trial process ended without closing its run"
@@ -266,7 +283,7 @@ def close_orphans(ref: SweepRef, trial_errors: Mapping[str, str], interrupted: b
     return changed
 
 
-def _truncate(text: str, limit: int = MAX_TAG_VAL_LENGTH - 100) -> str:
+def truncate(text: str, limit: int = MAX_TAG_VAL_LENGTH - 100) -> str:
     """Keep the head (exception type and message) and the tail (innermost frames) of a long error text."""
     if len(text) <= limit:
         return text
@@ -277,7 +294,7 @@ def _truncate(text: str, limit: int = MAX_TAG_VAL_LENGTH - 100) -> str:
 def error_text(exc: BaseException) -> str:
     """'ExcType: message' then the traceback: what the `error` tag shows in the UI."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return _truncate(f"{type(exc).__name__}: {exc}\n\n{tb}")
+    return truncate(f"{type(exc).__name__}: {exc}\n\n{tb}")
 
 
 # ---- one trial (child run) ---------------------------------------------------------------------------------------
@@ -299,11 +316,8 @@ class TrialTracker:
         """Resume `run_id` (from the Ray checkpoint), else the run already tagged with this trial id, else create."""
         run_id = run_id or self._find_by_trial_id()
         if run_id is None:
-            tags = {
-                MLFLOW_PARENT_RUN_ID: self.ref.parent_run_id, TAG_ROLE: "trial", TAG_CONDITION: self.cfg.condition,
-                TAG_SEED: str(self.cfg.seed), TAG_TRIAL_ID: self.trial_id, **self.ref.git,
-            }
-            self.run_id = self.client.create_run(self.ref.experiment_id, run_name=self.run_name, tags=tags).info.run_id
+            self.run_id = create_trial_run(self.ref, self.trial_id, self.run_name,
+                                           {TAG_CONDITION: self.cfg.condition, TAG_SEED: str(self.cfg.seed)})
             self._log_params(set())
             return self.run_id
         self.run_id = run_id
@@ -316,6 +330,9 @@ class TrialTracker:
         if TAG_ERROR in run.data.tags:  # recovered from this error: keep it, but the run is no longer failed
             tags.append(RunTag(TAG_PREVIOUS_ERROR, run.data.tags[TAG_ERROR]))
             self.client.delete_tag(run_id, TAG_ERROR)
+        if TAG_FAILURE_KIND in run.data.tags:
+            tags.append(RunTag(TAG_PREVIOUS_FAILURE_KIND, run.data.tags[TAG_FAILURE_KIND]))
+            self.client.delete_tag(run_id, TAG_FAILURE_KIND)
         self.client.log_batch(run_id, tags=tags)
         self.client.update_run(run_id, status=ACTIVE)
         return run_id
@@ -344,12 +361,17 @@ class TrialTracker:
         """One batched write of the epoch's metric dict at step=epoch; False if this step was logged before."""
         if epoch <= self.last_step:
             return False
-        ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, epoch) for k, v in metrics.items()]
-        for i in range(0, len(items), MAX_METRICS_PER_BATCH):  # MLflow caps a batch at 1000 metrics
-            self.client.log_batch(self.run_id, metrics=items[i:i + MAX_METRICS_PER_BATCH])
-        self.last_step = epoch
+        self.log_metrics(epoch, metrics, int(time.time() * 1000))
         return True
+
+    def log_metrics(self, step: int, metrics: Mapping[str, float], timestamp_ms: int) -> None:
+        """Write `metrics` at `step` (batches of MLflow's 1000-metric cap). Sending the same entry again is a no-op
+        in MLflow's store (a metric is stored once per key, step, timestamp and value): ncood.tune.outbox relies
+        on that."""
+        items = [Metric(k, float(v), timestamp_ms, step) for k, v in metrics.items()]
+        for i in range(0, len(items), MAX_METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=items[i:i + MAX_METRICS_PER_BATCH])
+        self.last_step = max(self.last_step, step)
 
     def log_artifacts(self, paths: Iterable[str | Path], artifact_path: str | None = None) -> None:
         for p in paths:
@@ -361,12 +383,14 @@ class TrialTracker:
     def finish(self) -> None:
         self.client.set_terminated(self.run_id, FINISHED)
 
-    def fail(self, exc: BaseException) -> None:
-        """FAILED with the error in the `error` tag; never raises (the original error matters more)."""
+    def fail(self, exc: BaseException, kind: str | None = None) -> None:
+        """FAILED with the error in the `error` tag (and `kind` in failure_kind); never raises (the original error
+        matters more)."""
         if self.run_id is None:
             return
         try:
-            self.client.set_tag(self.run_id, TAG_ERROR, error_text(exc))
+            tags = {TAG_ERROR: error_text(exc), **({TAG_FAILURE_KIND: kind} if kind else {})}
+            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             self.client.set_terminated(self.run_id, FAILED)
         except Exception:  # noqa: BLE001 - the store may be what failed
             pass

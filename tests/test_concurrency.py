@@ -4,32 +4,18 @@ experiment. Both finish with every run complete; the store is in WAL mode. The P
 in tests/test_deploy.py."""
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from ncood import keys, tracking
 
-REPO = Path(__file__).resolve().parents[1]
+from sweep_procs import job_env, stop_tree, sweep_command
+
 TRIALS_PER_SWEEP = 4  # 2 seeds x L2 off/on, all at once (--num-cpus 4)
-
-
-def sweep_command(tracking_uri: str, storage: Path, experiment: str, *extra: str) -> list[str]:
-    """A tiny ablation job: width 2, 2 epochs, the cheap OoD set, 4 trials at once on its own local Ray."""
-    return [sys.executable, str(REPO / "tune_jobs" / "ablation.py"), "--seeds", "2", "--l2", "off", "on",
-            "--epochs", "2", "--width", "2", "--ood-sets", "noise", "--num-cpus", str(TRIALS_PER_SWEEP),
-            "--experiment", experiment, "--tracking-uri", tracking_uri, "--storage-path", str(storage),
-            "--quiet", "--no-aggregate", *extra]
-
-
-def job_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    return {**env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **extra}
 
 
 def max_overlap(runs) -> int:
@@ -78,14 +64,13 @@ def test_two_sweeps_at_once_into_one_sqlite_experiment(tmp_path):
     procs = []
     for i, log in enumerate(logs):
         with open(log, "wb") as out:
-            procs.append(subprocess.Popen(sweep_command(uri, tmp_path / f"ray{i}", "shared"), env=job_env(),
-                                          stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path))
+            cmd = sweep_command(uri, tmp_path / f"ray{i}", "shared", "--seeds", "2", "--num-cpus", str(TRIALS_PER_SWEEP))
+            procs.append(subprocess.Popen(cmd, env=job_env(), stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path))
     try:
         codes = [p.wait(timeout=540) for p in procs]
     finally:
         for p in procs:
-            if p.poll() is None:
-                p.kill()
+            stop_tree(p)
     texts = [log.read_text(errors="replace") for log in logs]
     for code, text in zip(codes, texts):
         assert code == 0, text[-5000:]

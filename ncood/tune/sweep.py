@@ -22,43 +22,10 @@ from ray import tune
 from ncood import keys, tracking
 from ncood.tune.cluster import SqliteOnClusterCheck, init_ray, warn_if_sqlite_on_cluster
 from ncood.tune.grid import config_from_tune, make_param_space, trial_dirname, trial_name
+from ncood.tune.status import SweepStatusCallback, best_effort, close_runs
 from ncood.tune.trial import TrialRuntime, train_trial
 
 SWEEP_FILE = "ncood_sweep.json"  # in the Ray experiment dir: what `--resume` needs to reattach to MLflow
-
-
-def _trial_error(trial) -> str:
-    path = trial.error_file
-    text = Path(path).read_text() if path and Path(path).exists() else "trial failed (no error file)"
-    return f"Ray trial {trial.trial_id} failed after {trial.num_failures} attempt(s)\n{text}"
-
-
-class SweepStatusCallback(tune.Callback):
-    """Keeps MLflow run statuses true where the trial's own process could not: an actor killed by the OS, a trial
-    stopped early by ASHA, Ctrl+C. Tune pickles it into the experiment state, so a restored sweep keeps it."""
-
-    def __init__(self, ref: tracking.SweepRef) -> None:
-        self.ref = ref
-
-    def _running_run(self, trial_id: str):
-        run = tracking.trial_run(self.ref, trial_id)
-        return run if run is not None and run.info.status == tracking.ACTIVE else None
-
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        run = self._running_run(trial.trial_id)  # normally the trial finished its run itself
-        if run is not None:
-            tags = {tracking.TAG_STOPPED_EARLY: str(trial.last_result.get("epoch", "?"))}
-            tracking.set_status(self.ref, run.info.run_id, tracking.FINISHED, tags)
-
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        run = self._running_run(trial.trial_id)
-        if run is not None:
-            tracking.set_status(self.ref, run.info.run_id, tracking.FAILED, {tracking.TAG_ERROR: _trial_error(trial)})
-
-    def on_experiment_end(self, trials, **info) -> None:
-        errors = {t.trial_id: _trial_error(t) for t in trials if t.status == "ERROR"}
-        interrupted = any(t.status not in ("TERMINATED", "ERROR") for t in trials)
-        tracking.close_orphans(self.ref, errors, interrupted)
 
 
 @dataclass
@@ -227,19 +194,29 @@ def run_sweep(settings: SweepSettings, param_space: Mapping[str, Any] | None = N
     try:
         tuner.fit()  # per-trial outcomes are read back from MLflow and the experiment state below
     except BaseException as e:  # the driver itself failed (or a second Ctrl+C skipped Tune's own shutdown)
-        tracking.close_orphans(ref, {}, interrupted=True)
         status = tracking.KILLED if isinstance(e, KeyboardInterrupt) else tracking.FAILED
-        tracking.set_status(ref, ref.parent_run_id, status, {tracking.TAG_ERROR: tracking.error_text(e)})
+        best_effort("close the runs of the sweep", lambda: tracking.close_orphans(ref, {}, interrupted=True))
+        best_effort("close the sweep run", lambda: tracking.set_status(
+            ref, ref.parent_run_id, status, {tracking.TAG_ERROR: tracking.error_text(e)}))
         raise
     # A trial neither TERMINATED nor ERROR was cut off (Ctrl+C): the sweep can be resumed. Statuses come from the
     # experiment state Tune wrote last (a result's `done` flag is not reliable after a restore).
-    statuses = [t.status for t in tune.ExperimentAnalysis(exp_dir, storage_filesystem=storage.ray_filesystem).trials]
+    trials = tune.ExperimentAnalysis(exp_dir, storage_filesystem=storage.ray_filesystem).trials
+    statuses = [t.status for t in trials]
     interrupted = any(s not in ("TERMINATED", "ERROR") for s in statuses)
-    tracking.close_orphans(ref, {}, interrupted)  # normally a no-op: SweepStatusCallback did it
-    runs = tracking.child_runs(ref)
-    counts = {s: sum(r.info.status == s for r in runs) for s in (tracking.FINISHED, tracking.FAILED, tracking.KILLED)}
-    tracking.set_status(ref, ref.parent_run_id, tracking.KILLED if interrupted else tracking.FINISHED,
-                        {f"trials_{s.lower()}": str(n) for s, n in counts.items()})
+    try:
+        close_runs(ref, trials, interrupted)  # normally a no-op: SweepStatusCallback did it
+        runs = tracking.child_runs(ref)
+        counts = {s: sum(r.info.status == s for r in runs)
+                  for s in (tracking.FINISHED, tracking.FAILED, tracking.KILLED)}
+        tracking.set_status(ref, ref.parent_run_id, tracking.KILLED if interrupted else tracking.FINISHED,
+                            {f"trials_{s.lower()}": str(n) for s, n in counts.items()})
+    except Exception as e:  # noqa: BLE001 - typically the tracking server is down
+        raise tracking.TrackingError(
+            f"the sweep's trials ended ({statuses.count('ERROR')} of {len(statuses)} in ERROR), but the tracking "
+            f"store {ref.tracking_uri} cannot be written ({type(e).__name__}: {str(e).strip()[:300]}). Trials that "
+            f"could not log keep their unlogged epochs in their Ray checkpoints. Once the store is back, finish "
+            f"the sweep with: --resume {storage.display(exp_dir)}") from e
     return SweepResult(ref, storage.display(exp_dir), runs, interrupted, len(statuses), statuses.count("ERROR"))
 
 
@@ -283,7 +260,11 @@ def _restored_tuner(settings: SweepSettings, storage: Storage, exp_dir: str):
     runtime = TrialRuntime(ref, **{k: tuple(v) if isinstance(v, list) else v for k, v in saved["runtime"].items()})
     init_ray(settings.num_cpus)
     warn_if_sqlite_on_cluster(ref.tracking_uri)
-    tracking.set_status(ref, ref.parent_run_id, tracking.ACTIVE)
+    try:
+        tracking.set_status(ref, ref.parent_run_id, tracking.ACTIVE)
+    except Exception as e:  # noqa: BLE001 - nothing has run yet: say what to fix
+        raise tracking.TrackingError(f"cannot resume: the sweep's tracking store {ref.tracking_uri} cannot be "
+                                     f"written ({type(e).__name__}: {str(e).strip()[:300]}); is it up?") from e
     # resume_errored: failed trials get another go from their last checkpoint; restart_errored would drop it.
     fn = _trainable_from_name(saved.get("trainable", _trainable_name(train_trial)))
     tuner = tune.Tuner.restore(exp_dir, _trainable(runtime, saved["resources"], fn), resume_unfinished=True,
