@@ -16,6 +16,8 @@ from pathlib import Path
 import ray
 from ray import tune
 
+from ncood.tune.worker_memory import WORKER_ENV
+
 
 class SqliteOnClusterWarning(UserWarning):
     """A sqlite tracking store on a Ray cluster with more than one node."""
@@ -23,17 +25,21 @@ class SqliteOnClusterWarning(UserWarning):
 
 def init_ray(num_cpus: int | None = None) -> None:
     """Attach to a cluster only when asked (RAY_ADDRESS: `ray job submit` sets it); otherwise start a private local
-    Ray, never a stray cluster that happens to run on this machine (plain `ray.init()` would join it)."""
+    Ray, never a stray cluster that happens to run on this machine (plain `ray.init()` would join it). The job's
+    workers get ncood.tune.worker_memory.WORKER_ENV (merged into the job's runtime env by Ray) unless this
+    process's environment, i.e. the node's or the job's, already sets those variables."""
     if ray.is_initialized():
         return
+    env_vars = {k: v for k, v in WORKER_ENV.items() if k not in os.environ}
+    runtime_env = {"env_vars": env_vars} if env_vars else None
     if os.environ.get("RAY_ADDRESS"):
-        ray.init()
+        ray.init(runtime_env=runtime_env)
         return
     # Local workers inherit this environment: make the ncood source importable there even without `pip install`.
     src = str(Path(__file__).resolve().parents[2])  # the folder holding the ncood package
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     os.environ["PYTHONPATH"] = os.pathsep.join([src, *[p for p in paths if p != src]])
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env)
 
 
 def alive_nodes() -> int:

@@ -29,6 +29,7 @@ from ncood.pipeline import Trial, build_trial, save_artifacts, write_summary
 from ncood.serve import log_ood_scorer
 from ncood.tune.grid import config_from_tune, run_name
 from ncood.tune.outbox import Outbox, TrackingUnavailable
+from ncood.tune import worker_memory
 from ncood.tune.status import failure_kind
 
 GAUSSIANS_FILE = "gaussians.pt"  # written by save_artifacts; logged inside the ood_scorer model only
@@ -136,8 +137,11 @@ def train_trial(config: dict[str, Any], runtime: TrialRuntime) -> None:
     cfg = config_from_tune(config)
     if cfg.device == "auto":  # what Ray assigned, not what is visible: Ray 2.60 hides no GPU from a 0-GPU trial
         cfg = cfg.replace(device="cuda" if ray.get_gpu_ids() else "cpu")
-    with tempfile.TemporaryDirectory(prefix="ncood-outbox-") as spool:
-        _run_trial(config, runtime, cfg, Outbox(Path(spool)))
+    try:
+        with tempfile.TemporaryDirectory(prefix="ncood-outbox-") as spool:
+            _run_trial(config, runtime, cfg, Outbox(Path(spool)))
+    finally:
+        worker_memory.release()  # with reuse_actors this process runs the next trial: keep it flat
 
 
 def _run_trial(config: dict[str, Any], runtime: TrialRuntime, cfg, outbox: Outbox) -> None:
