@@ -64,7 +64,8 @@ def test_two_sweeps_at_once_into_one_sqlite_experiment(tmp_path):
     procs = []
     for i, log in enumerate(logs):
         with open(log, "wb") as out:
-            cmd = sweep_command(uri, tmp_path / f"ray{i}", "shared", "--seeds", "2", "--num-cpus", str(TRIALS_PER_SWEEP))
+            cmd = sweep_command(uri, tmp_path / f"ray{i}", "shared", "--seeds", "2",
+                                "--num-cpus", str(TRIALS_PER_SWEEP))
             procs.append(subprocess.Popen(cmd, env=job_env(), stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path))
     try:
         codes = [p.wait(timeout=540) for p in procs]

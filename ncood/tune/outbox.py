@@ -22,11 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+import requests
+from mlflow.exceptions import MlflowException
+
 from ncood import tracking
 
 OUTBOX_FILE = "outbox.json"  # in a Ray checkpoint dir; the files go to OUTBOX_DIR next to it
 OUTBOX_DIR = "outbox"
 _URLLIB3_BACKOFF_MAX = 120.0  # urllib3 2.x Retry.DEFAULT_BACKOFF_MAX: no single wait is longer
+# What the MLflow client raises when the store cannot be written: MLflow wraps HTTP and database errors in
+# MlflowException; requests' and OS errors (connections, local files of a sqlite store) may come through as such.
+STORE_ERRORS = (MlflowException, requests.RequestException, OSError)
 
 
 class TrackingUnavailable(tracking.TrackingError):
@@ -83,7 +89,7 @@ class Outbox:
                 tracker.log_artifacts([path], entry["artifact_path"])
                 shutil.rmtree(path.parent)
                 self.artifacts.pop(0)
-        except Exception as e:  # noqa: BLE001 - whatever the client raised, the entries stay for the next attempt
+        except STORE_ERRORS as e:  # the entries not sent stay for the next attempt
             raise TrackingUnavailable(self.describe(tracker.ref.tracking_uri, e)) from e
 
     def describe(self, tracking_uri: str, error: BaseException) -> str:

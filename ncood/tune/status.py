@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable
 
 from ray import tune
 

@@ -245,11 +245,10 @@ def _new_tuner(settings: SweepSettings, storage: Storage, param_space: dict, kin
     storage.write_text(f"{exp_dir}/{SWEEP_FILE}", json.dumps({
         "sweep": ref.to_dict(), "runtime": {k: v for k, v in asdict(runtime).items() if k != "sweep"},
         "resources": resources, "kind": kind, "trainable": _trainable_name(trainable)}, indent=2))
+    sweep_callbacks = [SweepStatusCallback(ref), SqliteOnClusterCheck(uri), *callbacks]
     tuner = tune.Tuner(_trainable(runtime, resources, trainable), param_space=param_space,
                        tune_config=tune.TuneConfig(**tune_config),
-                       run_config=tune.RunConfig(name=name, callbacks=[SweepStatusCallback(ref), SqliteOnClusterCheck(uri),
-                                                                    *callbacks],
-                                                 **run_config))
+                       run_config=tune.RunConfig(name=name, callbacks=sweep_callbacks, **run_config))
     return tuner, ref, exp_dir
 
 

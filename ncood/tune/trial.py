@@ -28,7 +28,7 @@ from ncood.evaluate import extract
 from ncood.pipeline import Trial, build_trial, save_artifacts, write_summary
 from ncood.serve import log_ood_scorer
 from ncood.tune.grid import config_from_tune, run_name
-from ncood.tune.outbox import Outbox, TrackingUnavailable
+from ncood.tune.outbox import STORE_ERRORS, Outbox, TrackingUnavailable
 from ncood.tune import worker_memory
 from ncood.tune.status import failure_kind
 
@@ -156,7 +156,7 @@ def _run_trial(config: dict[str, Any], runtime: TrialRuntime, cfg, outbox: Outbo
     tracker = tracking.TrialTracker(runtime.sweep, cfg, tune.get_context().get_trial_id(), run_name(config))
     try:
         done = tracker.finished_metrics(run_id)
-    except Exception as e:  # noqa: BLE001 - the store is unreachable; the checkpoint (and its outbox) stays as is
+    except STORE_ERRORS as e:  # the store is unreachable; the checkpoint (and its outbox) stays as is
         raise TrackingUnavailable(outbox.describe(runtime.sweep.tracking_uri, e)) from e
     if done is not None:  # finished and logged, but interrupted before Ray saw its last report: do not rerun
         tune.report({**done, "epoch": cfg.epochs}, checkpoint=checkpoint)
@@ -164,7 +164,7 @@ def _run_trial(config: dict[str, Any], runtime: TrialRuntime, cfg, outbox: Outbo
     try:
         try:
             tracker.start(run_id)
-        except Exception as e:  # noqa: BLE001
+        except STORE_ERRORS as e:
             raise TrackingUnavailable(outbox.describe(runtime.sweep.tracking_uri, e)) from e
         outbox.flush(tracker)
         callbacks = [val_accuracy] if runtime.val_every_epoch else []
@@ -182,7 +182,7 @@ def _run_trial(config: dict[str, Any], runtime: TrialRuntime, cfg, outbox: Outbo
             try:
                 log_trial_outputs(tracker, trial, out)
                 tracker.finish()
-            except Exception as e:  # noqa: BLE001 - retry from this epoch, not from the one before
+            except STORE_ERRORS as e:  # retry from this epoch, not from the one before
                 _report_with_checkpoint(trial.trainer, tracker.run_id, outbox, final)
                 raise TrackingUnavailable(outbox.describe(runtime.sweep.tracking_uri, e)) from e
             _checkpoint_dir(trial.trainer, tracker.run_id, out)
