@@ -137,11 +137,16 @@ def train_trial(config: dict[str, Any], runtime: TrialRuntime) -> None:
     cfg = config_from_tune(config)
     if cfg.device == "auto":  # what Ray assigned, not what is visible: Ray 2.60 hides no GPU from a 0-GPU trial
         cfg = cfg.replace(device="cuda" if ray.get_gpu_ids() else "cpu")
+    worker_memory.release()  # what an earlier trial of this reused worker left: one stopped early skips its own
     try:
         with tempfile.TemporaryDirectory(prefix="ncood-outbox-") as spool:
             _run_trial(config, runtime, cfg, Outbox(Path(spool)))
-    finally:
-        worker_memory.release()  # with reuse_actors this process runs the next trial: keep it flat
+    except SystemExit:  # Tune stopped the trial and waits for this thread to end before reusing the worker
+        raise
+    except BaseException:
+        worker_memory.release()
+        raise
+    worker_memory.release()  # with reuse_actors this process runs the next trial: keep it flat
 
 
 def _run_trial(config: dict[str, Any], runtime: TrialRuntime, cfg, outbox: Outbox) -> None:

@@ -11,7 +11,8 @@ an arena stays mapped and fragmented there. Two measures together keep the worke
 - MALLOC_ARENA_MAX=2 in every worker's environment (`WORKER_ENV`; it must be set before the process starts, so
   ncood.tune.cluster.init_ray passes it in the job's Ray runtime_env, unless the node already sets it): freed
   memory is reused by the next trial instead of spread over fresh arenas. Alone it still grew ~5 MB per trial.
-- `release()` when a trial ends: a garbage collection, the CUDA caching allocator's cached blocks back to the
+- `release()` when a trial ends (and when the next one starts, for a trial that Tune stopped early: its thread must
+  end at once): a garbage collection, the CUDA caching allocator's cached blocks back to the
   driver (a trial on a shared GPU must not hold the next one's memory), and glibc's malloc_trim(0), which returns
   the free pages of every arena to the OS. Alone it still grew ~10 MB per trial.
 
@@ -27,7 +28,13 @@ from functools import cache
 
 import torch
 
-WORKER_ENV = {"MALLOC_ARENA_MAX": "2"}  # glibc: at most 2 malloc arenas per process (default 8 x cores)
+WORKER_ENV = {
+    "MALLOC_ARENA_MAX": "2",  # glibc: at most 2 malloc arenas per process (default 8 x cores)
+    # Tune reuses a worker only if the finished trial's thread ends within this many seconds (Ray's default: 2);
+    # release() and the trial's own clean-up take longer than that on a busy node, and the next trial then fails
+    # with "Could not re-use actor".
+    "TUNE_FUNCTION_THREAD_TIMEOUT_S": "30",
+}
 
 
 @cache
