@@ -31,7 +31,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from ncood import keys, tracking
+from ncood import checkpoint, keys, tracking
 from ncood.config import ConfigError, TrialConfig
 from ncood.pipeline import build_trial
 from ncood.tune.grid import NAME_FN_KEY
@@ -175,7 +175,7 @@ def continue_trial(config: dict[str, Any], runtime: TrialRuntime) -> None:
                           TAG_ONSET: src["onset"], TAG_REQUESTED: src["requested"]})
         with tempfile.TemporaryDirectory() as d:
             path = MlflowClient(runtime.sweep.tracking_uri).download_artifacts(src["run_id"], src["checkpoint"], d)
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            state = checkpoint.load(path)
         trial = build_trial(cfg, callbacks=[_Reporter(tracker, int(src["onset"]))], progress=False)
         trial.trainer.model.load_state_dict(state["model"])  # weights only: a fresh optimizer and schedule
         onset_metrics: dict[str, float] = {}

@@ -2,7 +2,11 @@
 
 Layout (REFERENCE.md section 7 has the traps this avoids):
 - Store: `sqlite:///<repo>/mlruns/mlflow.db`, artifacts in `<repo>/mlruns/artifacts/<experiment>`, both absolute
-  (Ray trials run in temporary working dirs); `--tracking-uri` or MLFLOW_TRACKING_URI override it.
+  (Ray trials run in temporary working dirs); `--tracking-uri` or MLFLOW_TRACKING_URI override it. Concurrent
+  writers (every trial of one or several sweeps): the database is in WAL mode (set once, persistent in the file);
+  the busy timeout is MLflow 3.17's own (`PRAGMA busy_timeout = 20000` on every session it opens,
+  mlflow/store/db/utils.py), so a writer waits up to 20 s for the lock. sqlite is for one machine
+  (ncood.tune.cluster warns on a multi-node cluster); a cluster uses the server in deploy/.
 - The driver creates the database, the experiment and the sweep's parent run before any trial starts: trials
   racing to create them fail (duplicate column / UNIQUE constraint). Trials receive a `SweepRef` (URI + ids).
 - Each trial is a child run (`mlflow.parentRunId`) named `<condition>-s<seed>`, with every TrialConfig field as a
@@ -15,16 +19,20 @@ Measurement modules never import this one (STYLE.md 8): they return dicts, track
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
+import sqlite3
 import subprocess
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH
@@ -41,6 +49,8 @@ TAG_TRIAL_ID = "ray_trial_id"
 TAG_RAY_EXPERIMENT = "ray_experiment_path"
 TAG_ERROR = "error"  # set on FAILED runs: exception type, message and traceback tail
 TAG_PREVIOUS_ERROR = "previous_error"  # an error the trial recovered from (retry from checkpoint)
+TAG_FAILURE_KIND = "failure_kind"  # on FAILED runs: tracking | oom | killed | error (ncood.tune.status)
+TAG_PREVIOUS_FAILURE_KIND = "previous_failure_kind"  # the kind of the failure the trial recovered from
 TAG_RESTARTS = "restarts"  # how often this run was resumed after a failure or an interruption
 TAG_STOPPED_EARLY = "stopped_early_at_epoch"  # ASHA (search) stopped the trial before its last epoch
 TAG_GIT_DIRTY = "git_dirty"  # "true": the run's code differs from the commit in mlflow.source.git.commit
@@ -100,14 +110,55 @@ def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
     return (Path(tracking_uri[len("sqlite:///"):]).parent / "artifacts" / safe).as_uri()
 
 
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI, else None."""
+    return Path(tracking_uri[len("sqlite:///"):]) if tracking_uri.startswith("sqlite:///") else None
+
+
+@contextlib.contextmanager
+def _exclusive(db: Path) -> Iterator[None]:
+    """One process at a time (flock on `<db>.lock`): MLflow creates a new database's schema with migrations that
+    fail when two processes run them at once (two sweeps started together on a fresh store)."""
+    with open(db.with_name(db.name + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _use_wal(db: Path) -> None:
+    """Write-ahead logging: readers never block the writer and commits are cheaper. Persistent in the file, so
+    set once here; a no-op when it is on already. (The busy timeout is MLflow's own: 20 s on every session.)"""
+    with contextlib.closing(sqlite3.connect(db, timeout=60)) as con:
+        if con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            con.execute("PRAGMA journal_mode=WAL")
+
+
 def prepare_experiment(name: str, tracking_uri: str) -> str:
-    """Create (or find) the experiment on the driver, before any trial starts; returns its id."""
-    if tracking_uri.startswith("sqlite:///"):
-        Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri)  # the first access creates the sqlite schema (one process only)
+    """Create (or find) the experiment on the driver, before any trial starts; returns its id. Safe when several
+    drivers do it at once: a sqlite store is created under a file lock (and switched to WAL), and an experiment
+    that another driver created in the meantime is found instead of failing."""
+    db = sqlite_path(tracking_uri)
+    if db is None:
+        return _get_or_create_experiment(MlflowClient(tracking_uri), name, tracking_uri)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(db):
+        client = MlflowClient(tracking_uri)
+        client.search_experiments(max_results=1)  # the first access creates the schema
+        _use_wal(db)
+        return _get_or_create_experiment(client, name, tracking_uri)
+
+
+def _get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is None:
-        return client.create_experiment(name, artifact_location=_artifact_location(tracking_uri, name))
+        try:
+            return client.create_experiment(name, artifact_location=_artifact_location(tracking_uri, name))
+        except MlflowException as e:  # another driver created it between the lookup and here
+            if e.error_code != "RESOURCE_ALREADY_EXISTS" or client.get_experiment_by_name(name) is None:
+                raise
+            exp = client.get_experiment_by_name(name)
     if exp.lifecycle_stage != "active":
         raise TrackingError(f"MLflow experiment {name!r} is deleted; restore it in the UI, purge it with "
                             f"`mlflow gc --backend-store-uri {tracking_uri}`, or choose another --experiment")
@@ -169,6 +220,10 @@ def start_sweep(tracking_uri: str, experiment_id: str, name: str, params: Mappin
     return SweepRef(tracking_uri, experiment_id, run.info.run_id, dict(git))
 
 
+def set_tags(ref: SweepRef, run_id: str, tags: Mapping[str, str]) -> None:
+    MlflowClient(ref.tracking_uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
 def set_status(ref: SweepRef, run_id: str, status: str, tags: Mapping[str, str] | None = None) -> None:
     client = MlflowClient(ref.tracking_uri)
     for k, v in (tags or {}).items():
@@ -199,17 +254,28 @@ def trial_run(ref: SweepRef, trial_id: str):
     return runs[0] if runs else None
 
 
-def close_orphans(ref: SweepRef, trial_errors: Mapping[str, str], interrupted: bool) -> list[tuple[str, str]]:
+def create_trial_run(ref: SweepRef, trial_id: str, run_name: str, tags: Mapping[str, str] | None = None) -> str:
+    """A child run of the sweep for Ray trial `trial_id` (RUNNING); returns its id."""
+    tags = {MLFLOW_PARENT_RUN_ID: ref.parent_run_id, TAG_ROLE: "trial", TAG_TRIAL_ID: trial_id, **ref.git,
+            **(tags or {})}
+    return MlflowClient(ref.tracking_uri).create_run(ref.experiment_id, run_name=run_name, tags=tags).info.run_id
+
+
+def close_orphans(ref: SweepRef, trial_errors: Mapping[str, str], interrupted: bool,
+                  kinds: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
     """Driver-side sweep once no trial runs: a child still RUNNING lost its process (killed actor, dead node,
-    Ctrl+C). It becomes FAILED (with the Ray error) if its trial errored, else KILLED (a resume revives it).
-    Returns [(run name, new status)]."""
+    Ctrl+C, an unreachable store). It becomes FAILED (with the Ray error, and `kinds[trial id]` as its
+    failure_kind) if its trial errored, else KILLED (a resume revives it). Returns [(run name, new status)]."""
     changed = []
     for run in child_runs(ref):
         if run.info.status != ACTIVE:
             continue
         tid = run.data.tags.get(TAG_TRIAL_ID, "")
         if tid in trial_errors:
-            set_status(ref, run.info.run_id, FAILED, {TAG_ERROR: _truncate(trial_errors[tid])})
+            tags = {TAG_ERROR: truncate(trial_errors[tid])}
+            if kinds and tid in kinds:
+                tags[TAG_FAILURE_KIND] = kinds[tid]
+            set_status(ref, run.info.run_id, FAILED, tags)
             changed.append((run.info.run_name, FAILED))
         else:
             note = "interrupted; resume with --resume" if interrupted else "trial process ended without closing its run"
@@ -218,7 +284,7 @@ def close_orphans(ref: SweepRef, trial_errors: Mapping[str, str], interrupted: b
     return changed
 
 
-def _truncate(text: str, limit: int = MAX_TAG_VAL_LENGTH - 100) -> str:
+def truncate(text: str, limit: int = MAX_TAG_VAL_LENGTH - 100) -> str:
     """Keep the head (exception type and message) and the tail (innermost frames) of a long error text."""
     if len(text) <= limit:
         return text
@@ -229,7 +295,7 @@ def _truncate(text: str, limit: int = MAX_TAG_VAL_LENGTH - 100) -> str:
 def error_text(exc: BaseException) -> str:
     """'ExcType: message' then the traceback: what the `error` tag shows in the UI."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return _truncate(f"{type(exc).__name__}: {exc}\n\n{tb}")
+    return truncate(f"{type(exc).__name__}: {exc}\n\n{tb}")
 
 
 # ---- one trial (child run) ---------------------------------------------------------------------------------------
@@ -251,11 +317,8 @@ class TrialTracker:
         """Resume `run_id` (from the Ray checkpoint), else the run already tagged with this trial id, else create."""
         run_id = run_id or self._find_by_trial_id()
         if run_id is None:
-            tags = {
-                MLFLOW_PARENT_RUN_ID: self.ref.parent_run_id, TAG_ROLE: "trial", TAG_CONDITION: self.cfg.condition,
-                TAG_SEED: str(self.cfg.seed), TAG_TRIAL_ID: self.trial_id, **self.ref.git,
-            }
-            self.run_id = self.client.create_run(self.ref.experiment_id, run_name=self.run_name, tags=tags).info.run_id
+            self.run_id = create_trial_run(self.ref, self.trial_id, self.run_name,
+                                           {TAG_CONDITION: self.cfg.condition, TAG_SEED: str(self.cfg.seed)})
             self._log_params(set())
             return self.run_id
         self.run_id = run_id
@@ -268,6 +331,9 @@ class TrialTracker:
         if TAG_ERROR in run.data.tags:  # recovered from this error: keep it, but the run is no longer failed
             tags.append(RunTag(TAG_PREVIOUS_ERROR, run.data.tags[TAG_ERROR]))
             self.client.delete_tag(run_id, TAG_ERROR)
+        if TAG_FAILURE_KIND in run.data.tags:
+            tags.append(RunTag(TAG_PREVIOUS_FAILURE_KIND, run.data.tags[TAG_FAILURE_KIND]))
+            self.client.delete_tag(run_id, TAG_FAILURE_KIND)
         self.client.log_batch(run_id, tags=tags)
         self.client.update_run(run_id, status=ACTIVE)
         return run_id
@@ -298,12 +364,17 @@ class TrialTracker:
         """One batched write of the epoch's metric dict at step=epoch; False if this step was logged before."""
         if epoch <= self.last_step:
             return False
-        ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, epoch) for k, v in metrics.items()]
-        for i in range(0, len(items), MAX_METRICS_PER_BATCH):  # MLflow caps a batch at 1000 metrics
-            self.client.log_batch(self.run_id, metrics=items[i:i + MAX_METRICS_PER_BATCH])
-        self.last_step = epoch
+        self.log_metrics(epoch, metrics, int(time.time() * 1000))
         return True
+
+    def log_metrics(self, step: int, metrics: Mapping[str, float], timestamp_ms: int) -> None:
+        """Write `metrics` at `step` (batches of MLflow's 1000-metric cap). Sending the same entry again is a no-op
+        in MLflow's store (a metric is stored once per key, step, timestamp and value): ncood.tune.outbox relies
+        on that."""
+        items = [Metric(k, float(v), timestamp_ms, step) for k, v in metrics.items()]
+        for i in range(0, len(items), MAX_METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=items[i:i + MAX_METRICS_PER_BATCH])
+        self.last_step = max(self.last_step, step)
 
     def log_artifacts(self, paths: Iterable[str | Path], artifact_path: str | None = None) -> None:
         for p in paths:
@@ -315,12 +386,14 @@ class TrialTracker:
     def finish(self) -> None:
         self.client.set_terminated(self.run_id, FINISHED)
 
-    def fail(self, exc: BaseException) -> None:
-        """FAILED with the error in the `error` tag; never raises (the original error matters more)."""
+    def fail(self, exc: BaseException, kind: str | None = None) -> None:
+        """FAILED with the error in the `error` tag (and `kind` in failure_kind); never raises (the original error
+        matters more)."""
         if self.run_id is None:
             return
         try:
-            self.client.set_tag(self.run_id, TAG_ERROR, error_text(exc))
+            tags = {TAG_ERROR: error_text(exc), **({TAG_FAILURE_KIND: kind} if kind else {})}
+            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             self.client.set_terminated(self.run_id, FAILED)
         except Exception:  # noqa: BLE001 - the store may be what failed
             pass

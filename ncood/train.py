@@ -20,7 +20,6 @@ states, so `2 epochs + stop + resume 2 epochs` gives the same weights as 4 epoch
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from timm.optim import param_groups_weight_decay
 
-from ncood import keys
+from ncood import checkpoint, keys
 from ncood.collapse import nc_loss
 from ncood.config import TrialConfig
 from ncood.data import DeviceLoader, IDData, normalized_zero
@@ -244,16 +243,13 @@ class Trainer:
         self.history = list(state["history"])
 
     def save_checkpoint(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-        """Atomic write (tmp + rename): a crash mid-save never leaves a truncated checkpoint."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save({**self.state_dict(), **(extra or {})}, tmp)
-        os.replace(tmp, path)
-        return path
+        """Atomic write (tmp + rename): a crash mid-save never leaves a truncated checkpoint. Holds only tensors,
+        numbers, strings, lists and dicts (ncood.checkpoint): loadable with weights_only=True."""
+        return checkpoint.save({**self.state_dict(), **(extra or {})}, path)
 
     def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        """Restore from `path` (weights-only unpickling: a file carrying code is refused, naming the file)."""
+        state = checkpoint.load(path, map_location=self.device)
         self.load_state_dict(state)
         return state
 

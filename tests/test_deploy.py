@@ -10,7 +10,9 @@ Integration (slow, about 1 min on 2 idle cores): a throwaway PostgreSQL cluster 
 server from deploy/mlflow/start-server.sh against it with basic-auth on and a random admin password,
 `ray start --head` with token auth, and `ray job submit` of a tiny ablation grid that tracks into the server as a
 non-admin user. Every run, param, metric and artifact is read back with credentials (and found in PostgreSQL and
-the artifact store); anonymous and wrong-password requests get 401. Finalizers stop everything started.
+the artifact store); anonymous and wrong-password requests get 401. The server fails: it is stopped mid-grid for
+longer than MLflow's (shortened) retry budget and restarted, and `--resume` completes every run with no missing or
+repeated step; two grids started at once into one experiment both finish. Finalizers stop everything started.
 """
 from __future__ import annotations
 
@@ -39,8 +41,10 @@ import pytest
 import yaml
 
 from ncood import keys, tracking
+from ncood.tune.outbox import retry_budget
 
 from job_scripts import load_job
+from sweep_procs import job_env, stop_tree, sweep_command
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -320,13 +324,35 @@ def postgres():
         shutil.rmtree(root, ignore_errors=True)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Server:
+    """deploy/mlflow/start-server.sh as a process group of ours; `stop` and `start` again (an outage) keep the
+    address, the store and the settings."""
+
     uri: str
     admin_password: str
     artifacts: Path
     log: Path
-    pgid: int
+    env: dict
+    proc: subprocess.Popen | None = None
+
+    @property
+    def pgid(self) -> int:
+        return self.proc.pid
+
+    def start(self, timeout: float = 150) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(["bash", str(DEPLOY / "mlflow" / "start-server.sh")], env=self.env,
+                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + timeout
+        while self.proc.poll() is None and _http_status(f"{self.uri}/health") != 200:
+            assert time.time() < deadline, f"tracking server not up after {timeout:.0f} s:\n{_log_tail(self.log)}"
+            time.sleep(1)
+        assert self.proc.poll() is None, f"start-server.sh exited with {self.proc.returncode}:\n{_log_tail(self.log)}"
+
+    def stop(self, grace: float = 15) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            _stop_group(self.proc, grace)
 
 
 def _stop_group(proc: subprocess.Popen, grace: float) -> None:
@@ -372,19 +398,12 @@ def mlflow_server(postgres):
         "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32), "MLFLOW_HOST": "127.0.0.1",
         "MLFLOW_PORT": str(port), "MLFLOW_WORKERS": "1", "MLFLOW_RUN_DIR": str(root / "run"),
     })
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(["bash", str(DEPLOY / "mlflow" / "start-server.sh")], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
+    server = Server(f"http://127.0.0.1:{port}", admin_password, root / "artifacts", log, env)
     try:
-        deadline = time.time() + 150
-        while proc.poll() is None and _http_status(f"{uri}/health") != 200:
-            assert time.time() < deadline, f"tracking server not up after 150 s:\n{_log_tail(log)}"
-            time.sleep(1)
-        assert proc.poll() is None, f"start-server.sh exited with {proc.returncode}:\n{_log_tail(log)}"
-        yield Server(uri, admin_password, root / "artifacts", log, proc.pid)
+        server.start()
+        yield server
     finally:
-        _stop_group(proc, grace=15)
+        server.stop()
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -503,3 +522,107 @@ def test_ray_job_tracks_into_the_shared_server(postgres, mlflow_server, ray_head
     for secret in (postgres.password, mlflow_server.admin_password, service_password):
         assert secret not in server_text  # neither on the server's command lines nor in its log
 
+
+
+# ---- the server fails: an outage longer than MLflow's retries; two sweeps at once ------------------------------------
+def _admin_client(server: Server, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", server.admin_password)
+    return MlflowClient(server.uri)
+
+
+def _trial_runs(client, experiment: str) -> tuple[list, list]:
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=100) if exp else []
+    return ([r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "sweep"],
+            [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "trial"])
+
+
+def _assert_complete(client, experiment: str, sweeps: int, trials: int, epochs: int) -> list:
+    """Every sweep and trial run FINISHED, and every metric of every trial logged once per epoch 1..epochs."""
+    parents, children = _trial_runs(client, experiment)
+    assert len(parents) == sweeps and {r.info.status for r in parents} == {"FINISHED"}
+    assert len(children) == trials and {r.info.status for r in children} == {"FINISHED"}, \
+        [(r.info.run_name, r.info.status) for r in children]
+    for run in children:
+        assert keys.LOSS_TRAIN in run.data.metrics
+        for key in run.data.metrics:
+            steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+            assert steps == list(range(1, epochs + 1)), (run.info.run_name, key, steps)
+    return children
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_outage_longer_than_the_retry_budget_loses_nothing(mlflow_server, monkeypatch, tmp_path):
+    """MLflow's client retries for retry_budget() seconds (here set to 2 s through its variables). The server is
+    stopped once the first epoch is logged and stays down until the job has given up (its trials end in ERROR
+    with their unlogged epochs in their Ray checkpoints; the job says how to resume); then it is started again and
+    `--resume` finishes every run without a missing or a repeated step."""
+
+    client = _admin_client(mlflow_server, monkeypatch)
+    short = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+             "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    assert retry_budget(short) == 2.0
+    env = job_env(MLFLOW_TRACKING_USERNAME=ADMIN, MLFLOW_TRACKING_PASSWORD=mlflow_server.admin_password, **short)
+    epochs = 4
+    cmd = sweep_command(mlflow_server.uri, tmp_path / "ray", "outage", "--epochs", str(epochs), "--num-cpus", "2",
+                        "--keep-checkpoint-epochs", "2", "--max-failures", "1")
+    log = tmp_path / "job.log"
+    with open(log, "wb") as out:
+        job = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 300
+        while not any(client.get_metric_history(r.info.run_id, keys.LOSS_TRAIN)
+                      for r in _trial_runs(client, "outage")[1]):
+            assert job.poll() is None and time.time() < deadline, log.read_text(errors="replace")[-4000:]
+            time.sleep(0.3)
+        down_at = time.time()
+        mlflow_server.stop()  # mid-grid: one epoch of some trial is logged, the rest is still to come
+        rc = job.wait(timeout=300)
+    finally:
+        stop_tree(job)
+        up_at = time.time()
+        if mlflow_server.proc.poll() is not None:
+            mlflow_server.start()  # the module's other tests need it back, whatever happened above
+    text = log.read_text(errors="replace")
+    assert up_at - down_at > retry_budget(short)  # the outage outlasted what MLflow's retries cover
+    assert rc == 2 and "TrackingUnavailable" in text, text[-5000:]
+    assert "--resume" in text.split("ablation:")[-1], text[-3000:]  # the job says how to finish it
+
+    resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-4000:]
+    children = _assert_complete(client, "outage", sweeps=1, trials=2, epochs=epochs)
+    # An epoch trained while the server was down was written from the outbox after it came back, with the time it
+    # was measured: it was not trained again after the restart.
+    during = [m for r in children for m in client.get_metric_history(r.info.run_id, keys.LOSS_TRAIN)
+              if down_at * 1000 < m.timestamp < up_at * 1000]
+    assert during, "no epoch measured during the outage reached MLflow"
+    for run in children:  # the epoch checkpoint kept for the NC intervention was not lost either
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/epoch_002.pt"]
+        assert {"checkpoint.pt", "summary.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert int(run.data.tags[tracking.TAG_RESTARTS]) >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_two_sweeps_at_once_into_one_server_experiment(mlflow_server, monkeypatch, tmp_path):
+    """Two ablation jobs started together into one experiment of the PostgreSQL-backed server (2 x 2 trials
+    writing at once; the sqlite case with 8 writers is tests/test_concurrency.py)."""
+
+    client = _admin_client(mlflow_server, monkeypatch)
+    env = job_env(MLFLOW_TRACKING_USERNAME=ADMIN, MLFLOW_TRACKING_PASSWORD=mlflow_server.admin_password)
+    jobs = []
+    for i in range(2):
+        cmd = sweep_command(mlflow_server.uri, tmp_path / f"ray{i}", "pg-concurrent", "--num-cpus", "2")
+        jobs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        outputs = [j.communicate(timeout=500)[0] for j in jobs]
+    finally:
+        for j in jobs:
+            stop_tree(j)
+    for j, out in zip(jobs, outputs):
+        assert j.returncode == 0, out[-5000:]
+    _assert_complete(client, "pg-concurrent", sweeps=2, trials=4, epochs=2)

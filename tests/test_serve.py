@@ -36,6 +36,7 @@ from ncood.serve.server import local_server
 
 EXPERIMENT = "serve-test"
 LIMITS = {"max_images": 40, "max_image_bytes": 60_000, "max_pixels": 100_000}  # NCOOD_SERVING_LIMITS override
+REQUEST_LIMITS = {"max_body_bytes": 2_000_000}  # NCOOD_REQUEST_LIMITS (ncood.serve.guard), in front of MLflow
 N_EACH = 16  # ID digits and OoD photo patches per good request
 
 
@@ -240,7 +241,8 @@ def server(registered, tmp_path_factory):
     reg, _ = registered
     log = tmp_path_factory.mktemp("server") / "server.log"
     with local_server("models:/ncood-ood-scorer@champion", tracking_uri=reg.tracking_uri, model_config=LIMITS,
-                      log_path=log, extra_env={"OMP_NUM_THREADS": "1"}) as url:
+                      log_path=log, extra_env={"OMP_NUM_THREADS": "1",
+                                               "NCOOD_REQUEST_LIMITS": json.dumps(REQUEST_LIMITS)}) as url:
         yield url
 
 
@@ -328,3 +330,45 @@ def test_server_rejects_bad_input_and_keeps_serving(server, images):
     assert status == 200 and len(json.loads(text)["predictions"]) == 1
 
 
+
+
+def _raw_request(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+    """POST exactly these headers (urllib would add a form Content-Type of its own)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    try:
+        conn.request("POST", parts.path, body=body, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode()
+    finally:
+        conn.close()
+
+
+def test_server_answers_4xx_before_mlflow_parses(server, images):
+    """Bodies MLflow's own parser answers with 500 (json.loads RecursionError; a missing Content-Type) and an
+    over-large body get 4xx from ncood.serve.guard, and the server keeps serving."""
+    good = images[1][0]
+    json_type = {"Content-Type": "application/json"}
+    cases = {
+        "nested lists": (b"[" * 5000 + b"]" * 5000, json_type, 400, "5000 levels deep"),
+        "nested objects": (b'{"a":' * 5000 + b"1" + b"}" * 5000, json_type, 400, "5000 levels deep"),
+        "nested inside inputs": (b'{"inputs": {"image": ' + b"[" * 3000 + b"]" * 3000 + b"}}", json_type, 400,
+                                 "3002 levels deep"),
+        "no content type": (json.dumps({"inputs": {"image": [good]}}).encode(), {}, 415, "Content-Type"),
+        "over the byte cap": (json.dumps({"inputs": {"image": [good] * 1}}).encode() + b" " * 2_100_000,
+                              json_type, 413, "over the cap of 2000000 bytes"),
+    }
+    for name, (body, headers, expected, fragment) in cases.items():
+        status, text = _raw_request(server + "/invocations", body, headers)
+        assert status == expected, f"{name}: HTTP {status} {text[:300]}"
+        assert fragment in json.loads(text)["message"], f"{name}: {text[:300]}"
+    # brackets inside strings are not nesting: a good request whose base64 cell MLflow then refuses (400, not 500)
+    status, text = _raw_request(server + "/invocations", json.dumps({"inputs": {"image": ["[" * 5000]}}).encode(),
+                                json_type)
+    assert status == 400 and "row 0" in json.loads(text)["message"], text[:300]
+    assert _request(server + "/ping")[0] == 200
+    status, text = _request(server + "/invocations", {"dataframe_split": {"columns": ["image"], "data": [[good]]}})
+    assert status == 200 and len(json.loads(text)["predictions"]) == 1

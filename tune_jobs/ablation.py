@@ -4,7 +4,7 @@
     python tune_jobs/ablation.py --preset table1 --gpus-per-trial 0.25 --data-root /data
     python tune_jobs/ablation.py --resume               # continue the newest interrupted sweep of this experiment
     python tune_jobs/ablation.py --preset table1 --dry-run   # list every resolved condition; starts nothing
-    ray job submit --working-dir . -- python tune_jobs/ablation.py --tracking-uri sqlite:////abs/mlruns/mlflow.db
+    ray job submit --working-dir . -- python tune_jobs/ablation.py --tracking-uri https://mlflow.example.internal
 
 Without RAY_ADDRESS it starts a private local Ray; `ray job submit` sets RAY_ADDRESS, so the job joins that cluster.
 Each trial is one MLflow child run of one sweep parent run; see README.md and `--help`.
@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "a summary table and the MLflow UI command at the end. Starts a private local Ray unless "
                     "RAY_ADDRESS is set (ray job submit sets it). Ctrl+C stops the sweep; --resume continues it.",
         epilog="Cluster: ray start --head, then ray job submit --working-dir . -- python tune_jobs/ablation.py "
-               "--tracking-uri sqlite:////ABS/mlruns/mlflow.db --storage-path /ABS/runs/ray (README.md).",
+               "--tracking-uri https://MLFLOW-SERVER --storage-path /SHARED/ray (README.md; the server: deploy/). "
+               "A sqlite store is for one machine: with more than one node the job warns.",
     )
     jobs.add_grid_flags(parser)
     jobs.add_run_flags(parser)

@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ncood import checkpoint
+
 __all__ = ["JITTERS", "PRUNE_NATS", "ClassGaussians", "GaussianFitError", "fit_class_gaussians", "zero_variance_dims"]
 
 # DDU utils/gmm_utils.py:6, verbatim: 0, finfo(float64).tiny, then 1e-308, 1e-307, ..., 1e-1 (Python's 10 ** -308 is
@@ -170,7 +172,7 @@ class ClassGaussians:
 
     @classmethod
     def load(cls, path: str | Path, map_location: torch.device | str = "cpu") -> ClassGaussians:
-        return cls.from_state_dict(torch.load(path, map_location=map_location, weights_only=True))
+        return cls.from_state_dict(checkpoint.load(path, map_location=map_location))
 
 
 def _mahalanobis(chol: Tensor, mean: Tensor, z: Tensor) -> Tensor:

@@ -26,6 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ncood import keys, tracking
+from ncood.serve.guard import PROTOCOL
 from ncood.serve.package import SCORER_NAME, process_tracking_uri
 
 MODEL_NAME = "ncood-ood-scorer"
@@ -217,8 +218,9 @@ def register_best(experiment: str, *, metric: str | None = None, alias: str = DE
 
 
 def serve_command(reg: Registration, port: int = DEFAULT_PORT) -> str:
-    return (f"MLFLOW_TRACKING_URI={reg.tracking_uri} mlflow models serve -m models:/{reg.model_name}@{reg.alias} "
-            f"--env-manager local -h 127.0.0.1 -p {port}")
+    # UVICORN_HTTP: ncood's request limits in front of MLflow's parser (ncood.serve.guard)
+    return (f"MLFLOW_TRACKING_URI={reg.tracking_uri} UVICORN_HTTP={PROTOCOL} "
+            f"mlflow models serve -m models:/{reg.model_name}@{reg.alias} --env-manager local -h 127.0.0.1 -p {port}")
 
 
 def format_registration(reg: Registration, port: int = DEFAULT_PORT) -> str:

@@ -49,6 +49,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from torch import Tensor, nn
 
+from ncood import checkpoint
 from ncood.data import DatasetInfo, to_model_input
 from ncood.evaluate import classifier_inputs
 from ncood.models import create_model
@@ -356,9 +357,9 @@ class Scorer:
         """scores_path: the packed states of the scores besides gmm (scores.pt; format-1 packages have none)."""
         spec = ScorerSpec.load(spec_path)
         model = create_model(spec.arch, **spec.model_kwargs)
-        model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+        model.load_state_dict(checkpoint.load(weights_path))
         limits = ServingLimits.from_dict({**spec.limits.to_dict(), **dict(limit_overrides or {})})
-        states = unpack_states(torch.load(scores_path, map_location="cpu", weights_only=True)) if scores_path else {}
+        states = unpack_states(checkpoint.load(scores_path)) if scores_path else {}
         return cls(spec, model, {**states, "gmm": ClassGaussians.load(gaussians_path)}, limits)
 
     def prepare(self, images01: Sequence[Tensor]) -> Tensor:

@@ -4,7 +4,8 @@ Used by tests/test_serve.py and bench/serve.py. The server is MLflow's FastAPI a
 serve` starts uvicorn as its child through `bash -c "exec uvicorn ..."`, found on PATH, so the interpreter's own
 bin folder goes first on the child's PATH. Both processes live in a new session (process group) that is
 terminated as a whole on exit (SIGTERM, then SIGKILL after a grace period). `models:/` URIs resolve through
-MLFLOW_TRACKING_URI, which the child gets from `tracking_uri`.
+MLFLOW_TRACKING_URI, which the child gets from `tracking_uri`. uvicorn gets UVICORN_HTTP=ncood.serve.guard's
+protocol, so over-large, deeply nested or untyped bodies get a 4xx before MLflow parses them.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from ncood.serve.guard import PROTOCOL
 from ncood.serve.scorer import LIMITS_ENV
 
 LOOPBACK = "127.0.0.1"
@@ -78,6 +80,7 @@ def local_server(model_uri: str, *, tracking_uri: str | None = None, port: int |
         env["MLFLOW_TRACKING_URI"] = tracking_uri
     if model_config:
         env[LIMITS_ENV] = json.dumps(dict(model_config))
+    env.setdefault("UVICORN_HTTP", PROTOCOL)  # request limits in front of MLflow's parser (ncood.serve.guard)
     env.update(extra_env or {})
     tmp = None
     if log_path is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import secrets
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,59 +20,12 @@ import ray
 from ray import tune
 
 from ncood import keys, tracking
+from ncood.tune.cluster import SqliteOnClusterCheck, init_ray, warn_if_sqlite_on_cluster
 from ncood.tune.grid import config_from_tune, make_param_space, trial_dirname, trial_name
+from ncood.tune.status import SweepStatusCallback, best_effort, close_runs
 from ncood.tune.trial import TrialRuntime, train_trial
 
 SWEEP_FILE = "ncood_sweep.json"  # in the Ray experiment dir: what `--resume` needs to reattach to MLflow
-
-
-def _trial_error(trial) -> str:
-    path = trial.error_file
-    text = Path(path).read_text() if path and Path(path).exists() else "trial failed (no error file)"
-    return f"Ray trial {trial.trial_id} failed after {trial.num_failures} attempt(s)\n{text}"
-
-
-class SweepStatusCallback(tune.Callback):
-    """Keeps MLflow run statuses true where the trial's own process could not: an actor killed by the OS, a trial
-    stopped early by ASHA, Ctrl+C. Tune pickles it into the experiment state, so a restored sweep keeps it."""
-
-    def __init__(self, ref: tracking.SweepRef) -> None:
-        self.ref = ref
-
-    def _running_run(self, trial_id: str):
-        run = tracking.trial_run(self.ref, trial_id)
-        return run if run is not None and run.info.status == tracking.ACTIVE else None
-
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        run = self._running_run(trial.trial_id)  # normally the trial finished its run itself
-        if run is not None:
-            tags = {tracking.TAG_STOPPED_EARLY: str(trial.last_result.get("epoch", "?"))}
-            tracking.set_status(self.ref, run.info.run_id, tracking.FINISHED, tags)
-
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        run = self._running_run(trial.trial_id)
-        if run is not None:
-            tracking.set_status(self.ref, run.info.run_id, tracking.FAILED, {tracking.TAG_ERROR: _trial_error(trial)})
-
-    def on_experiment_end(self, trials, **info) -> None:
-        errors = {t.trial_id: _trial_error(t) for t in trials if t.status == "ERROR"}
-        interrupted = any(t.status not in ("TERMINATED", "ERROR") for t in trials)
-        tracking.close_orphans(self.ref, errors, interrupted)
-
-
-def init_ray(num_cpus: int | None = None) -> None:
-    """Attach to a cluster only when asked (RAY_ADDRESS: `ray job submit` sets it); otherwise start a private local
-    Ray, never a stray cluster that happens to run on this machine (plain `ray.init()` would join it)."""
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-        return
-    # Local workers inherit this environment: make the ncood source importable there even without `pip install`.
-    src = str(Path(__file__).resolve().parents[2])  # the folder holding the ncood package
-    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    os.environ["PYTHONPATH"] = os.pathsep.join([src, *[p for p in paths if p != src]])
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
 
 
 @dataclass
@@ -170,7 +124,7 @@ class Storage:
 
 def find_experiment(storage: Storage, experiment: str, resume: str) -> tuple[Storage, str]:
     """`--resume PATH` -> PATH (a directory or URI); `--resume` alone -> the newest `<experiment>_*` sweep under the
-    storage (names end in a %Y%m%d-%H%M%S start time). Returns (its storage, its path there)."""
+    storage (names end in a %Y%m%d-%H%M%S start time and a random tag). Returns (its storage, its path there)."""
     if resume != "latest":
         storage = Storage.parse(resume)  # Tuner.restore needs an absolute path
         path = storage.path
@@ -240,19 +194,29 @@ def run_sweep(settings: SweepSettings, param_space: Mapping[str, Any] | None = N
     try:
         tuner.fit()  # per-trial outcomes are read back from MLflow and the experiment state below
     except BaseException as e:  # the driver itself failed (or a second Ctrl+C skipped Tune's own shutdown)
-        tracking.close_orphans(ref, {}, interrupted=True)
         status = tracking.KILLED if isinstance(e, KeyboardInterrupt) else tracking.FAILED
-        tracking.set_status(ref, ref.parent_run_id, status, {tracking.TAG_ERROR: tracking.error_text(e)})
+        best_effort("close the runs of the sweep", lambda: tracking.close_orphans(ref, {}, interrupted=True))
+        best_effort("close the sweep run", lambda: tracking.set_status(
+            ref, ref.parent_run_id, status, {tracking.TAG_ERROR: tracking.error_text(e)}))
         raise
     # A trial neither TERMINATED nor ERROR was cut off (Ctrl+C): the sweep can be resumed. Statuses come from the
     # experiment state Tune wrote last (a result's `done` flag is not reliable after a restore).
-    statuses = [t.status for t in tune.ExperimentAnalysis(exp_dir, storage_filesystem=storage.ray_filesystem).trials]
+    trials = tune.ExperimentAnalysis(exp_dir, storage_filesystem=storage.ray_filesystem).trials
+    statuses = [t.status for t in trials]
     interrupted = any(s not in ("TERMINATED", "ERROR") for s in statuses)
-    tracking.close_orphans(ref, {}, interrupted)  # normally a no-op: SweepStatusCallback did it
-    runs = tracking.child_runs(ref)
-    counts = {s: sum(r.info.status == s for r in runs) for s in (tracking.FINISHED, tracking.FAILED, tracking.KILLED)}
-    tracking.set_status(ref, ref.parent_run_id, tracking.KILLED if interrupted else tracking.FINISHED,
-                        {f"trials_{s.lower()}": str(n) for s, n in counts.items()})
+    try:
+        close_runs(ref, trials, interrupted)  # normally a no-op: SweepStatusCallback did it
+        runs = tracking.child_runs(ref)
+        counts = {s: sum(r.info.status == s for r in runs)
+                  for s in (tracking.FINISHED, tracking.FAILED, tracking.KILLED)}
+        tracking.set_status(ref, ref.parent_run_id, tracking.KILLED if interrupted else tracking.FINISHED,
+                            {f"trials_{s.lower()}": str(n) for s, n in counts.items()})
+    except Exception as e:  # noqa: BLE001 - typically the tracking server is down
+        raise tracking.TrackingError(
+            f"the sweep's trials ended ({statuses.count('ERROR')} of {len(statuses)} in ERROR), but the tracking "
+            f"store {ref.tracking_uri} cannot be written ({type(e).__name__}: {str(e).strip()[:300]}). Trials that "
+            f"could not log keep their unlogged epochs in their Ray checkpoints. Once the store is back, finish "
+            f"the sweep with: --resume {storage.display(exp_dir)}") from e
     return SweepResult(ref, storage.display(exp_dir), runs, interrupted, len(statuses), statuses.count("ERROR"))
 
 
@@ -263,11 +227,13 @@ def _new_tuner(settings: SweepSettings, storage: Storage, param_space: dict, kin
     uri = tracking.resolve_tracking_uri(settings.tracking_uri)
     experiment_id = tracking.prepare_experiment(settings.experiment, uri)
     init_ray(settings.num_cpus)
+    warn_if_sqlite_on_cluster(uri)
     gpus = settings.gpus_per_trial
     if gpus is None:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     resources = {"cpu": settings.cpus_per_trial, "gpu": gpus}
-    name = f"{settings.experiment}_{time.strftime('%Y%m%d-%H%M%S')}"
+    # start time, then a random tag: two sweeps started in the same second must not share a Ray experiment dir
+    name = f"{settings.experiment}_{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     exp_dir = storage.join(name)
     where = ("tracking_uri", "storage_path", "num_cpus", "progress")  # where and how it ran, not what ran
     params = {**sweep_params, **{k: v for k, v in asdict(settings).items() if v is not None and k not in where},
@@ -279,10 +245,10 @@ def _new_tuner(settings: SweepSettings, storage: Storage, param_space: dict, kin
     storage.write_text(f"{exp_dir}/{SWEEP_FILE}", json.dumps({
         "sweep": ref.to_dict(), "runtime": {k: v for k, v in asdict(runtime).items() if k != "sweep"},
         "resources": resources, "kind": kind, "trainable": _trainable_name(trainable)}, indent=2))
+    sweep_callbacks = [SweepStatusCallback(ref), SqliteOnClusterCheck(uri), *callbacks]
     tuner = tune.Tuner(_trainable(runtime, resources, trainable), param_space=param_space,
                        tune_config=tune.TuneConfig(**tune_config),
-                       run_config=tune.RunConfig(name=name, callbacks=[SweepStatusCallback(ref), *callbacks],
-                                                 **run_config))
+                       run_config=tune.RunConfig(name=name, callbacks=sweep_callbacks, **run_config))
     return tuner, ref, exp_dir
 
 
@@ -292,7 +258,12 @@ def _restored_tuner(settings: SweepSettings, storage: Storage, exp_dir: str):
     ref = tracking.SweepRef(**saved["sweep"])
     runtime = TrialRuntime(ref, **{k: tuple(v) if isinstance(v, list) else v for k, v in saved["runtime"].items()})
     init_ray(settings.num_cpus)
-    tracking.set_status(ref, ref.parent_run_id, tracking.ACTIVE)
+    warn_if_sqlite_on_cluster(ref.tracking_uri)
+    try:
+        tracking.set_status(ref, ref.parent_run_id, tracking.ACTIVE)
+    except Exception as e:  # noqa: BLE001 - nothing has run yet: say what to fix
+        raise tracking.TrackingError(f"cannot resume: the sweep's tracking store {ref.tracking_uri} cannot be "
+                                     f"written ({type(e).__name__}: {str(e).strip()[:300]}); is it up?") from e
     # resume_errored: failed trials get another go from their last checkpoint; restart_errored would drop it.
     fn = _trainable_from_name(saved.get("trainable", _trainable_name(train_trial)))
     tuner = tune.Tuner.restore(exp_dir, _trainable(runtime, saved["resources"], fn), resume_unfinished=True,

@@ -2,6 +2,8 @@
 
 Per epoch: the metric dict goes to MLflow (one batch, step = epoch), then to `tune.report` with a checkpoint that
 also holds the MLflow run id, so a retried (max_failures) or restored (Tuner.restore) trial continues its own run.
+What MLflow could not take (a tracking server down longer than the client's retries) stays in the checkpoint's
+outbox (ncood.tune.outbox) and is written first when the trial continues.
 At the end: checkpoint.pt, config.json and summary.json become run artifacts, the fitted class Gaussians go into
 the run's `ood_scorer` model (artifacts/gaussians.pt), the run FINISHED.
 """
@@ -19,12 +21,16 @@ import ray
 import torch
 from ray import tune
 
+from ncood import checkpoint as checkpoint_file
 from ncood import keys, tracking
 from ncood.config import TrialConfig
 from ncood.evaluate import extract
 from ncood.pipeline import Trial, build_trial, save_artifacts, write_summary
 from ncood.serve import log_ood_scorer
 from ncood.tune.grid import config_from_tune, run_name
+from ncood.tune.outbox import STORE_ERRORS, Outbox, TrackingUnavailable
+from ncood.tune import worker_memory
+from ncood.tune.status import failure_kind
 
 GAUSSIANS_FILE = "gaussians.pt"  # written by save_artifacts; logged inside the ood_scorer model only
 RUN_ID_FILE = "mlflow_run.json"  # inside every Ray checkpoint: {"mlflow_run_id": ..., "epoch": ...}
@@ -71,33 +77,47 @@ def val_accuracy(trainer, epoch: int, metrics: dict[str, float]) -> None:
     metrics[keys.ACC_VAL] = float((logits.argmax(1) == trainer.data.val.y.to(logits.device)).double().mean())
 
 
-def _checkpoint_dir(trainer, run_id: str, out: Path) -> Path:
+def _checkpoint_dir(trainer, run_id: str, out: Path, outbox: Outbox | None = None) -> Path:
     trainer.save_checkpoint(out / "checkpoint.pt")
     (out / RUN_ID_FILE).write_text(json.dumps({"mlflow_run_id": run_id, "epoch": trainer.epoch}))
+    if outbox is not None:
+        outbox.save(out)
     return out
+
+
+def _report_with_checkpoint(trainer, run_id: str, outbox: Outbox, metrics: Mapping[str, float]) -> None:
+    with tempfile.TemporaryDirectory() as d:  # tune.report copies it into the storage path
+        _checkpoint_dir(trainer, run_id, Path(d), outbox)
+        tune.report({**metrics, "epoch": trainer.epoch}, checkpoint=tune.Checkpoint.from_directory(d))
 
 
 @dataclass
 class EpochReporter:
-    """Epoch callback (after the Evaluation callback): MLflow batch, then tune.report (+ checkpoint)."""
+    """Epoch callback (after the Evaluation callback): the epoch into the outbox and the outbox to MLflow, then
+    tune.report (+ checkpoint). If MLflow cannot be written, a checkpoint of this epoch holding the outbox is
+    reported and TrackingUnavailable ends the attempt: no epoch is lost (ncood.tune.outbox)."""
 
     tracker: tracking.TrialTracker
     runtime: TrialRuntime
     config: Mapping[str, Any]
+    outbox: Outbox
 
     def __call__(self, trainer, epoch: int, metrics: dict[str, float]) -> None:
         maybe_inject_failure(self.config, trainer.cfg, epoch)
-        self.tracker.log_epoch(epoch, metrics)  # first: a crash before the report re-runs the epoch, never re-logs
-        if epoch in self.runtime.keep_checkpoint_epochs:
-            with tempfile.TemporaryDirectory() as d:
-                path = trainer.save_checkpoint(Path(d) / f"epoch_{epoch:03d}.pt")
-                self.tracker.log_artifacts([path], "checkpoints")
+        if epoch > self.tracker.last_step:  # an epoch re-run after a retry from an older checkpoint was logged
+            self.outbox.add_epoch(epoch, metrics)
+            if epoch in self.runtime.keep_checkpoint_epochs:
+                path = trainer.save_checkpoint(self.outbox.spool / f"epoch_{epoch:03d}.pt")
+                self.outbox.add_file(path, "checkpoints")
+        try:
+            self.outbox.flush(self.tracker)  # first: a crash before the report re-runs the epoch, never re-logs
+        except TrackingUnavailable:
+            _report_with_checkpoint(trainer, self.tracker.run_id, self.outbox, metrics)
+            raise
         if epoch == trainer.cfg.epochs:
             return  # the last report follows the artifacts (train_trial): ASHA may stop a trial at its report
         if self.runtime.checkpoint_every > 0 and epoch % self.runtime.checkpoint_every == 0:
-            with tempfile.TemporaryDirectory() as d:  # tune.report copies it into the storage path
-                _checkpoint_dir(trainer, self.tracker.run_id, Path(d))
-                tune.report({**metrics, "epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(d))
+            _report_with_checkpoint(trainer, self.tracker.run_id, self.outbox, metrics)
         else:
             tune.report({**metrics, "epoch": epoch})
 
@@ -112,27 +132,49 @@ def log_trial_outputs(tracker: tracking.TrialTracker, trial: Trial, out_dir: Pat
 
 def train_trial(config: dict[str, Any], runtime: TrialRuntime) -> None:
     """The Ray function trainable: one trial, resumable from its Ray checkpoint, logged to its own MLflow run."""
-    t0 = time.perf_counter()
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "Checkpoint successfully created" per epoch
     torch.set_num_threads(max(1, int(runtime.cpus_per_trial)))  # Ray reserves these cores; torch would take all
     cfg = config_from_tune(config)
     if cfg.device == "auto":  # what Ray assigned, not what is visible: Ray 2.60 hides no GPU from a 0-GPU trial
         cfg = cfg.replace(device="cuda" if ray.get_gpu_ids() else "cpu")
+    worker_memory.release()  # what an earlier trial of this reused worker left: one stopped early skips its own
+    try:
+        with tempfile.TemporaryDirectory(prefix="ncood-outbox-") as spool:
+            _run_trial(config, runtime, cfg, Outbox(Path(spool)))
+    except SystemExit:  # Tune stopped the trial and waits for this thread to end before reusing the worker
+        raise
+    except BaseException:
+        worker_memory.release()
+        raise
+    worker_memory.release()  # with reuse_actors this process runs the next trial: keep it flat
+
+
+def _run_trial(config: dict[str, Any], runtime: TrialRuntime, cfg, outbox: Outbox) -> None:
+    t0 = time.perf_counter()
     state, run_id = None, None
     checkpoint = tune.get_checkpoint()  # set on a retry (max_failures) and on Tuner.restore
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / "checkpoint.pt", map_location="cpu", weights_only=False)
+            state = checkpoint_file.load(Path(d) / "checkpoint.pt")
             run_id = json.loads((Path(d) / RUN_ID_FILE).read_text())["mlflow_run_id"]
+            outbox.load(Path(d))  # what an earlier attempt could not write to MLflow
     tracker = tracking.TrialTracker(runtime.sweep, cfg, tune.get_context().get_trial_id(), run_name(config))
-    done = tracker.finished_metrics(run_id)
+    try:
+        done = tracker.finished_metrics(run_id)
+    except STORE_ERRORS as e:  # the store is unreachable; the checkpoint (and its outbox) stays as is
+        raise TrackingUnavailable(outbox.describe(runtime.sweep.tracking_uri, e)) from e
     if done is not None:  # finished and logged, but interrupted before Ray saw its last report: do not rerun
         tune.report({**done, "epoch": cfg.epochs}, checkpoint=checkpoint)
         return
     try:
-        tracker.start(run_id)
+        try:
+            tracker.start(run_id)
+        except STORE_ERRORS as e:
+            raise TrackingUnavailable(outbox.describe(runtime.sweep.tracking_uri, e)) from e
+        outbox.flush(tracker)
         callbacks = [val_accuracy] if runtime.val_every_epoch else []
-        trial = build_trial(cfg, callbacks=[*callbacks, EpochReporter(tracker, runtime, config)], progress=False)
+        reporter = EpochReporter(tracker, runtime, config, outbox)
+        trial = build_trial(cfg, callbacks=[*callbacks, reporter], progress=False)
         if state is not None:
             trial.trainer.load_state_dict(state)
         trial.trainer.fit()
@@ -142,12 +184,16 @@ def train_trial(config: dict[str, Any], runtime: TrialRuntime) -> None:
         with tempfile.TemporaryDirectory() as d:
             out = Path(d)
             write_summary(trial, out, save_artifacts(trial, out), time.perf_counter() - t0)
-            log_trial_outputs(tracker, trial, out)
-            tracker.finish()
+            try:
+                log_trial_outputs(tracker, trial, out)
+                tracker.finish()
+            except STORE_ERRORS as e:  # retry from this epoch, not from the one before
+                _report_with_checkpoint(trial.trainer, tracker.run_id, outbox, final)
+                raise TrackingUnavailable(outbox.describe(runtime.sweep.tracking_uri, e)) from e
             _checkpoint_dir(trial.trainer, tracker.run_id, out)
             tune.report({**final, "epoch": cfg.epochs}, checkpoint=tune.Checkpoint.from_directory(d))
     except SystemExit:  # Tune stopped the trial (ASHA, Ctrl+C): the driver sets the run's status
         raise
     except BaseException as e:
-        tracker.fail(e)
+        tracker.fail(e, failure_kind(tracking.error_text(e)))
         raise
