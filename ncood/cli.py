@@ -56,7 +56,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     for name in list_datasets():
         info = get_info(name)
         role = "ID " if info.can_be_id else "OoD"
-        print(f"{name:14s} {role}  {'x'.join(map(str, info.image_shape)):8s} {info.description}")
+        shape = "x".join(map(str, info.image_shape)) if info.image_shape else "as ID"  # generated in the ID shape
+        print(f"{name:14s} {role}  {shape:8s} {info.description}")
     return 0
 
 

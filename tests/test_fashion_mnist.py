@@ -244,3 +244,10 @@ def test_tiny_trial_on_the_debian_files(package, tmp_path):
         for score in ("gmm", "feature_norm", "msp"):
             assert 0 <= final[keys.ood_key(name, score, "auroc")] <= 1
     assert Path(summary["artifacts"]["checkpoint"]).is_file()
+
+
+def test_cli_lists_the_new_sets(capsys):
+    assert cli.main(["datasets"]) == 0  # generated sets (noise, scrambled) have no shape of their own
+    out = capsys.readouterr().out
+    assert "fashion_mnist  ID   1x28x28" in out and "letters        OoD  1x56x56" in out
+    assert "noise          OoD  as ID" in out
