@@ -1,4 +1,4 @@
-"""`ncood` command line: `ncood train | aggregate | register | datasets | models`.
+"""`ncood` command line: `ncood train | aggregate | register | data link | datasets | models`.
 
 Every TrialConfig field is a flag of `ncood train` (built from the dataclass, so the two cannot drift apart);
 values start from a named preset (`--preset`, default: the dataset's own preset, else `digits`).
@@ -56,8 +56,24 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     for name in list_datasets():
         info = get_info(name)
         role = "ID " if info.can_be_id else "OoD"
-        shape = "x".join(map(str, info.image_shape)) if info.image_shape else "ID shape"  # made like the ID set
+        shape = "x".join(map(str, info.image_shape)) if info.image_shape else "as ID"  # generated in the ID shape
         print(f"{name:14s} {role}  {shape:8s} {info.description}")
+    return 0
+
+
+def cmd_data_link(args: argparse.Namespace) -> int:
+    """Install (optionally) and link Fashion-MNIST into the data root; see ncood.data.fashion_mnist."""
+    from ncood.config import default_data_root
+    from ncood.data import fashion_mnist
+
+    if args.install:
+        try:
+            fashion_mnist.install_debian_package()
+        except RuntimeError as e:
+            print(f"ncood: {e}", file=sys.stderr)
+            return 2
+    result = fashion_mnist.link(args.data_root or default_data_root(), args.source or fashion_mnist.DEBIAN_DIR)
+    print(result.describe())
     return 0
 
 
@@ -105,6 +121,19 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
             mod.add_arguments(p)
             p.set_defaults(func=mod.run)
 
+    p = sub.add_parser("data", help="prepare datasets (ncood data link fashion-mnist)")
+    link = p.add_subparsers(dest="action", required=True, metavar="ACTION").add_parser(
+        "link", help="put Fashion-MNIST into the data root where torchvision reads it",
+        description="Unpack the Fashion-MNIST IDX files of Debian's package dataset-fashion-mnist (or of --source) "
+                    "into <data-root>/FashionMNIST/raw and verify them. Training does this by itself on first use "
+                    "when the package is installed.")
+    link.add_argument("dataset", choices=["fashion-mnist", "fashion_mnist"])
+    link.add_argument("--data-root", default=None, help="default: $NCOOD_DATA_ROOT or ~/.cache/ncood/data")
+    link.add_argument("--source", default=None, help="folder with the four IDX files, gzipped or not "
+                                                     "(default: /usr/share/datasets/fashion-mnist, the package's)")
+    link.add_argument("--install", action="store_true",
+                      help="first apt-get install dataset-fashion-mnist if it is missing (needs root)")
+    link.set_defaults(func=cmd_data_link)
     sub.add_parser("datasets", help="list registered datasets").set_defaults(func=cmd_datasets)
     sub.add_parser("models", help="list registered architectures").set_defaults(func=cmd_models)
     return parser

@@ -95,7 +95,8 @@ def model_kwargs(cfg: TrialConfig, info: DatasetInfo) -> dict[str, Any]:
 def build_trial(cfg: TrialConfig, callbacks: Sequence[EpochCallback] = (), progress: bool = True) -> Trial:
     """Load the data onto the device, build the model with the trial's seed, wire the evaluation callback."""
     device = resolve_device(cfg.device)
-    data = load_id(cfg.dataset, cfg.data_root, device=device, download=cfg.download, split_seed=DATA_SEED)
+    data = load_id(cfg.dataset, cfg.data_root, device=device, download=cfg.download, split_seed=DATA_SEED,
+                   train_subset=cfg.train_subset)
     ood_sets = {name: load_ood(name, cfg.data_root, like=data, device=device, download=cfg.download, seed=DATA_SEED)
                 for name in cfg.ood_sets}
     torch.manual_seed(cfg.seed)

@@ -38,6 +38,9 @@ CONFIG_PRESETS = {
     "cifar10": dict(CIFAR, arch="resnet18", epochs=60, milestones=(40, 50), l2=False, **MODEL),
     # the same recipe on the embedded digits, width-reduced: LR x0.1 at 2/3 and 5/6 of 15 epochs
     "digits": dict(DIGITS, arch="resnet18", milestones=(10, 12), l2=False, **MODEL),
+    # Table 1's "No L2 60" recipe on Fashion-MNIST (the offline real-image set)
+    "fmnist": dict(CIFAR, dataset="fashion_mnist", arch="resnet18", epochs=60, milestones=(40, 50), l2=False,
+                   **MODEL),
 }
 
 
@@ -68,6 +71,10 @@ GRID_PRESETS = {
     # resnet/pretrain_resnet_nc.py:193, pretrain_resnet_nc.sh `--alpha 0.05`) on Table 1's "No L2 60" model
     "nc_control": (15, [_row(CIFAR, "resnet18", 60, False, etf_projector=etf, entropy_reg=ent, label_smoothing=0.1,
                              **MODEL) for etf in (False, True) for ent in (0.0, 0.05)]),
+    # Table 1's ResNet18 60-epoch L2 off/on recipe on Fashion-MNIST (GPU) and its 2-core variant
+    "fmnist": (15, [_row(dict(CIFAR, dataset="fashion_mnist"), "resnet18", 60, l2, **MODEL) for l2 in (False, True)]),
+    "fmnist_cpu": (3, [dict(DIGITS, dataset="fashion_mnist", arch="resnet18", epochs=20, milestones=(13, 17), l2=l2,
+                            train_subset=10000, **MODEL) for l2 in (False, True)]),
 }
 OOD_SETS = {"table1": SEED_OOD}  # presets that fix the OoD sets (the others keep the dataset's default list)
 

@@ -1,9 +1,14 @@
-"""Datasets that need no download: `digits` (the embedded ID default) and the OoD sets `photos`, `scrambled`, `noise`.
+"""Datasets that need no download: `digits` (the embedded ID default) and the OoD sets `photos`, `letters`,
+`scrambled`, `noise`.
 
 - digits: scikit-learn's copy of the UCI optical hand-written digits test set (1797 images, 8x8, values 0..16),
   `sklearn.datasets.load_digits`; small enough to train a width-reduced ResNet on 2 CPU cores (REFERENCE.md 8).
 - photos: crops of scikit-learn's two sample photographs (`load_sample_images`: china.jpg, flower.jpg), real
   natural images that ship offline: the near-OoD set of the embedded setup.
+- letters: the letters A-J (notMNIST's ten classes, Bulatov 2011) rendered with the scalable font built into
+  Pillow >= 10.1 (`ImageFont.load_default(size=...)`, Aileron Regular: no font file needed), each in its own random
+  size, stroke weight, slant, rotation, position and ink level, white on black (the polarity of MNIST-like sets):
+  a notMNIST-like far-OoD set for grey ID sets. Deterministic by seed for a given Pillow (it bundles its FreeType).
 - scrambled: the ID test images with their pixel positions randomly permuted (REFERENCE.md 5, "pixel-scrambled").
 - noise: Gaussian noise in pixel space (REFERENCE.md 5).
 All randomness comes from a CPU torch.Generator seeded with `seed`, so a set is the same on every device.
@@ -21,6 +26,13 @@ from ncood.data.registry import DatasetInfo, IDData, RawImages, register_dataset
 DIGITS_TEST_FRACTION = 0.2  # digits has no official split: a seeded stratified 20% is the test part
 PHOTO_PATCH = 64  # side of a photo crop in pixels; to_model_input then resizes it to the ID size
 NOISE_MEAN, NOISE_STD = 0.5, 0.25  # N(0.5, 0.25^2) per pixel, clipped to [0, 1]
+LETTERS = "ABCDEFGHIJ"  # notMNIST's classes
+LETTER_CANVAS = 56  # rendered at twice the 28 px of MNIST-like sets; to_model_input resizes with antialiasing
+# Per-image style ranges (uniform): font size in px (cap height ~0.7x: 20-34 px of 56), stroke width in px
+# (0 = regular, 1-2 = bolder), slant (x shift per px of height: -0.3..0.3, italic both ways), rotation in degrees,
+# offset of the glyph centre from the canvas centre in px, ink level (notMNIST glyphs are not all white).
+LETTER_SIZE, LETTER_STROKE, LETTER_SLANT, LETTER_ROTATION = (28, 48), (0, 2), 0.3, 12.0
+LETTER_SHIFT, LETTER_INK = 5, (0.6, 1.0)
 _SKLEARN = "ships with scikit-learn (no download, no data root needed)"
 
 
@@ -86,6 +98,55 @@ def load_photos(root: Path, split: str, *, download: bool, like: IDData | None, 
     cols = (left[:, None] + offs)[:, None, None, :]  # (n, 1, 1, P)
     crops = photos[which[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]  # (n, 3, P, P)
     return RawImages(crops)
+
+
+@cache
+def _font(size: int):
+    from PIL import ImageFont, features
+
+    if not features.check("freetype2"):
+        raise RuntimeError("the letters OoD set needs Pillow built with FreeType (the PyPI wheels are): "
+                           "pip install --force-reinstall 'pillow>=10.1'")
+    return ImageFont.load_default(size=size)  # Pillow >= 10.1: the built-in scalable font (Aileron Regular)
+
+
+def _render_letter(char: str, size: int, stroke: int, slant: float, angle: float, shift: tuple[int, int]):
+    """One white-on-black glyph as a (LETTER_CANVAS, LETTER_CANVAS) uint8 array."""
+    from PIL import Image, ImageDraw
+
+    side, centre = LETTER_CANVAS, LETTER_CANVAS / 2
+    img = Image.new("L", (side, side), 0)
+    ImageDraw.Draw(img).text((centre + shift[0], centre + shift[1]), char, fill=255, font=_font(size),
+                             anchor="mm", stroke_width=stroke, stroke_fill=255)
+    # slant about the centre row: output (x, y) reads input (x + slant * (y - centre), y)
+    img = img.transform((side, side), Image.AFFINE, (1, slant, -slant * centre, 0, 1, 0), Image.BILINEAR)
+    return np.asarray(img.rotate(angle, Image.BILINEAR))
+
+
+@register_dataset(DatasetInfo(
+    name="letters", num_classes=None, can_be_id=False, image_shape=(1, LETTER_CANVAS, LETTER_CANVAS),
+    description=f"notMNIST-like: the letters {LETTERS[0]}-{LETTERS[-1]} in Pillow's built-in font at random "
+                "sizes, weights, slants, rotations, positions and ink levels, white on black; as many as the ID "
+                "test set",
+    how_to_get="generated with Pillow's built-in font (no download, no data root needed)",
+))
+def load_letters(root: Path, split: str, *, download: bool, like: IDData | None, seed: int) -> RawImages:
+    n = len(_ood_only("letters", like).test)
+    g = torch.Generator().manual_seed(seed)
+
+    def uniform(low: float, high: float) -> list[float]:
+        return (low + (high - low) * torch.rand(n, generator=g, dtype=torch.float64)).tolist()
+
+    chars = torch.randint(len(LETTERS), (n,), generator=g).tolist()
+    sizes = torch.randint(LETTER_SIZE[0], LETTER_SIZE[1] + 1, (n,), generator=g).tolist()
+    strokes = torch.randint(LETTER_STROKE[0], LETTER_STROKE[1] + 1, (n,), generator=g).tolist()
+    slants, angles = uniform(-LETTER_SLANT, LETTER_SLANT), uniform(-LETTER_ROTATION, LETTER_ROTATION)
+    shifts = torch.randint(-LETTER_SHIFT, LETTER_SHIFT + 1, (n, 2), generator=g).tolist()
+    ink = torch.tensor(uniform(*LETTER_INK))
+    glyphs = np.stack([_render_letter(LETTERS[c], *style)  # PIL draws one glyph at a time
+                       for c, *style in zip(chars, sizes, strokes, slants, angles, map(tuple, shifts))])
+    x = torch.from_numpy(glyphs)[:, None].float() * ink[:, None, None, None]  # (n, 1, 56, 56) in 0..255
+    return RawImages(x.round_().to(torch.uint8))
 
 
 @register_dataset(DatasetInfo(

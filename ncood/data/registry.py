@@ -223,9 +223,23 @@ class IDData:
         return self.info.image_shape
 
 
+def stratified_subset(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Sorted indices of a stratified random subset of exactly n of the labels y (N,) (stratified_holdout's quota
+    and draw); all of them when n == N. A subset smaller than the class count or larger than N is refused."""
+    classes = len(torch.unique(y))
+    if not classes <= n <= len(y):
+        raise ValueError(f"train_subset={n}: must be between the number of classes ({classes}) and the "
+                         f"{len(y)} training images left after the validation hold-out")
+    return torch.arange(len(y)) if n == len(y) else stratified_holdout(y, n / len(y), seed)[1]
+
+
 def load_id(name: str, root: str | Path, *, device: torch.device | str = "cpu", download: bool = False,
-            val_fraction: float = 0.1, split_seed: int = 0) -> IDData:
-    """Load an ID set: its train part minus a stratified `val_fraction` hold-out (seeded), val, and its test part."""
+            val_fraction: float = 0.1, split_seed: int = 0, train_subset: int | None = None) -> IDData:
+    """Load an ID set: its train part minus a stratified `val_fraction` hold-out (seeded), val, and its test part.
+
+    train_subset: keep only a stratified random `train_subset` images of the train part (seeded by split_seed,
+    drawn after the hold-out, so val and test are those of the full set); None keeps all.
+    """
     entry = _entry(name)
     info = entry.info
     if not info.can_be_id:
@@ -233,6 +247,8 @@ def load_id(name: str, root: str | Path, *, device: torch.device | str = "cpu", 
     root = Path(root).expanduser().absolute()  # trial working dirs are temporary: say the absolute path in errors
     train, test = (entry.load(root, s, download=download, like=None, seed=split_seed) for s in ("train", "test"))
     keep, held = stratified_holdout(train.y, val_fraction, split_seed)
+    if train_subset is not None:
+        keep = keep[stratified_subset(train.y[keep], train_subset, split_seed)]
 
     def split(raw: RawImages, idx: torch.Tensor | None = None) -> Split:
         x, y = (raw.x, raw.y) if idx is None else (raw.x[idx], raw.y[idx])
