@@ -109,18 +109,18 @@ def test_config_validation_and_condition():
 
 
 def test_mlflow_params_rebuild_the_trial_config(tmp_path):
-    """find_sources rebuilds each source run's config from its MLflow params (strings): every field type, the
-    optional floats lr / weight_decay, lists (ood_sets, lr_steps, betas) included, comes back equal."""
+    """find_sources rebuilds each source run's config from its MLflow params (strings) with config_from_params:
+    every field type, the optional floats lr / weight_decay, lists (ood_sets, lr_steps, betas) included, comes back
+    equal; other params (a score's score/<name>/<field>) are ignored."""
     from ncood.aggregate.runs import RUN_FIELDS, _param as aggregate_param
-    from ncood.config import TrialConfig
-    from ncood.intervention import _param
+    from ncood.config import config_from_params
     from ncood.tracking import _param_value
 
     cfg = make_config("digits", optimizer="adamw", lr=5.5e-4, weight_decay=0.06, betas="0.8,0.9", lr_steps="3,5",
                       loss="logitnorm", logitnorm_temperature=0.1, batch_size=64, schedule="cosine",
                       data_root=str(tmp_path))
     params = {k: _param_value(v) for k, v in cfg.to_dict().items()}  # as ncood.tracking logs them
-    assert TrialConfig.from_dict({k: _param(k, v) for k, v in params.items()}) == cfg
+    assert config_from_params({**params, keys.score_param_key("knn", "k"): "50"}) == cfg
     assert {f: aggregate_param(params, f) for f in RUN_FIELDS} == {f: getattr(cfg, f) for f in RUN_FIELDS}
 
 
