@@ -98,10 +98,9 @@ def test_decode_colour_modes_like_training_data():
 
 # ---- the trained, logged and registered model ------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(sqlite_store):
     """A sqlite store in tmp; also the process default, so nothing falls back to ./mlflow.db."""
-    root = tmp_path_factory.mktemp("serve-store")
-    uri = tracking.resolve_tracking_uri(str(root / "mlflow.db"))
+    uri, root = sqlite_store
     exp_id = tracking.prepare_experiment(EXPERIMENT, uri)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)

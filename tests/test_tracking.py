@@ -12,12 +12,8 @@ from ncood.ood import score_params
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """One sqlite store for the module (creating the schema takes ~10 s of migrations); tests use own experiments."""
-    root = tmp_path_factory.mktemp("mlflow")
-    uri = tracking.resolve_tracking_uri(str(root / "mlflow.db"))
-    tracking.prepare_experiment("schema", uri)
-    return uri
+def store(sqlite_store) -> str:
+    return sqlite_store[0]
 
 
 def _sweep(store: str, name: str) -> tracking.SweepRef:
