@@ -262,11 +262,11 @@ class FieldKind:
 def _field_kinds() -> dict[str, FieldKind]:
     kinds = {}
     for name, hint in typing.get_type_hints(TrialConfig).items():
-        args = [a for a in typing.get_args(hint) if a is not type(None)] if isinstance(hint, types.UnionType) else [hint]
-        inner = args[0]
+        optional = isinstance(hint, types.UnionType)  # 'X | None'
+        inner = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
         many = typing.get_origin(inner) is tuple
         base = typing.get_args(inner)[0] if many else inner
-        kinds[name] = FieldKind(base, isinstance(hint, types.UnionType), many)
+        kinds[name] = FieldKind(base, optional, many)
     return kinds
 
 

@@ -297,3 +297,15 @@ def test_script_with_parent_run_and_hook(store, tmp_path):
     # the ablation job's hook: never raises; reports and returns None on a bad sweep id
     assert after_sweep(tracking_uri=store["uri"], experiment_id=store["exp_id"], parent_run_id="0" * 32,
                        out=str(tmp_path / "x")) is None
+
+
+def test_ncood_aggregate_subcommand(store, tmp_path, capsys):
+    """`ncood aggregate` through the real CLI: the newest sweep of the experiment, tables written, no run logged."""
+    from ncood.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["aggregate", "--experiment", EXP, "--tracking-uri", store["uri"], "--out", str(out), "--no-log-run",
+                 "--resamples", "200"]) == 0
+    assert "old-sweep" not in capsys.readouterr().out and (out / "tables" / "table1_ood.csv").exists()
+    assert main(["aggregate", "--experiment", "no-such-exp", "--tracking-uri", store["uri"]]) == 2
+    assert "no MLflow experiment 'no-such-exp'" in capsys.readouterr().err

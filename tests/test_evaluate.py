@@ -293,7 +293,8 @@ KNOWN_SCORES = ["gmm", "feature_norm", "msp", "energy"]
 def test_separable_features_give_auroc_one_and_fpr95_zero(separable):
     """Plain model, OoD near the origin (-0.5 * (1, 1, 1, 0) + noise): about 10 from every class mean and with
     norm about 1 (ID: about 10), so both the GMM density and the feature norm separate perfectly."""
-    far = (-0.5 * torch.tensor([1.0, 1.0, 1.0, 0.0]) + 0.1 * torch.randn(90, 4, generator=torch.Generator().manual_seed(2)))
+    noise = 0.1 * torch.randn(90, 4, generator=torch.Generator().manual_seed(2))
+    far = -0.5 * torch.tensor([1.0, 1.0, 1.0, 0.0]) + noise
     results, _ = evaluate(FixedFeatures("plain"), separable, {"far": far.view(-1, 1, 1, 4)}, scores=KNOWN_SCORES)
     assert results[keys.ACC_TEST] == 1.0
     for score in ("gmm", "feature_norm"):

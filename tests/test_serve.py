@@ -222,6 +222,19 @@ def test_register_picks_median_seed_of_best_condition(registered, trained):
     assert "mlflow models serve -m models:/ncood-ood-scorer@champion --env-manager local" in text
 
 
+def test_ncood_register_subcommand_sets_the_alias_on_the_chosen_run(registered, store, capsys):
+    """`ncood register` through the real CLI: the same choice as register_best, under the alias asked for."""
+    from ncood.cli import main
+
+    reg, _ = registered
+    assert main(["register", "--experiment", EXPERIMENT, "--tracking-uri", store[0], "--alias", "cli"]) == 0
+    assert "models:/ncood-ood-scorer@cli" in capsys.readouterr().out
+    mv = MlflowClient(store[0]).get_model_version_by_alias("ncood-ood-scorer", "cli")
+    assert mv.run_id == reg.choice.run.run_id
+    assert main(["register", "--experiment", "no-such-experiment", "--tracking-uri", store[0]]) == 2
+    assert "no MLflow experiment 'no-such-experiment'" in capsys.readouterr().err
+
+
 # ---- the real server -------------------------------------------------------------------------------------------
 def _request(url: str, body: dict | None = None, timeout: float = 30) -> tuple[int, str]:
     data = None if body is None else json.dumps(body).encode()

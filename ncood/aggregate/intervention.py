@@ -1,9 +1,9 @@
 """Aggregation of the NC intervention sweep (seed paper Sec. 4.2): AUROC change from the onset per group (Fig. 4) and
 NC metric curves of both groups (Fig. 3), as tables and PNG figures in one aggregate MLflow run.
 
-Reads the sweep written by ncood.intervention: child runs tagged `group` (control | intervention) and `onset_epoch`,
-metrics at step = onset + continuation epoch. Every curve is indexed by the continuation epoch (0 = onset) and
-averaged over seeds; the AUROC change is per seed (AUROC(epoch) - AUROC(onset)) before averaging.
+Reads the sweep written by ncood.tune.intervention: child runs tagged `group` (control | intervention) and
+`onset_epoch`, metrics at step = onset + continuation epoch. Every curve is indexed by the continuation epoch
+(0 = onset) and averaged over seeds; the AUROC change is per seed (AUROC(epoch) - AUROC(onset)) before averaging.
 """
 from __future__ import annotations
 

@@ -174,10 +174,10 @@ def register_best(experiment: str, *, metric: str | None = None, alias: str = DE
     """Choose (see the module docstring), register the chosen run's `ood_scorer` as a new version, set `alias`."""
     uri = tracking.resolve_tracking_uri(tracking_uri)
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        names = [e.name for e in client.search_experiments()]
-        raise RegisterError(f"no experiment {experiment!r} in {uri}; experiments there: {names}")
+    try:
+        exp = runs_query.experiment(client, experiment)
+    except runs_query.RunsQueryError as e:
+        raise RegisterError(str(e)) from None
     runs = runs_query.finished_trials(client, exp.experiment_id)
     if not runs:
         raise RegisterError(f"experiment {experiment!r} has no FINISHED trial runs")

@@ -18,8 +18,8 @@ from typing import Any
 _EXPORTS = {
     "AXES": "grid", "GRIDS": "grid", "GridPreset": "grid", "config_from_tune": "grid", "grid_conditions": "grid",
     "make_param_space": "grid", "run_name": "grid",
-    "SweepResult": "sweep", "SweepSettings": "sweep", "SweepSpec": "sweep", "SweepStatusCallback": "sweep", "init_ray": "sweep",
-    "run_grid": "sweep", "run_sweep": "sweep",
+    "SweepResult": "sweep", "SweepSettings": "sweep", "SweepSpec": "sweep", "SweepStatusCallback": "sweep",
+    "init_ray": "sweep", "run_grid": "sweep", "run_sweep": "sweep",
     "TrialRuntime": "trainable", "train_trial": "trial",
 }
 __all__ = sorted(_EXPORTS)
