@@ -42,8 +42,8 @@ from ncood.ood import score_params
 
 # Tag names live in the schema module (ncood.keys); imported here because tracking writes them.
 from ncood.keys import (ROLE_SWEEP, ROLE_TRIAL, TAG_CONDITION, TAG_ERROR, TAG_FAILURE_KIND, TAG_GIT_DIRTY,
-                        TAG_KILLED_REASON, TAG_KIND, TAG_PREVIOUS_ERROR, TAG_PREVIOUS_FAILURE_KIND, TAG_RAY_EXPERIMENT,
-                        TAG_RESTARTS, TAG_ROLE, TAG_SEED, TAG_STOPPED_EARLY, TAG_TRIAL_ID)
+                        TAG_KILLED_REASON, TAG_PREVIOUS_ERROR, TAG_PREVIOUS_FAILURE_KIND, TAG_RESTARTS, TAG_ROLE,
+                        TAG_SEED, TAG_TRIAL_ID)
 
 ACTIVE, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
 

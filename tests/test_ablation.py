@@ -43,8 +43,8 @@ def _runs(uri: str, experiment: str) -> tuple[list, list]:
     """(parent runs, child runs) of one experiment."""
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "sweep"]
-    return parents, [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "trial"]
+    parents = [r for r in runs if r.data.tags.get(keys.TAG_ROLE) == "sweep"]
+    return parents, [r for r in runs if r.data.tags.get(keys.TAG_ROLE) == "trial"]
 
 
 def _steps(client: MlflowClient, run, key: str) -> list[int]:
@@ -175,8 +175,8 @@ def test_tiny_grid_parent_and_children(tiny_grid):
     assert sorted(r.info.run_name for r in children) == sorted(
         f"resnet18-w4-{l2}-sn-lg-e2-s{s}" for l2 in ("l2", "nol2") for s in (0, 1))
     for r in children:
-        assert r.info.run_name == f"{r.data.tags[tracking.TAG_CONDITION]}-s{r.data.tags[tracking.TAG_SEED]}"
-        assert r.data.tags[tracking.TAG_TRIAL_ID]
+        assert r.info.run_name == f"{r.data.tags[keys.TAG_CONDITION]}-s{r.data.tags[keys.TAG_SEED]}"
+        assert r.data.tags[keys.TAG_TRIAL_ID]
     assert not result.interrupted and result.num_errors == 0 and jobs.exit_code(result) == 0
 
 
@@ -217,14 +217,14 @@ def test_failure_retried_from_checkpoint_and_failed_marked(local_ray, sqlite_sto
     uri = sqlite_store[0]
     client = MlflowClient(uri)
     parents, children = _runs(uri, "failures")
-    by_seed = {int(r.data.tags[tracking.TAG_SEED]): r for r in children}
+    by_seed = {int(r.data.tags[keys.TAG_SEED]): r for r in children}
     assert len(children) == 3 and parents[0].info.status == "FINISHED" and result.num_errors == 1
     retried, failed, healthy = by_seed[0], by_seed[1], by_seed[2]
-    assert retried.info.status == "FINISHED" and retried.data.tags[tracking.TAG_RESTARTS] == "1"
-    assert "InjectedFailure" in retried.data.tags[tracking.TAG_PREVIOUS_ERROR]
+    assert retried.info.status == "FINISHED" and retried.data.tags[keys.TAG_RESTARTS] == "1"
+    assert "InjectedFailure" in retried.data.tags[keys.TAG_PREVIOUS_ERROR]
     for key in retried.data.metrics:  # the retry continued the same run: one value per step, none twice
         assert _steps(client, retried, key) == [1, 2, 3], key
-    assert failed.info.status == "FAILED" and "InjectedFailure" in failed.data.tags[tracking.TAG_ERROR]
+    assert failed.info.status == "FAILED" and "InjectedFailure" in failed.data.tags[keys.TAG_ERROR]
     assert _steps(client, failed, keys.LOSS_TRAIN) == [1]
     assert healthy.info.status == "FINISHED"
     assert jobs.exit_code(result) == 1
@@ -272,7 +272,7 @@ def test_interrupt_then_resume(local_ray, sqlite_store, tmp_path):
     assert {r.info.status for r in after} == {"FINISHED"}
     for run_id, history in finished.items():  # finished before the interrupt: untouched
         assert client.get_metric_history(run_id, keys.LOSS_TRAIN) == history
-        assert tracking.TAG_RESTARTS not in client.get_run(run_id).data.tags
+        assert keys.TAG_RESTARTS not in client.get_run(run_id).data.tags
     for r in after:
         epochs = int(r.data.params["epochs"])
         assert _steps(client, r, keys.LOSS_TRAIN) == list(range(1, epochs + 1))

@@ -169,13 +169,13 @@ def test_ablation_then_intervention_end_to_end(local_ray, tmp_path):
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("abl-nc-intervention")
     runs = client.search_runs([exp.experiment_id], max_results=100)
-    children = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "trial"]
+    children = [r for r in runs if r.data.tags.get(keys.TAG_ROLE) == "trial"]
     assert sorted(r.data.tags["group"] for r in children) == ["control"] * 2 + ["intervention"] * 2
     assert all(r.data.tags["onset_epoch"] == "2" and r.data.tags["requested_epoch"] == "3" for r in children)
     assert all(r.data.params["loss"] == GROUPS[r.data.tags["group"]] for r in children)
     hist = client.get_metric_history(children[0].info.run_id, keys.nc_key("nc1"))
     assert sorted(m.step for m in hist) == [2, 3, 4, 5]  # onset + every continuation epoch
-    agg = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "aggregate"]
+    agg = [r for r in runs if r.data.tags.get(keys.TAG_ROLE) == "aggregate"]
     assert len(agg) == 1
     files = {f.path for f in client.list_artifacts(agg[0].info.run_id, "figures")}
     assert {"figures/fig3_nc_curves.png", "figures/fig4_auroc_change.png"} <= files
@@ -186,7 +186,7 @@ def test_ablation_then_intervention_end_to_end(local_ray, tmp_path):
                    "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray"), "--quiet", "--no-aggregate"])
     assert rc == 0
     again = [r for r in client.search_runs([exp.experiment_id], max_results=100)
-             if r.data.tags.get(tracking.TAG_ROLE) == "trial"]
+             if r.data.tags.get(keys.TAG_ROLE) == "trial"]
     assert sorted(r.info.run_id for r in again) == sorted(r.info.run_id for r in children)
     assert all(r.info.status == "FINISHED" for r in again)
     hist = client.get_metric_history(children[0].info.run_id, keys.nc_key("nc1"))

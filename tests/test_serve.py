@@ -111,7 +111,7 @@ def store(sqlite_store):
 def trained(store, tmp_path_factory):
     """A tiny digits trial run as the Ray trainable runs it (own MLflow run, one batch per epoch), then logged."""
     uri, exp_id, _ = store
-    ref = tracking.start_sweep(uri, exp_id, "sweep", {"grid": "test"}, {tracking.TAG_KIND: "ablation"})
+    ref = tracking.start_sweep(uri, exp_id, "sweep", {"grid": "test"}, {keys.TAG_KIND: "ablation"})
     cfg = make_config("digits", width=4, epochs=3, device="cpu", data_root=str(tmp_path_factory.mktemp("data")))
     tracker = tracking.TrialTracker(ref, cfg, trial_id="serve_00000")
     run_id = tracker.start()
