@@ -88,7 +88,7 @@ def test_two_sweeps_at_once_into_one_sqlite_experiment(tmp_path):
     for parent in parents:
         mine = [r for r in children if r.data.tags["mlflow.parentRunId"] == parent.info.run_id]
         assert sorted(r.info.run_name for r in mine) == sorted(
-            f"resnet18-w2-{l2}-e2-s{s}" for l2 in ("l2", "nol2") for s in (0, 1))
+            f"resnet18-w2-{l2}-sn-lg-e2-s{s}" for l2 in ("l2", "nol2") for s in (0, 1))
     for r in children:
         for key in (keys.LOSS_TRAIN, keys.ood_key("noise", "gmm", "auroc")):
             assert sorted(m.step for m in client.get_metric_history(r.info.run_id, key)) == [1, 2], key

@@ -92,7 +92,7 @@ def test_out_of_memory_kill_is_reported_as_oom(tmp_path):
     assert [p.info.status for p in parents] == ["FINISHED"] and parents[0].data.tags["trials_failed"] == "1"
     assert len(children) == 1
     run = children[0]
-    assert run.info.status == "FAILED" and run.info.run_name == "resnet18-w2-nol2-e2-s0"
+    assert run.info.status == "FAILED" and run.info.run_name == "resnet18-w2-nol2-sn-lg-e2-s0"
     assert run.data.tags[keys.TAG_FAILURE_KIND] == "oom"
     assert "running low on memory" in run.data.tags[keys.TAG_ERROR]
     assert run.data.params["seed"] == "0"  # the run the trial would have made: its config as params
