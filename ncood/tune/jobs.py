@@ -69,7 +69,8 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
                    help="GPUs per trial, fractions share one GPU (default: 1 if the cluster has GPUs, else 0)")
     r.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once "
                    "(default: as many as the resources allow)")
-    r.add_argument("--max-failures", dest="retries", type=int, default=1, help="retries of a failing trial from its last checkpoint (default 1)")
+    r.add_argument("--max-failures", dest="retries", metavar="N", type=int, default=1,
+                   help="retries of a failing trial from its last checkpoint (default 1)")
     r.add_argument("--checkpoint-every", type=int, default=1, help="Ray checkpoint every K epochs, and at the end (default 1)")
     r.add_argument("--keep-checkpoint-epochs", nargs="+", default=None, metavar="E",
                    help="also log the checkpoint of these epochs to MLflow (checkpoints/epoch_NNN.pt), e.g. 10,50; "
