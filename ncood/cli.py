@@ -12,19 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from ncood.config import PRESETS, ConfigError, TrialConfig, make_config
-
-
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrialConfig field: --arch, --l2/--no-l2, --ood-sets a,b, ... (default: the preset's)."""
-    for f in dataclasses.fields(TrialConfig):
-        flag = "--" + f.name.replace("_", "-")
-        help_ = f.metadata.get("help", "")
-        if str(f.type) in ("bool", "bool | None"):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
-        else:
-            kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(str(f.type), str)
-            parser.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper(), help=help_)
+from ncood.config import PRESETS, ConfigError, TrialConfig, add_config_flags, make_config
 
 
 def _config_from_args(args: argparse.Namespace) -> TrialConfig:
@@ -108,7 +96,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: runs/<condition>-s<seed>)")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt if present")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
-    _add_config_flags(p)
+    add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
     # Subcommands that live with their module (add_arguments(parser) + run(args)); imported only when chosen,

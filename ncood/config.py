@@ -20,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -245,6 +247,62 @@ class TrialConfig:
             if isinstance(d.get(name), list):
                 d[name] = tuple(d[name])
         return cls(**d)
+
+
+@dataclass(frozen=True)
+class FieldKind:
+    """A TrialConfig field's type, read from its annotation: `base` is bool | int | float | str (for a tuple field,
+    the element type); `optional` for 'X | None'; `many` for a tuple (written 'a,b' in flags and MLflow params)."""
+
+    base: type
+    optional: bool
+    many: bool
+
+
+def _field_kinds() -> dict[str, FieldKind]:
+    kinds = {}
+    for name, hint in typing.get_type_hints(TrialConfig).items():
+        optional = isinstance(hint, types.UnionType)  # 'X | None'
+        inner = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
+        many = typing.get_origin(inner) is tuple
+        base = typing.get_args(inner)[0] if many else inner
+        kinds[name] = FieldKind(base, optional, many)
+    return kinds
+
+
+FIELD_KINDS: dict[str, FieldKind] = _field_kinds()
+
+
+def parse_field(name: str, text: str) -> Any:
+    """A TrialConfig field's value from its text form (an MLflow param, written by TrialTracker from to_dict):
+    'None' -> None, 'True'/'False' -> bool, int/float fields -> numbers, tuple fields 'a,b' -> a list of elements.
+    Raises ValueError (int('x')) on text that is not of the field's type; unknown names stay text."""
+    kind = FIELD_KINDS.get(name)
+    if text == "None" or kind is None:
+        return None if text == "None" else text
+    convert = (lambda v: v == "True") if kind.base is bool else kind.base
+    return [convert(v.strip()) for v in text.split(",") if v.strip()] if kind.many else convert(text)
+
+
+def config_from_params(params: dict[str, str]) -> TrialConfig:
+    """The TrialConfig a run was logged from (its MLflow params; other params, e.g. score/<name>/<field>, ignored)."""
+    return TrialConfig.from_dict({k: parse_field(k, v) for k, v in params.items() if k in FIELD_KINDS})
+
+
+def add_config_flags(parser: Any, skip: tuple[str, ...] = ()) -> None:
+    """One command-line flag per TrialConfig field (an argparse parser or group; default None = the preset's):
+    --l2/--no-l2 for bools, typed numbers, tuple fields as one 'a,b' string (TrialConfig splits it)."""
+    import argparse
+
+    for f in fields(TrialConfig):
+        if f.name in skip:
+            continue
+        flag, help_, kind = "--" + f.name.replace("_", "-"), f.metadata.get("help", ""), FIELD_KINDS[f.name]
+        if kind.base is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        else:
+            parser.add_argument(flag, dest=f.name, type=str if kind.many else kind.base, default=None,
+                                metavar=f.name.upper(), help=help_)
 
 
 # The fields TrialConfig.condition is made of: every axis of an experiment except the seed. The ablation grid's

@@ -71,3 +71,29 @@ def parse_ood_key(key: str) -> tuple[str, str, str] | None:
     if len(parts) == 4 and parts[0] == "ood":
         return parts[1], parts[2], parts[3]
     return None
+
+
+# ---- run tags, roles and kinds ---------------------------------------------------------------------------------------
+# What ncood.tracking writes on runs and ncood.runs_query, aggregation and serving filter on: spelled here only.
+TAG_ROLE = "ncood.role"  # which kind of run: one of the ROLE_* values
+ROLE_SWEEP, ROLE_TRIAL, ROLE_AGGREGATE = "sweep", "trial", "aggregate"  # parent, child, the aggregate run
+TAG_KIND = "ncood.kind"  # on sweep and aggregate runs: one of the KIND_* values
+KIND_ABLATION, KIND_SEARCH, KIND_NC_INTERVENTION = "ablation", "search", "nc_intervention"
+TAG_SWEEP_RUN_ID = "ncood.sweep_run_id"  # on an aggregate run: the sweep it summarises (not an MLflow child)
+TAG_CONDITION = "condition"
+TAG_SEED = "seed"
+TAG_TRIAL_ID = "ray_trial_id"
+TAG_RAY_EXPERIMENT = "ray_experiment_path"
+TAG_ERROR = "error"  # set on FAILED runs: exception type, message and traceback tail
+TAG_FAILURE_KIND = "failure_kind"  # on FAILED runs: tracking | oom | killed | error (ncood.tune.status)
+PREVIOUS = "previous_"  # prefix: the same tag for a failure the trial recovered from (retry from checkpoint)
+TAG_PREVIOUS_ERROR = PREVIOUS + TAG_ERROR
+TAG_PREVIOUS_FAILURE_KIND = PREVIOUS + TAG_FAILURE_KIND
+TAG_KILLED_REASON = "killed_reason"  # on KILLED runs: interrupted (resumable) or the process ended without closing
+TAG_RESTARTS = "restarts"  # how often this run was resumed after a failure or an interruption
+TAG_STOPPED_EARLY = "stopped_early_at_epoch"  # ASHA (search) stopped the trial before its last epoch
+TAG_GIT_DIRTY = "git_dirty"  # "true": the run's code differs from the commit in mlflow.source.git.commit
+# NC intervention continuation runs (ncood.tune.intervention): which group, which source run and checkpoint
+TAG_GROUP = "group"  # control | intervention (ncood.intervention.GROUPS)
+TAG_SOURCE_RUN, TAG_SOURCE_CONDITION = "source_run_id", "source_condition"
+TAG_ONSET, TAG_REQUESTED = "onset_epoch", "requested_epoch"  # the restored checkpoint's epoch, the one asked for

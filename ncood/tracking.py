@@ -37,23 +37,13 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH
 
-from ncood import keys
+from ncood import keys, runs_query
 from ncood.ood import score_params
 
-# Tag names: the aggregator and the server filter on these, so they are spelled here only.
-TAG_ROLE = "ncood.role"  # "sweep" (parent) | "trial" (child)
-TAG_KIND = "ncood.kind"  # "ablation" | "search"
-TAG_CONDITION = "condition"
-TAG_SEED = "seed"
-TAG_TRIAL_ID = "ray_trial_id"
-TAG_RAY_EXPERIMENT = "ray_experiment_path"
-TAG_ERROR = "error"  # set on FAILED runs: exception type, message and traceback tail
-TAG_PREVIOUS_ERROR = "previous_error"  # an error the trial recovered from (retry from checkpoint)
-TAG_FAILURE_KIND = "failure_kind"  # on FAILED runs: tracking | oom | killed | error (ncood.tune.status)
-TAG_PREVIOUS_FAILURE_KIND = "previous_failure_kind"  # the kind of the failure the trial recovered from
-TAG_RESTARTS = "restarts"  # how often this run was resumed after a failure or an interruption
-TAG_STOPPED_EARLY = "stopped_early_at_epoch"  # ASHA (search) stopped the trial before its last epoch
-TAG_GIT_DIRTY = "git_dirty"  # "true": the run's code differs from the commit in mlflow.source.git.commit
+# Tag names live in the schema module (ncood.keys); imported here because tracking writes them.
+from ncood.keys import (ROLE_SWEEP, ROLE_TRIAL, TAG_CONDITION, TAG_ERROR, TAG_FAILURE_KIND, TAG_GIT_DIRTY,
+                        TAG_KILLED_REASON, TAG_PREVIOUS_ERROR, TAG_PREVIOUS_FAILURE_KIND, TAG_RESTARTS, TAG_ROLE,
+                        TAG_SEED, TAG_TRIAL_ID)
 
 ACTIVE, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
 
@@ -213,7 +203,7 @@ def start_sweep(tracking_uri: str, experiment_id: str, name: str, params: Mappin
     """Create the sweep's parent run (driver only) and return the reference trials log under."""
     client = MlflowClient(tracking_uri)
     git = git_state()
-    run = client.create_run(experiment_id, run_name=name, tags={TAG_ROLE: "sweep", **git, **tags})
+    run = client.create_run(experiment_id, run_name=name, tags={TAG_ROLE: ROLE_SWEEP, **git, **tags})
     items = [Param(k, _param_value(v)) for k, v in params.items()]
     for i in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
         client.log_batch(run.info.run_id, params=items[i:i + MAX_PARAMS_TAGS_PER_BATCH])
@@ -236,27 +226,17 @@ def set_status(ref: SweepRef, run_id: str, status: str, tags: Mapping[str, str] 
 
 def child_runs(ref: SweepRef) -> list:
     """Every trial run of the sweep (all statuses), oldest first."""
-    client, runs, token = MlflowClient(ref.tracking_uri), [], None
-    while True:
-        page = client.search_runs([ref.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{ref.parent_run_id}'",
-                                  max_results=1000, order_by=["attributes.start_time ASC"], page_token=token)
-        runs += list(page)
-        token = page.token
-        if not token:
-            return runs
+    return runs_query.child_runs(MlflowClient(ref.tracking_uri), ref.experiment_id, ref.parent_run_id)
 
 
 def trial_run(ref: SweepRef, trial_id: str):
     """The child run of Ray trial `trial_id` in this sweep, or None."""
-    runs = MlflowClient(ref.tracking_uri).search_runs(
-        [ref.experiment_id],
-        f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{ref.parent_run_id}' and tags.{TAG_TRIAL_ID} = '{trial_id}'", max_results=1)
-    return runs[0] if runs else None
+    return runs_query.trial_run(MlflowClient(ref.tracking_uri), ref.experiment_id, ref.parent_run_id, trial_id)
 
 
 def create_trial_run(ref: SweepRef, trial_id: str, run_name: str, tags: Mapping[str, str] | None = None) -> str:
     """A child run of the sweep for Ray trial `trial_id` (RUNNING); returns its id."""
-    tags = {MLFLOW_PARENT_RUN_ID: ref.parent_run_id, TAG_ROLE: "trial", TAG_TRIAL_ID: trial_id, **ref.git,
+    tags = {MLFLOW_PARENT_RUN_ID: ref.parent_run_id, TAG_ROLE: ROLE_TRIAL, TAG_TRIAL_ID: trial_id, **ref.git,
             **(tags or {})}
     return MlflowClient(ref.tracking_uri).create_run(ref.experiment_id, run_name=run_name, tags=tags).info.run_id
 
@@ -279,7 +259,7 @@ def close_orphans(ref: SweepRef, trial_errors: Mapping[str, str], interrupted: b
             changed.append((run.info.run_name, FAILED))
         else:
             note = "interrupted; resume with --resume" if interrupted else "trial process ended without closing its run"
-            set_status(ref, run.info.run_id, KILLED, {"killed_reason": note})
+            set_status(ref, run.info.run_id, KILLED, {TAG_KILLED_REASON: note})
             changed.append((run.info.run_name, KILLED))
     return changed
 

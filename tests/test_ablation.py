@@ -17,7 +17,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import ray
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ray import tune
@@ -25,26 +24,18 @@ from ray import tune
 from ncood import keys, tracking
 from ncood.config import ConfigError, TrialConfig
 from ncood.ood import score_params
-from ncood.tune import SweepSettings, grid_conditions, init_ray, make_param_space, run_grid, run_sweep
+from ncood.tune import SweepSettings, SweepSpec, grid_conditions, make_param_space, run_grid, run_sweep
 from ncood.tune import jobs
 
+import faulty_trainable
 from job_scripts import load_job
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"epochs": [2], "width": 4, "eval_every": 1}  # digits, width-4 ResNet18: about a second per trial
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """One sqlite store (schema created once); each test has its own experiment and Ray storage path."""
-    root = tmp_path_factory.mktemp("store")
-    uri = tracking.resolve_tracking_uri(str(root / "mlflow.db"))
-    tracking.prepare_experiment("schema", uri)
-    return uri, root
-
-
-def _settings(store, name: str, **kw) -> SweepSettings:
-    uri, root = store
+def _settings(sqlite_store, name: str, **kw) -> SweepSettings:
+    uri, root = sqlite_store
     return SweepSettings(experiment=name, tracking_uri=uri, storage_path=str(root / "ray"), progress=False, **kw)
 
 
@@ -52,8 +43,8 @@ def _runs(uri: str, experiment: str) -> tuple[list, list]:
     """(parent runs, child runs) of one experiment."""
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "sweep"]
-    return parents, [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "trial"]
+    parents = [r for r in runs if r.data.tags.get(keys.TAG_ROLE) == "sweep"]
+    return parents, [r for r in runs if r.data.tags.get(keys.TAG_ROLE) == "trial"]
 
 
 def _steps(client: MlflowClient, run, key: str) -> list[int]:
@@ -116,10 +107,10 @@ def _kill_leftovers(marker: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_ray_job_submit_logs_to_the_given_store(store):
+def test_ray_job_submit_logs_to_the_given_store(sqlite_store):
     """ray start --head (token auth, as Ray 2.60 defaults to) + ray job submit --working-dir <repo>; the job's
     driver joins the cluster through RAY_ADDRESS and logs into the absolute store given by --tracking-uri."""
-    uri, root = store
+    uri, root = sqlite_store
     ray_bin = str(Path(sys.executable).with_name("ray"))
     temp = tempfile.mkdtemp(prefix="ncood-ray-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
     dash = _free_port()
@@ -167,20 +158,10 @@ def test_ray_job_submit_logs_to_the_given_store(store):
 
 # ---- local Ray -----------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def local_ray():
-    saved = os.environ.pop("RAY_ADDRESS", None)  # never attach to a cluster someone else started
-    init_ray(num_cpus=2)
-    yield
-    ray.shutdown()
-    if saved is not None:
-        os.environ["RAY_ADDRESS"] = saved
-
-
-@pytest.fixture(scope="module")
-def tiny_grid(local_ray, store):
+def tiny_grid(local_ray, sqlite_store):
     """2 seeds x L2 off/on, 2 epochs, evaluation every epoch, epoch-1 checkpoint kept in MLflow."""
-    result = run_grid("default", TINY, seeds=2, settings=_settings(store, "tiny", keep_checkpoint_epochs=(1,)))
-    return result, store[0]
+    result = run_grid("default", TINY, seeds=2, settings=_settings(sqlite_store, "tiny", keep_checkpoint_epochs=(1,)))
+    return result, sqlite_store[0]
 
 
 @pytest.mark.timeout(300)
@@ -194,8 +175,8 @@ def test_tiny_grid_parent_and_children(tiny_grid):
     assert sorted(r.info.run_name for r in children) == sorted(
         f"resnet18-w4-{l2}-sn-lg-e2-s{s}" for l2 in ("l2", "nol2") for s in (0, 1))
     for r in children:
-        assert r.info.run_name == f"{r.data.tags[tracking.TAG_CONDITION]}-s{r.data.tags[tracking.TAG_SEED]}"
-        assert r.data.tags[tracking.TAG_TRIAL_ID]
+        assert r.info.run_name == f"{r.data.tags[keys.TAG_CONDITION]}-s{r.data.tags[keys.TAG_SEED]}"
+        assert r.data.tags[keys.TAG_TRIAL_ID]
     assert not result.interrupted and result.num_errors == 0 and jobs.exit_code(result) == 0
 
 
@@ -224,24 +205,26 @@ def test_tiny_grid_summary(tiny_grid):
 
 
 @pytest.mark.timeout(300)
-def test_failure_retried_from_checkpoint_and_failed_marked(local_ray, store, tmp_path):
+def test_failure_retried_from_checkpoint_and_failed_marked(local_ray, sqlite_store, tmp_path):
     """seed 0 raises once at epoch 2 (retried from its epoch-1 checkpoint), seed 1 raises at every attempt,
     seed 2 is healthy: the grid finishes, with FINISHED / FAILED runs and no repeated metric step."""
     space = make_param_space("default", {**TINY, "epochs": [3], "l2": [False]}, seeds=3)
-    space["_fail"] = [{"epoch": 2, "seeds": [0], "marker_dir": str(tmp_path / "markers")},
-                      {"epoch": 2, "seeds": [1]}]
-    result = run_sweep(_settings(store, "failures", max_failures=1), space)
-    uri = store[0]
+    space[faulty_trainable.FAULT_KEY] = [{"epoch": 2, "seeds": [0], "marker_dir": str(tmp_path / "markers")},
+                                         {"epoch": 2, "seeds": [1]}]
+    faulty_trainable.by_value()
+    result = run_sweep(_settings(sqlite_store, "failures", retries=1),
+                       SweepSpec(space, trainable=faulty_trainable.failing_trial))
+    uri = sqlite_store[0]
     client = MlflowClient(uri)
     parents, children = _runs(uri, "failures")
-    by_seed = {int(r.data.tags[tracking.TAG_SEED]): r for r in children}
+    by_seed = {int(r.data.tags[keys.TAG_SEED]): r for r in children}
     assert len(children) == 3 and parents[0].info.status == "FINISHED" and result.num_errors == 1
     retried, failed, healthy = by_seed[0], by_seed[1], by_seed[2]
-    assert retried.info.status == "FINISHED" and retried.data.tags[tracking.TAG_RESTARTS] == "1"
-    assert "InjectedFailure" in retried.data.tags[tracking.TAG_PREVIOUS_ERROR]
+    assert retried.info.status == "FINISHED" and retried.data.tags[keys.TAG_RESTARTS] == "1"
+    assert "InjectedFailure" in retried.data.tags[keys.TAG_PREVIOUS_ERROR]
     for key in retried.data.metrics:  # the retry continued the same run: one value per step, none twice
         assert _steps(client, retried, key) == [1, 2, 3], key
-    assert failed.info.status == "FAILED" and "InjectedFailure" in failed.data.tags[tracking.TAG_ERROR]
+    assert failed.info.status == "FAILED" and "InjectedFailure" in failed.data.tags[keys.TAG_ERROR]
     assert _steps(client, failed, keys.LOSS_TRAIN) == [1]
     assert healthy.info.status == "FINISHED"
     assert jobs.exit_code(result) == 1
@@ -261,12 +244,12 @@ class InterruptOnce(tune.Callback):
 
 
 @pytest.mark.timeout(300)
-def test_interrupt_then_resume(local_ray, store, tmp_path):
+def test_interrupt_then_resume(local_ray, sqlite_store, tmp_path):
     """Two trials at a time, one short (2 epochs) beside one long (5): Ctrl+C when the short one finishes cuts
     the long one mid-run and leaves two pending. `ablation.py --resume` must finish all four, each in exactly one
     run, without rerunning (or relogging) the finished one and without leaving anything RUNNING."""
-    uri = store[0]
-    settings = _settings(store, "interrupt", max_concurrent=2)
+    uri = sqlite_store[0]
+    settings = _settings(sqlite_store, "interrupt", max_concurrent=2)
     result = run_grid("default", {**TINY, "epochs": [2, 5]}, seeds=1, settings=settings,
                       callbacks=[InterruptOnce(str(tmp_path / "interrupted"))])
     assert result.interrupted and jobs.exit_code(result) == 130
@@ -279,7 +262,7 @@ def test_interrupt_then_resume(local_ray, store, tmp_path):
     assert finished and len(before) < 4
 
     ablation = load_job("ablation")
-    rc = ablation.main(["--resume", "--experiment", "interrupt", "--storage-path", str(store[1] / "ray"),
+    rc = ablation.main(["--resume", "--experiment", "interrupt", "--storage-path", str(sqlite_store[1] / "ray"),
                         "--quiet", "--no-aggregate"])  # the newest sweep of the experiment: the one just cut off
     assert rc == 0
     parents, after = _runs(uri, "interrupt")
@@ -289,16 +272,16 @@ def test_interrupt_then_resume(local_ray, store, tmp_path):
     assert {r.info.status for r in after} == {"FINISHED"}
     for run_id, history in finished.items():  # finished before the interrupt: untouched
         assert client.get_metric_history(run_id, keys.LOSS_TRAIN) == history
-        assert tracking.TAG_RESTARTS not in client.get_run(run_id).data.tags
+        assert keys.TAG_RESTARTS not in client.get_run(run_id).data.tags
     for r in after:
         epochs = int(r.data.params["epochs"])
         assert _steps(client, r, keys.LOSS_TRAIN) == list(range(1, epochs + 1))
 
 
 @pytest.mark.timeout(300)
-def test_search_six_trials(local_ray, store):
+def test_search_six_trials(local_ray, sqlite_store):
     search = load_job("search")
-    uri, root = store
+    uri, root = sqlite_store
     rc = search.main(["--trials", "6", "--epochs", "3", "--width", "4", "--experiment", "search",
                       "--tracking-uri", uri, "--storage-path", str(root / "ray"), "--quiet"])
     assert rc == 0

@@ -60,8 +60,8 @@ def _make_run(client, exp_id, parent_id, cond, seed, vals, status="FINISHED", ep
               start=None, tags=None):
     l2, sn = AXES[cond]
     run = client.create_run(exp_id, run_name=f"{cond}-s{seed}", start_time=start, tags={
-        MLFLOW_PARENT_RUN_ID: parent_id, tracking.TAG_ROLE: "trial", tracking.TAG_CONDITION: cond,
-        tracking.TAG_SEED: str(seed), **(tags or {})})
+        MLFLOW_PARENT_RUN_ID: parent_id, keys.TAG_ROLE: "trial", keys.TAG_CONDITION: cond,
+        keys.TAG_SEED: str(seed), **(tags or {})})
     params = {"arch": "resnet18", "width": 8, "l2": l2, "spectral_norm": sn, "leaky_gap": False, "epochs": EPOCHS,
               "seed": seed, "dataset": "cifar10", "ood_sets": ",".join(OOD), "lr": 0.1}
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
@@ -84,13 +84,13 @@ def store(tmp_path_factory):
     t0 = int(time.time() * 1000) - 3_600_000
     # an older sweep (one run): the default must pick the newer one
     old = client.create_run(exp_id, run_name="old-sweep", start_time=t0,
-                            tags={tracking.TAG_ROLE: "sweep", tracking.TAG_KIND: "ablation"})
+                            tags={keys.TAG_ROLE: "sweep", keys.TAG_KIND: "ablation"})
     client.log_batch(old.info.run_id, params=[Param("seeds", "1"), Param("conditions", A)])
     _make_run(client, exp_id, old.info.run_id, A, 0, _values(A, 0, rng), start=t0 + 1)
     client.set_terminated(old.info.run_id, "FINISHED")
 
     parent = client.create_run(exp_id, run_name="new-sweep", start_time=t0 + 10,
-                               tags={tracking.TAG_ROLE: "sweep", tracking.TAG_KIND: "ablation"})
+                               tags={keys.TAG_ROLE: "sweep", keys.TAG_KIND: "ablation"})
     client.log_batch(parent.info.run_id, params=[Param("seeds", "3"), Param("conditions", ",".join([A, B, C, D, E]))])
     truth, pid = {}, parent.info.run_id
     for cond in (A, B, C, D):
@@ -98,7 +98,7 @@ def store(tmp_path_factory):
             vals = _values(cond, seed, rng)
             if (cond, seed) == (B, 1):  # fails in epoch 2
                 _make_run(client, exp_id, pid, cond, seed, vals, "FAILED", epochs=1,
-                          tags={tracking.TAG_ERROR: "RuntimeError: boom\n\nTraceback ..."})
+                          tags={keys.TAG_ERROR: "RuntimeError: boom\n\nTraceback ..."})
                 continue
             if (cond, seed) == (D, 1):  # killed after epoch 2: incomplete
                 _make_run(client, exp_id, pid, cond, seed, vals, "KILLED", epochs=2)
@@ -107,7 +107,7 @@ def store(tmp_path_factory):
                 continue
             if (cond, seed) == (A, 1):  # failed once, then re-run to the end: used, listed as re-run
                 _make_run(client, exp_id, pid, cond, seed, _values(cond, seed, rng), "FAILED", epochs=2,
-                          tags={tracking.TAG_ERROR: "OSError: node lost"})
+                          tags={keys.TAG_ERROR: "OSError: node lost"})
             if (cond, seed) == (C, 2):
                 del vals[SVHN_GMM]  # a run that lacks this metric
             if (cond, seed) == (C, 1):
@@ -268,7 +268,7 @@ def test_files_figures_and_aggregate_run(store, result):
     client = MlflowClient(store["uri"])
     run = client.get_run(res.run_id)
     assert run.info.status == "FINISHED" and run.info.experiment_id == store["exp_id"]
-    assert run.data.tags[tracking.TAG_ROLE] == ROLE_AGGREGATE and run.data.tags[TAG_SWEEP_RUN_ID] == store["parent"]
+    assert run.data.tags[keys.TAG_ROLE] == ROLE_AGGREGATE and run.data.tags[TAG_SWEEP_RUN_ID] == store["parent"]
     assert MLFLOW_PARENT_RUN_ID not in run.data.tags  # not a trial of the sweep
 
     def walk(path=None):
@@ -297,3 +297,15 @@ def test_script_with_parent_run_and_hook(store, tmp_path):
     # the ablation job's hook: never raises; reports and returns None on a bad sweep id
     assert after_sweep(tracking_uri=store["uri"], experiment_id=store["exp_id"], parent_run_id="0" * 32,
                        out=str(tmp_path / "x")) is None
+
+
+def test_ncood_aggregate_subcommand(store, tmp_path, capsys):
+    """`ncood aggregate` through the real CLI: the newest sweep of the experiment, tables written, no run logged."""
+    from ncood.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["aggregate", "--experiment", EXP, "--tracking-uri", store["uri"], "--out", str(out), "--no-log-run",
+                 "--resamples", "200"]) == 0
+    assert "old-sweep" not in capsys.readouterr().out and (out / "tables" / "table1_ood.csv").exists()
+    assert main(["aggregate", "--experiment", "no-such-exp", "--tracking-uri", store["uri"]]) == 2
+    assert "no MLflow experiment 'no-such-exp'" in capsys.readouterr().err

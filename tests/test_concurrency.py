@@ -80,10 +80,10 @@ def test_two_sweeps_at_once_into_one_sqlite_experiment(tmp_path):
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("shared")
     runs = client.search_runs([exp.experiment_id], max_results=100)
-    parents = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "sweep"]
-    children = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "trial"]
+    parents = [r for r in runs if r.data.tags.get(keys.TAG_ROLE) == "sweep"]
+    children = [r for r in runs if r.data.tags.get(keys.TAG_ROLE) == "trial"]
     assert len(parents) == 2 and {r.info.status for r in parents} == {"FINISHED"}
-    assert len({r.data.tags[tracking.TAG_RAY_EXPERIMENT] for r in parents}) == 2  # one Ray experiment dir each
+    assert len({r.data.tags[keys.TAG_RAY_EXPERIMENT] for r in parents}) == 2  # one Ray experiment dir each
     assert len(children) == 2 * TRIALS_PER_SWEEP and {r.info.status for r in children} == {"FINISHED"}
     for parent in parents:
         mine = [r for r in children if r.data.tags["mlflow.parentRunId"] == parent.info.run_id]

@@ -492,8 +492,8 @@ def test_ray_job_tracks_into_the_shared_server(postgres, mlflow_server, ray_head
     experiment = client.get_experiment_by_name("deploy-e2e")
     assert experiment is not None and experiment.artifact_location.startswith("mlflow-artifacts:")
     runs = client.search_runs([experiment.experiment_id], max_results=100)
-    parents = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "sweep"]
-    children = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "trial"]
+    parents = [r for r in runs if r.data.tags.get(keys.TAG_ROLE) == "sweep"]
+    children = [r for r in runs if r.data.tags.get(keys.TAG_ROLE) == "trial"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted(r.info.run_name for r in children) == ["resnet18-w4-l2-sn-lg-e1-s0", "resnet18-w4-nol2-sn-lg-e1-s0"]
     for run in children:
@@ -536,8 +536,8 @@ def _admin_client(server: Server, monkeypatch):
 def _trial_runs(client, experiment: str) -> tuple[list, list]:
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], max_results=100) if exp else []
-    return ([r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "sweep"],
-            [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "trial"])
+    return ([r for r in runs if r.data.tags.get(keys.TAG_ROLE) == "sweep"],
+            [r for r in runs if r.data.tags.get(keys.TAG_ROLE) == "trial"])
 
 
 def _assert_complete(client, experiment: str, sweeps: int, trials: int, epochs: int) -> list:
@@ -603,7 +603,7 @@ def test_outage_longer_than_the_retry_budget_loses_nothing(mlflow_server, monkey
     for run in children:  # the epoch checkpoint kept for the NC intervention was not lost either
         assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/epoch_002.pt"]
         assert {"checkpoint.pt", "summary.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert int(run.data.tags[tracking.TAG_RESTARTS]) >= 1
+        assert int(run.data.tags[keys.TAG_RESTARTS]) >= 1
 
 
 @pytest.mark.slow

@@ -246,3 +246,84 @@ def test_scores_and_nc_read_the_classifier_input(kind, data):
         assert not torch.allclose(train.space("raw"), train.space("input"))
     test = feature_pass(model, data.test.x)
     torch.testing.assert_close(fit.head(test.space("input")).float(), test.logits, rtol=1e-4, atol=1e-5)
+
+
+# ---- evaluate() on constructed features with known answers -----------------------------------------------------------
+class FixedFeatures(nn.Module):
+    """(N, 1, 1, 4) images whose pixels are the features: z = x.flatten(1). The classifier reads
+    classifier_input(z): z itself ("plain"), z / ||z|| ("l2", seed paper eq. 9), or normalize(P z) with P dropping
+    the 4th coordinate ("projector", the ICML 2025 ETF projector's normalized output). Its weights are the first
+    three unit vectors: the logit of class c is x_c."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind, self.l2 = kind, kind == "l2"
+        self.classifier = nn.Linear(4, 3, bias=False)
+        with torch.no_grad():
+            self.classifier.weight.copy_(torch.eye(3, 4))
+
+    def classifier_input(self, z):
+        if self.kind == "plain":
+            return z
+        x = nn.functional.normalize(z, dim=1)
+        return x if self.kind == "l2" else nn.functional.pad(nn.functional.normalize(z[:, :3], dim=1), (0, 1))
+
+    def forward(self, x):
+        z = x.flatten(1)
+        return self.classifier(self.classifier_input(z)), z
+
+
+def clusters(n_per_class: int, seed: int) -> SimpleNamespace:
+    """Class c at 10 * e_c (c = 0, 1, 2; 4th coordinate 0) with N(0, 0.1^2) noise: separable by a wide margin."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(3).repeat_interleave(n_per_class)
+    z = 10 * torch.eye(3, 4)[y] + 0.1 * torch.randn(len(y), 4, generator=g)
+    z[:, 3] = 0.1 * torch.randn(len(y), generator=g)
+    return SimpleNamespace(x=z.view(-1, 1, 1, 4), y=y)
+
+
+@pytest.fixture(scope="module")
+def separable():
+    return SimpleNamespace(train=clusters(50, 0), val=None, test=clusters(30, 1))
+
+
+KNOWN_SCORES = ["gmm", "feature_norm", "msp", "energy"]
+
+
+def test_separable_features_give_auroc_one_and_fpr95_zero(separable):
+    """Plain model, OoD near the origin (-0.5 * (1, 1, 1, 0) + noise): about 10 from every class mean and with
+    norm about 1 (ID: about 10), so both the GMM density and the feature norm separate perfectly."""
+    noise = 0.1 * torch.randn(90, 4, generator=torch.Generator().manual_seed(2))
+    far = -0.5 * torch.tensor([1.0, 1.0, 1.0, 0.0]) + noise
+    results, _ = evaluate(FixedFeatures("plain"), separable, {"far": far.view(-1, 1, 1, 4)}, scores=KNOWN_SCORES)
+    assert results[keys.ACC_TEST] == 1.0
+    for score in ("gmm", "feature_norm"):
+        assert results[keys.ood_key("far", score, "auroc")] == pytest.approx(1.0)
+        assert results[keys.ood_key("far", score, "fpr95")] == 0.0
+    assert results[keys.nc_key("nc1")] < 1e-3  # within-class spread 0.1 vs class means 10 apart
+
+
+def test_l2_model_feature_norm_reads_z_and_gmm_reads_the_normalized_features(separable):
+    """OoD = the ID test images scaled by 1/8 (exact in floating point): same directions, 8x smaller norm. The
+    feature_norm score, taken on z, separates them perfectly; every score on z / ||z|| sees identical inputs (AUROC
+    exactly 0.5). Were feature_norm taken on z / ||z||, it would be 1 for every image and give 0.5 as well."""
+    small = separable.test.x * 0.125
+    results, _ = evaluate(FixedFeatures("l2"), separable, {"small": small}, scores=KNOWN_SCORES)
+    assert results[keys.ACC_TEST] == 1.0
+    assert results[keys.ood_key("small", "feature_norm", "auroc")] == pytest.approx(1.0)
+    for score in ("gmm", "msp", "energy"):
+        assert results[keys.ood_key("small", score, "auroc")] == pytest.approx(0.5, abs=1e-9), score
+
+
+def test_projector_model_scores_are_measured_at_the_projector_output(separable):
+    """OoD = the ID test images with a large 4th coordinate, which the projector drops: at its normalized output they
+    are the ID images (AUROC exactly 0.5 for the GMM and the logit scores). The raw z differs: feature_norm, taken on
+    z, ranks every shifted image (norm ~51) above every ID one (~10), AUROC 0."""
+    shifted = separable.test.x.clone()
+    shifted[..., 3] = 50.0
+    results, fit = evaluate(FixedFeatures("projector"), separable, {"shifted": shifted}, scores=KNOWN_SCORES)
+    assert results[keys.ACC_TEST] == 1.0
+    assert fit.gaussians.means[:, 3].abs().max() == 0  # the class Gaussians live in the projector's output
+    assert results[keys.ood_key("shifted", "feature_norm", "auroc")] == pytest.approx(0.0)
+    for score in ("gmm", "msp", "energy"):
+        assert results[keys.ood_key("shifted", score, "auroc")] == pytest.approx(0.5, abs=1e-9), score

@@ -22,8 +22,8 @@ TRAIN_TITLE = "ray::ImplicitFunc.train"  # the title Ray gives a worker while it
 def _runs(uri: str, experiment: str) -> tuple[list, list]:
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], max_results=100)
-    return ([r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "sweep"],
-            [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "trial"])
+    return ([r for r in runs if r.data.tags.get(keys.TAG_ROLE) == "sweep"],
+            [r for r in runs if r.data.tags.get(keys.TAG_ROLE) == "trial"])
 
 
 def test_failure_kinds():
@@ -68,9 +68,9 @@ def test_sigkill_mid_training_is_retried_into_the_same_run(tmp_path):
     assert [p.info.status for p in parents] == ["FINISHED"]
     assert len(children) == 1, [r.info.run_name for r in children]  # the retry continued the run: no second one
     run = children[0]
-    assert run.info.status == "FINISHED" and run.data.tags[tracking.TAG_RESTARTS] == "1"
-    assert run.data.tags[tracking.TAG_PREVIOUS_FAILURE_KIND] == "killed"
-    assert f"pid: {killed}" in run.data.tags[tracking.TAG_PREVIOUS_ERROR]  # Ray's account names the killed worker
+    assert run.info.status == "FINISHED" and run.data.tags[keys.TAG_RESTARTS] == "1"
+    assert run.data.tags[keys.TAG_PREVIOUS_FAILURE_KIND] == "killed"
+    assert f"pid: {killed}" in run.data.tags[keys.TAG_PREVIOUS_ERROR]  # Ray's account names the killed worker
     client = MlflowClient(uri)
     for key in run.data.metrics:  # every step once: nothing lost, nothing logged twice
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == \
@@ -93,7 +93,7 @@ def test_out_of_memory_kill_is_reported_as_oom(tmp_path):
     assert len(children) == 1
     run = children[0]
     assert run.info.status == "FAILED" and run.info.run_name == "resnet18-w2-nol2-sn-lg-e2-s0"
-    assert run.data.tags[tracking.TAG_FAILURE_KIND] == "oom"
-    assert "running low on memory" in run.data.tags[tracking.TAG_ERROR]
+    assert run.data.tags[keys.TAG_FAILURE_KIND] == "oom"
+    assert "running low on memory" in run.data.tags[keys.TAG_ERROR]
     assert run.data.params["seed"] == "0"  # the run the trial would have made: its config as params
     assert keys.LOSS_TRAIN not in run.data.metrics

@@ -3,7 +3,6 @@ loss switch leave default training bit-identical, the NC loss drives NC down fas
 ablation -> nc_intervention -> aggregation chain on digits with a local Ray and a tmp MLflow store."""
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -109,18 +108,18 @@ def test_config_validation_and_condition():
 
 
 def test_mlflow_params_rebuild_the_trial_config(tmp_path):
-    """find_sources rebuilds each source run's config from its MLflow params (strings): every field type, the
-    optional floats lr / weight_decay, lists (ood_sets, lr_steps, betas) included, comes back equal."""
+    """find_sources rebuilds each source run's config from its MLflow params (strings) with config_from_params:
+    every field type, the optional floats lr / weight_decay, lists (ood_sets, lr_steps, betas) included, comes back
+    equal; other params (a score's score/<name>/<field>) are ignored."""
     from ncood.aggregate.runs import RUN_FIELDS, _param as aggregate_param
-    from ncood.config import TrialConfig
-    from ncood.intervention import _param
+    from ncood.config import config_from_params
     from ncood.tracking import _param_value
 
     cfg = make_config("digits", optimizer="adamw", lr=5.5e-4, weight_decay=0.06, betas="0.8,0.9", lr_steps="3,5",
                       loss="logitnorm", logitnorm_temperature=0.1, batch_size=64, schedule="cosine",
                       data_root=str(tmp_path))
     params = {k: _param_value(v) for k, v in cfg.to_dict().items()}  # as ncood.tracking logs them
-    assert TrialConfig.from_dict({k: _param(k, v) for k, v in params.items()}) == cfg
+    assert config_from_params({**params, keys.score_param_key("knn", "k"): "50"}) == cfg
     assert {f: aggregate_param(params, f) for f in RUN_FIELDS} == {f: getattr(cfg, f) for f in RUN_FIELDS}
 
 
@@ -150,45 +149,48 @@ def test_nc_loss_training_collapses_faster_than_cross_entropy(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_ablation_then_intervention_end_to_end(tmp_path):
+def test_ablation_then_intervention_end_to_end(local_ray, tmp_path):
     """Tiny ablation (2 seeds, 3 epochs, checkpoint at 2) -> intervention (3 epochs) -> tables, figures, MLflow runs."""
-    import ray
     from mlflow.tracking import MlflowClient
 
     from ncood import tracking
-    from ncood.tune import SweepSettings, init_ray, run_grid
+    from ncood.tune import SweepSettings, run_grid
 
-    saved = os.environ.pop("RAY_ADDRESS", None)
-    init_ray(num_cpus=2)
-    try:
-        uri = tracking.resolve_tracking_uri(str(tmp_path / "mlflow.db"))
-        settings = SweepSettings(experiment="abl", tracking_uri=uri, storage_path=str(tmp_path / "ray"),
-                                 progress=False, keep_checkpoint_epochs=(2,))
-        result = run_grid("default", {"epochs": [3], "width": 4, "eval_every": 1}, seeds=2, settings=settings)
-        assert result.num_errors == 0
-        job = load_job("nc_intervention")
-        rc = job.main(["--experiment", "abl", "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray"),
-                       "--from-epoch", "3", "--intervention-epochs", "3", "--lr-step", "2", "--quiet",
-                       "--aggregate-out", str(tmp_path / "aggregate")])
-        assert rc == 0
-        client = MlflowClient(uri)
-        exp = client.get_experiment_by_name("abl-nc-intervention")
-        runs = client.search_runs([exp.experiment_id], max_results=100)
-        children = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "trial"]
-        assert sorted(r.data.tags["group"] for r in children) == ["control"] * 2 + ["intervention"] * 2
-        assert all(r.data.tags["onset_epoch"] == "2" and r.data.tags["requested_epoch"] == "3" for r in children)
-        assert all(r.data.params["loss"] == GROUPS[r.data.tags["group"]] for r in children)
-        hist = client.get_metric_history(children[0].info.run_id, keys.nc_key("nc1"))
-        assert sorted(m.step for m in hist) == [2, 3, 4, 5]  # onset + every continuation epoch
-        agg = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "aggregate"]
-        assert len(agg) == 1
-        files = {f.path for f in client.list_artifacts(agg[0].info.run_id, "figures")}
-        assert {"figures/fig3_nc_curves.png", "figures/fig4_auroc_change.png"} <= files
-        assert (tmp_path / "aggregate" / "tables" / "nc_summary.csv").exists()
-    finally:
-        ray.shutdown()
-        if saved is not None:
-            os.environ["RAY_ADDRESS"] = saved
+    uri = tracking.resolve_tracking_uri(str(tmp_path / "mlflow.db"))
+    settings = SweepSettings(experiment="abl", tracking_uri=uri, storage_path=str(tmp_path / "ray"),
+                             progress=False, keep_checkpoint_epochs=(2,))
+    result = run_grid("default", {"epochs": [3], "width": 4, "eval_every": 1}, seeds=2, settings=settings)
+    assert result.num_errors == 0
+    job = load_job("nc_intervention")
+    rc = job.main(["--experiment", "abl", "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray"),
+                   "--from-epoch", "3", "--intervention-epochs", "3", "--lr-step", "2", "--quiet",
+                   "--aggregate-out", str(tmp_path / "aggregate")])
+    assert rc == 0
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("abl-nc-intervention")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    children = [r for r in runs if r.data.tags.get(keys.TAG_ROLE) == "trial"]
+    assert sorted(r.data.tags["group"] for r in children) == ["control"] * 2 + ["intervention"] * 2
+    assert all(r.data.tags["onset_epoch"] == "2" and r.data.tags["requested_epoch"] == "3" for r in children)
+    assert all(r.data.params["loss"] == GROUPS[r.data.tags["group"]] for r in children)
+    hist = client.get_metric_history(children[0].info.run_id, keys.nc_key("nc1"))
+    assert sorted(m.step for m in hist) == [2, 3, 4, 5]  # onset + every continuation epoch
+    agg = [r for r in runs if r.data.tags.get(keys.TAG_ROLE) == "aggregate"]
+    assert len(agg) == 1
+    files = {f.path for f in client.list_artifacts(agg[0].info.run_id, "figures")}
+    assert {"figures/fig3_nc_curves.png", "figures/fig4_auroc_change.png"} <= files
+    assert (tmp_path / "aggregate" / "tables" / "nc_summary.csv").exists()
+    # --resume through the job's CLI: the finished sweep is reattached (its saved trainable, the continuation one),
+    # nothing is trained again and no run is added
+    rc = job.main(["--resume", "--experiment", "abl", "--intervention-experiment", "abl-nc-intervention",
+                   "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray"), "--quiet", "--no-aggregate"])
+    assert rc == 0
+    again = [r for r in client.search_runs([exp.experiment_id], max_results=100)
+             if r.data.tags.get(keys.TAG_ROLE) == "trial"]
+    assert sorted(r.info.run_id for r in again) == sorted(r.info.run_id for r in children)
+    assert all(r.info.status == "FINISHED" for r in again)
+    hist = client.get_metric_history(children[0].info.run_id, keys.nc_key("nc1"))
+    assert sorted(m.step for m in hist) == [2, 3, 4, 5]  # nothing logged again
 
 
 def test_nc_control_grid_axes_and_flags():

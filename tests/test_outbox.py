@@ -13,11 +13,10 @@ from ncood.tune.outbox import Outbox, TrackingUnavailable, retry_budget
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("outbox")
-    uri = tracking.resolve_tracking_uri(str(root / "mlflow.db"))
+def store(sqlite_store):
+    uri = sqlite_store[0]
     exp = tracking.prepare_experiment("outbox", uri)
-    return tracking.start_sweep(uri, exp, "sweep", {}, {tracking.TAG_KIND: "ablation"})
+    return tracking.start_sweep(uri, exp, "sweep", {}, {keys.TAG_KIND: keys.KIND_ABLATION})
 
 
 def _closed_port() -> int:

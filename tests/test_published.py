@@ -84,7 +84,7 @@ def compared(tmp_path_factory):
     conds = {L2_60: [0.930, 0.940, 0.950], L2_60.replace(l2=False): [0.70, 0.71, 0.72],
              L2_60.replace(width=32): [0.90, 0.91, 0.92]}
     ref = tracking.start_sweep(uri, exp_id, "sweep", {"seeds": 3, "conditions": ",".join(c.condition for c in conds)},
-                               {tracking.TAG_KIND: "ablation"})
+                               {keys.TAG_KIND: "ablation"})
     for cfg, aurocs in conds.items():
         for seed, auroc in enumerate(aurocs):
             run = cfg.replace(seed=seed, epochs=60)

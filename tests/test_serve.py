@@ -98,10 +98,9 @@ def test_decode_colour_modes_like_training_data():
 
 # ---- the trained, logged and registered model ------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(sqlite_store):
     """A sqlite store in tmp; also the process default, so nothing falls back to ./mlflow.db."""
-    root = tmp_path_factory.mktemp("serve-store")
-    uri = tracking.resolve_tracking_uri(str(root / "mlflow.db"))
+    uri, root = sqlite_store
     exp_id = tracking.prepare_experiment(EXPERIMENT, uri)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
@@ -112,7 +111,7 @@ def store(tmp_path_factory):
 def trained(store, tmp_path_factory):
     """A tiny digits trial run as the Ray trainable runs it (own MLflow run, one batch per epoch), then logged."""
     uri, exp_id, _ = store
-    ref = tracking.start_sweep(uri, exp_id, "sweep", {"grid": "test"}, {tracking.TAG_KIND: "ablation"})
+    ref = tracking.start_sweep(uri, exp_id, "sweep", {"grid": "test"}, {keys.TAG_KIND: "ablation"})
     cfg = make_config("digits", width=4, epochs=3, device="cpu", data_root=str(tmp_path_factory.mktemp("data")))
     tracker = tracking.TrialTracker(ref, cfg, trial_id="serve_00000")
     run_id = tracker.start()
@@ -221,6 +220,19 @@ def test_register_picks_median_seed_of_best_condition(registered, trained):
     text = format_registration(reg)
     assert f"{trial.cfg.condition}-s0" in text and "median" in text and "3 seed" in text
     assert "mlflow models serve -m models:/ncood-ood-scorer@champion --env-manager local" in text
+
+
+def test_ncood_register_subcommand_sets_the_alias_on_the_chosen_run(registered, store, capsys):
+    """`ncood register` through the real CLI: the same choice as register_best, under the alias asked for."""
+    from ncood.cli import main
+
+    reg, _ = registered
+    assert main(["register", "--experiment", EXPERIMENT, "--tracking-uri", store[0], "--alias", "cli"]) == 0
+    assert "models:/ncood-ood-scorer@cli" in capsys.readouterr().out
+    mv = MlflowClient(store[0]).get_model_version_by_alias("ncood-ood-scorer", "cli")
+    assert mv.run_id == reg.choice.run.run_id
+    assert main(["register", "--experiment", "no-such-experiment", "--tracking-uri", store[0]]) == 2
+    assert "no MLflow experiment 'no-such-experiment'" in capsys.readouterr().err
 
 
 # ---- the real server -------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-from ncood import tracking
+from ncood import keys, tracking
 from ncood.tune import SweepSettings, init_ray, run_grid
 from ncood.tune.sweep import SWEEP_FILE, Storage, find_experiment
 
@@ -103,7 +103,7 @@ def test_sweep_and_resume_on_s3(s3, tmp_path):
     runs = tracking.child_runs(result.ref)
     assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
     parent = MlflowClient(tracking_uri).get_run(result.ref.parent_run_id)
-    assert parent.data.tags[tracking.TAG_RAY_EXPERIMENT] == result.experiment_path
+    assert parent.data.tags[keys.TAG_RAY_EXPERIMENT] == result.experiment_path
 
     # --resume finds the newest sweep of the experiment by listing the bucket and restores it from there:
     # everything finished, so nothing reruns and no run is added.

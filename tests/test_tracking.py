@@ -12,17 +12,13 @@ from ncood.ood import score_params
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """One sqlite store for the module (creating the schema takes ~10 s of migrations); tests use own experiments."""
-    root = tmp_path_factory.mktemp("mlflow")
-    uri = tracking.resolve_tracking_uri(str(root / "mlflow.db"))
-    tracking.prepare_experiment("schema", uri)
-    return uri
+def store(sqlite_store) -> str:
+    return sqlite_store[0]
 
 
 def _sweep(store: str, name: str) -> tracking.SweepRef:
     exp = tracking.prepare_experiment(name, store)
-    return tracking.start_sweep(store, exp, f"{name}-sweep", {"preset": "test"}, {tracking.TAG_KIND: "ablation"})
+    return tracking.start_sweep(store, exp, f"{name}-sweep", {"preset": "test"}, {keys.TAG_KIND: "ablation"})
 
 
 def test_resolve_tracking_uri(tmp_path, monkeypatch):
@@ -56,8 +52,8 @@ def test_trial_run_lifecycle(store):
     run = client.get_run(run_id)
     assert run.info.run_name == f"{cfg.condition}-s7" and run.info.status == "RUNNING"
     assert run.data.tags[MLFLOW_PARENT_RUN_ID] == ref.parent_run_id
-    assert run.data.tags[tracking.TAG_CONDITION] == cfg.condition and run.data.tags[tracking.TAG_SEED] == "7"
-    assert run.data.tags[tracking.TAG_TRIAL_ID] == "abc_00001"
+    assert run.data.tags[keys.TAG_CONDITION] == cfg.condition and run.data.tags[keys.TAG_SEED] == "7"
+    assert run.data.tags[keys.TAG_TRIAL_ID] == "abc_00001"
     assert set(run.data.params) == set(TrialConfig.__dataclass_fields__) | set(score_params())
     assert run.data.params["ood_sets"] == ",".join(cfg.ood_sets)
     assert run.data.params[keys.score_param_key("knn", "k")] == "50"  # the score hyperparameters, as params
@@ -69,7 +65,7 @@ def test_trial_run_lifecycle(store):
 
     tracker.fail(RuntimeError("boom at epoch 2"))
     run = client.get_run(run_id)
-    assert run.info.status == "FAILED" and run.data.tags[tracking.TAG_ERROR].startswith("RuntimeError: boom")
+    assert run.info.status == "FAILED" and run.data.tags[keys.TAG_ERROR].startswith("RuntimeError: boom")
 
     # Retry from the checkpoint: same run, RUNNING again, the old error kept as previous_error, step 1 not repeated.
     again = tracking.TrialTracker(ref, cfg, trial_id="abc_00001")
@@ -78,8 +74,8 @@ def test_trial_run_lifecycle(store):
     assert again.log_epoch(2, {keys.LOSS_TRAIN: 0.5})
     again.finish()
     run = client.get_run(run_id)
-    assert run.info.status == "FINISHED" and tracking.TAG_ERROR not in run.data.tags
-    assert "boom" in run.data.tags[tracking.TAG_PREVIOUS_ERROR] and run.data.tags[tracking.TAG_RESTARTS] == "1"
+    assert run.info.status == "FINISHED" and keys.TAG_ERROR not in run.data.tags
+    assert "boom" in run.data.tags[keys.TAG_PREVIOUS_ERROR] and run.data.tags[keys.TAG_RESTARTS] == "1"
     history = client.get_metric_history(run_id, keys.LOSS_TRAIN)
     assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 0.5)]
 
@@ -105,7 +101,7 @@ def test_close_orphans(store):
     changed = tracking.close_orphans(ref, {"o_0": "worker died"}, interrupted=True)
     assert sorted(changed) == sorted([(errored.run_name, "FAILED"), (cut_off.run_name, "KILLED")])
     status = {r.info.run_name: r for r in tracking.child_runs(ref)}
-    assert status[errored.run_name].data.tags[tracking.TAG_ERROR] == "worker died"
+    assert status[errored.run_name].data.tags[keys.TAG_ERROR] == "worker died"
     assert status[done.run_name].info.status == "FINISHED"
     assert tracking.close_orphans(ref, {}, interrupted=False) == []  # idempotent
 

@@ -20,9 +20,11 @@ except ImportError:  # a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ncood.config import ConfigError  # noqa: E402
-from ncood.intervention import GROUPS, InterventionSettings, default_experiment, run_intervention  # noqa: E402
+from ncood.intervention import GROUPS, InterventionSettings, default_experiment  # noqa: E402
+from ncood.runs_query import RunsQueryError  # noqa: E402
 from ncood.tracking import TrackingError  # noqa: E402
 from ncood.tune import SweepSettings, jobs, run_sweep  # noqa: E402
+from ncood.tune.intervention import SourceSelection, run_intervention  # noqa: E402
 
 _D = InterventionSettings()
 
@@ -61,17 +63,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = SweepSettings(
         experiment=args.intervention_experiment or default_experiment(args.experiment),
         tracking_uri=args.tracking_uri, storage_path=args.storage_path, cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, max_failures=args.max_failures,
+        gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, retries=args.retries,
         num_cpus=args.num_cpus, progress=not args.quiet)
     try:
         if args.resume:
             result = run_sweep(settings, resume=args.resume)
         else:
             st = InterventionSettings(args.from_epoch, args.intervention_epochs, args.lr, args.lr_step, args.batch_size)
-            result = run_intervention(settings, args.experiment, st, sweep_run_id=args.source_sweep,
-                                      condition=args.condition, groups=args.groups,
-                                      seeds=range(args.seeds) if args.seeds else None)
-    except (ConfigError, FileNotFoundError, TrackingError) as e:
+            select = SourceSelection(args.experiment, args.source_sweep, args.condition,
+                                     range(args.seeds) if args.seeds else None, tuple(args.groups))
+            result = run_intervention(settings, select, st)
+    except (ConfigError, FileNotFoundError, TrackingError, RunsQueryError) as e:
         print(f"nc_intervention: {e}", file=sys.stderr)
         return 2
     jobs.print_report(result)

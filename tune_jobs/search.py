@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ray.tune.search.optuna import OptunaSearch
 
     from ncood.tracking import TrackingError
-    from ncood.tune import run_sweep
+    from ncood.tune import SweepSpec, run_sweep
 
     settings = jobs.settings_from_args(args, "search")
     try:
@@ -119,13 +119,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         reduction_factor=args.reduction_factor),
             )
             columns = {keys.LOSS_TRAIN: "loss", keys.ACC_VAL: "val acc", args.metric: "objective"}
-            result = run_sweep(
-                settings, space, kind="search", tune_extra=tune_extra, metric_columns=columns,
+            result = run_sweep(settings, SweepSpec(
+                space, keys.KIND_SEARCH, tune_extra=tune_extra, metric_columns=columns,
                 parameter_columns=space[NAME_PARAMS_KEY], val_every_epoch=True,
                 sweep_params={"condition": condition, "trials": args.trials, "metric": args.metric, "mode": args.mode,
                               "lr_range": LR_RANGE, "weight_decay_range": WD_RANGE,
                               "search_batch_size": args.search_batch_size},
-            )
+            ))
     except (ConfigError, FileNotFoundError, TrackingError) as e:
         print(f"search: {e}", file=sys.stderr)
         return 2

@@ -1,9 +1,9 @@
 """Aggregation of the NC intervention sweep (seed paper Sec. 4.2): AUROC change from the onset per group (Fig. 4) and
 NC metric curves of both groups (Fig. 3), as tables and PNG figures in one aggregate MLflow run.
 
-Reads the sweep written by ncood.intervention: child runs tagged `group` (control | intervention) and `onset_epoch`,
-metrics at step = onset + continuation epoch. Every curve is indexed by the continuation epoch (0 = onset) and
-averaged over seeds; the AUROC change is per seed (AUROC(epoch) - AUROC(onset)) before averaging.
+Reads the sweep written by ncood.tune.intervention: child runs tagged `group` (control | intervention) and
+`onset_epoch`, metrics at step = onset + continuation epoch. Every curve is indexed by the continuation epoch
+(0 = onset) and averaged over seeds; the AUROC change is per seed (AUROC(epoch) - AUROC(onset)) before averaging.
 """
 from __future__ import annotations
 
@@ -17,11 +17,10 @@ from matplotlib import colormaps
 from mlflow.entities import Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from ncood import keys, tracking
+from ncood import keys, runs_query, tracking
 from ncood.aggregate import figures
-from ncood.aggregate.report import (ROLE_AGGREGATE, TAG_SWEEP_RUN_ID, default_out, fail_run, log_outputs, render,
-                                   write_table)
-from ncood.aggregate.runs import AggregateError, _child_runs, find_experiment, metric_histories
+from ncood.aggregate.report import default_out, fail_run, log_outputs, render, write_table
+from ncood.aggregate.runs import AggregateError, find_experiment, find_sweep, metric_histories
 from ncood.aggregate.tables import Table, fmt, mean_sd
 
 GROUP_ORDER = ("control", "intervention")
@@ -44,9 +43,9 @@ def load_intervention(tracking_uri: str, experiment_id: str, parent_run_id: str)
     client = MlflowClient(tracking_uri)
     runs = pd.DataFrame([{
         "run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
-        "group": r.data.tags.get("group", "?"), "seed": int(r.data.tags.get(tracking.TAG_SEED, -1)),
-        "onset": int(r.data.tags.get("onset_epoch", 0)), "ood_sets": r.data.params.get("ood_sets", ""),
-    } for r in _child_runs(client, experiment_id, parent_run_id)])
+        "group": r.data.tags.get(keys.TAG_GROUP, "?"), "seed": int(r.data.tags.get(keys.TAG_SEED, -1)),
+        "onset": int(r.data.tags.get(keys.TAG_ONSET, 0)), "ood_sets": r.data.params.get("ood_sets", ""),
+    } for r in runs_query.child_runs(client, experiment_id, parent_run_id, keys.ROLE_TRIAL)])
     if runs.empty or not (runs["status"] == tracking.FINISHED).any():
         raise AggregateError(f"sweep {parent_run_id} has no finished continuation runs")
     runs = runs[runs["status"] == tracking.FINISHED].reset_index(drop=True)
@@ -167,11 +166,7 @@ def aggregate_intervention(tracking_uri: str | None, experiment: str, *, parent_
     client = MlflowClient(uri)
     exp_id, exp_name = find_experiment(client, experiment)
     if parent_run_id is None:
-        flt = f"tags.`{tracking.TAG_ROLE}` = 'sweep' and tags.`{tracking.TAG_KIND}` = 'nc_intervention'"
-        found = client.search_runs([exp_id], flt, max_results=1, order_by=["attributes.start_time DESC"])
-        if not found:
-            raise AggregateError(f"experiment {exp_name!r} holds no nc_intervention sweep")
-        parent_run_id = found[0].info.run_id
+        parent_run_id = find_sweep(client, exp_id, kind=keys.KIND_NC_INTERVENTION).info.run_id
     runs, hist = load_intervention(uri, exp_id, parent_run_id)
     ood = [s for s in runs["ood_sets"].iloc[0].split(",") if s]
     key = keys.ood_key(ood[0], "gmm", "auroc") if ood else None
@@ -193,8 +188,8 @@ def aggregate_intervention(tracking_uri: str | None, experiment: str, *, parent_
     echo(report)
     echo(f"Files: {out}")
     if log_run:
-        tags = {tracking.TAG_ROLE: ROLE_AGGREGATE, TAG_SWEEP_RUN_ID: parent_run_id,
-                tracking.TAG_KIND: "nc_intervention", **tracking.git_state()}
+        tags = {keys.TAG_ROLE: keys.ROLE_AGGREGATE, keys.TAG_SWEEP_RUN_ID: parent_run_id,
+                keys.TAG_KIND: keys.KIND_NC_INTERVENTION, **tracking.git_state()}
         name = f"aggregate-nc-intervention-{parent_run_id[:8]}"
         rid = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
         try:

@@ -21,12 +21,11 @@ from mlflow.tracking import MlflowClient
 from ncood import keys, tracking
 from ncood.aggregate import figures
 from ncood.aggregate.papers import comparison_summary, published_table
-from ncood.aggregate.runs import FAILED, INCOMPLETE, SweepData, load_sweep, metric_histories
+from ncood.aggregate.runs import FAILED, INCOMPLETE, USED, SweepData, load_sweep, metric_histories
 from ncood.aggregate.tables import GMM, Table, all_tables
 from ncood.ood import SCORES
 
-TAG_SWEEP_RUN_ID = "ncood.sweep_run_id"  # on the aggregate run: the sweep it summarises
-ROLE_AGGREGATE = "aggregate"  # value of tracking.TAG_ROLE on the aggregate run
+TAG_SWEEP_RUN_ID, ROLE_AGGREGATE = keys.TAG_SWEEP_RUN_ID, keys.ROLE_AGGREGATE  # names of the schema (ncood.keys)
 TABLE_FORMATS = ("md", "csv", "tex", "html")
 FIGURES = {"nc_vs_auroc": "fig_a_nc2_vs_auroc.png", "nc_curves": "fig_b_nc_vs_epoch.png",
            "auroc_seeds": "fig_c_auroc_per_seed.png"}
@@ -131,16 +130,16 @@ def make_figures(data: SweepData, ood_sets: Sequence[str], folder: Path) -> tupl
 def log_aggregate_run(data: SweepData, result: AggregateResult, resamples: int, seed: int) -> str:
     """One aggregate run in the sweep's experiment: tags, a few params, every file, and each table via log_table."""
     client = MlflowClient(data.sweep.tracking_uri)
-    tags = {tracking.TAG_ROLE: ROLE_AGGREGATE, TAG_SWEEP_RUN_ID: data.sweep.run_id,
-            **({tracking.TAG_KIND: data.sweep.kind} if data.sweep.kind else {}), **tracking.git_state()}
+    tags = {keys.TAG_ROLE: keys.ROLE_AGGREGATE, keys.TAG_SWEEP_RUN_ID: data.sweep.run_id,
+            **({keys.TAG_KIND: data.sweep.kind} if data.sweep.kind else {}), **tracking.git_state()}
     run = client.create_run(data.sweep.experiment_id, run_name=f"aggregate-{data.sweep.run_name}", tags=tags)
     rid = run.info.run_id
     try:
         runs = data.runs
         params = {"sweep_run_id": data.sweep.run_id, "sweep_run_name": data.sweep.run_name,
                   "conditions": len(data.conditions), "seeds_expected": len(data.expected_seeds),
-                  "runs_used": len(data.used), "runs_failed": int((runs["use"] == FAILED).sum()) if len(runs) else 0,
-                  "runs_incomplete": int((runs["use"] == INCOMPLETE).sum()) if len(runs) else 0,
+                  **{f"runs_{use}": int((runs["use"] == use).sum()) if len(runs) else 0  # runs_used, ...
+                     for use in (USED, FAILED, INCOMPLETE)},
                   "bootstrap_resamples": resamples, "bootstrap_seed": seed,
                   "figure_ood_set": ood_set_names(data)[0] if ood_set_names(data) else "", "figure_score": GMM,
                   **comparison_summary(next((t for t in result.tables if t.name == "published"), None))}
@@ -166,7 +165,7 @@ def log_outputs(client: MlflowClient, rid: str, files: Sequence[Path], out: Path
 
 def fail_run(client: MlflowClient, rid: str, error: BaseException) -> None:
     """Mark an aggregate run FAILED with the error in its `error` tag (nothing is left RUNNING)."""
-    client.set_tag(rid, tracking.TAG_ERROR, tracking.error_text(error))
+    client.set_tag(rid, keys.TAG_ERROR, tracking.error_text(error))
     client.set_terminated(rid, tracking.FAILED)
 
 
@@ -201,6 +200,6 @@ def aggregate(tracking_uri: str | None = None, experiment: str | None = None, *,
     if log_run:
         result.run_id = log_aggregate_run(data, result, resamples, seed)
         echo(f"MLflow: aggregate run {result.run_id} in experiment {data.sweep.experiment_name} "
-             f"(tag {TAG_SWEEP_RUN_ID}={data.sweep.run_id})\n  " + tracking.ui_command(data.sweep.tracking_uri))
+             f"(tag {keys.TAG_SWEEP_RUN_ID}={data.sweep.run_id})\n  " + tracking.ui_command(data.sweep.tracking_uri))
     return result
 

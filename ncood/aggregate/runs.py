@@ -11,24 +11,22 @@ metrics). MLflow's "latest" metric value is the one with the highest step (then 
 back from the run (`RunData.to_proto()`): a metric whose latest step is below the run's last step was not measured
 at the final epoch, so it counts as missing there (never silently taken from an earlier epoch).
 
-Runs are read with `MlflowClient.search_runs` (paged) rather than the fluent `mlflow.search_runs`: the fluent one
-reads the process-global tracking URI and its pandas frame drops the metric steps that the check above needs.
+Runs are read through ncood.runs_query (paged `MlflowClient.search_runs`: its runs keep the metric steps that the
+check above needs).
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from ncood import tracking
-from ncood.config import CONDITION_FIELDS, TrialConfig
+from ncood import keys, runs_query, tracking
+from ncood.config import CONDITION_FIELDS, FIELD_KINDS, parse_field
+
 USED, FAILED, INCOMPLETE, DUPLICATE = "used", "failed", "incomplete", "duplicate"  # `use` column values
 
 _META = ("run_id", "run_name", "status", "start_time", "condition", "seed", "final_step", "use", "error")
@@ -78,61 +76,41 @@ class SweepData:
 # ---- finding the experiment and the sweep ----------------------------------------------------------------------------
 def find_experiment(client: MlflowClient, experiment: str) -> tuple[str, str]:
     """(id, name) of the experiment named `experiment` (or with that id)."""
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None and experiment.isdigit():
-        try:
-            exp = client.get_experiment(experiment)
-        except Exception:  # noqa: BLE001 - MlflowException for an unknown id
-            exp = None
-    if exp is None:
-        names = [e.name for e in client.search_experiments()]
-        raise AggregateError(f"no MLflow experiment {experiment!r} in this store; experiments: {names or 'none'} "
-                             f"(pass --experiment NAME and the --tracking-uri the sweep logged to)")
+    try:
+        exp = runs_query.experiment(client, experiment, by_id=True)
+    except runs_query.RunsQueryError as e:
+        raise AggregateError(str(e)) from None
     return exp.experiment_id, exp.name
 
 
-def find_sweep(client: MlflowClient, experiment_id: str, parent_run_id: str | None = None):
-    """The sweep run `parent_run_id`, else the newest run tagged `ncood.role`=`sweep` in the experiment."""
+def find_sweep(client: MlflowClient, experiment_id: str, parent_run_id: str | None = None, kind: str | None = None):
+    """The sweep run `parent_run_id`, else the newest sweep run (of `kind`, keys.KIND_*, if given) in the experiment."""
     if parent_run_id:
         run = client.get_run(parent_run_id)
         if run.info.experiment_id != experiment_id:
             raise AggregateError(f"run {parent_run_id} belongs to experiment {run.info.experiment_id}, "
                                  f"not {experiment_id}")
         return run
-    runs = client.search_runs([experiment_id], f"tags.`{tracking.TAG_ROLE}` = 'sweep'", ViewType.ACTIVE_ONLY,
-                              max_results=1, order_by=["attributes.start_time DESC"])
-    if not runs:
-        raise AggregateError(f"experiment {experiment_id} holds no sweep run (tag {tracking.TAG_ROLE}=sweep); "
-                             f"run tune_jobs/ablation.py first or pass --parent-run RUN_ID")
-    return runs[0]
-
-
-def _child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list:
-    """Every trial run of the sweep, all statuses, oldest first (paged: MLflow caps a page)."""
-    flt = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and tags.`{tracking.TAG_ROLE}` = 'trial'"
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], flt, ViewType.ACTIVE_ONLY, max_results=1000,
-                                  order_by=["attributes.start_time ASC"], page_token=token)
-        runs += list(page)
-        token = page.token
-        if not token:
-            return runs
+    run = runs_query.newest_sweep(client, experiment_id, kind)
+    if run is None:
+        raise AggregateError(f"experiment {experiment_id} holds no {kind or ''} sweep run (tag {keys.TAG_ROLE}="
+                             f"{keys.ROLE_SWEEP}); run tune_jobs/ablation.py first or pass --parent-run RUN_ID")
+    return run
 
 
 # ---- one row per run -------------------------------------------------------------------------------------------------
-_CONVERT = {"bool": lambda s: s == "True", "int": int, "float": float, "str": str}
-_FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(TrialConfig)}
-_CONFIG_COLUMNS = tuple(f for f in _FIELD_TYPES if f not in ("seed", "ood_sets"))  # CONDITION_FIELDS among them
+_CONFIG_COLUMNS = tuple(f for f in FIELD_KINDS if f not in ("seed", "ood_sets"))  # CONDITION_FIELDS among them
 
 
 def _param(params: dict[str, str], name: str) -> Any:
-    """A TrialConfig param (a string in MLflow) back in its field's type; None when absent or unreadable."""
+    """A TrialConfig param (a string in MLflow) back in its field's type; None when absent or unreadable. Tuple
+    fields (lr_steps, betas) stay 'a,b' text: a column that groupby and drop_duplicates can hash."""
     if name not in params or params[name] == "None":
         return None
-    kind = _FIELD_TYPES.get(name, "str").removesuffix(" | None")  # e.g. batch_size: "int | None"
+    if FIELD_KINDS[name].many:
+        return params[name]
     try:
-        return _CONVERT.get(kind, str)(params[name])
+        return parse_field(name, params[name])
     except ValueError:
         return None
 
@@ -142,9 +120,9 @@ def _run_row(run) -> dict[str, Any]:
     tags, params = run.data.tags, run.data.params
     latest = {m.key: (m.step, m.value) for m in run.data.to_proto().metrics}  # latest value = highest step
     final_step = max((step for step, _ in latest.values()), default=None)
-    seed = tags.get(tracking.TAG_SEED, params.get("seed"))
-    condition = tags.get(tracking.TAG_CONDITION) or re.sub(r"-s\d+$", "", run.info.run_name or "?")
-    error = tags.get(tracking.TAG_ERROR, "")
+    seed = tags.get(keys.TAG_SEED, params.get("seed"))
+    condition = tags.get(keys.TAG_CONDITION) or re.sub(r"-s\d+$", "", run.info.run_name or "?")
+    error = tags.get(keys.TAG_ERROR, "")
     row: dict[str, Any] = {
         "run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status,
         "start_time": run.info.start_time, "condition": condition,
@@ -201,8 +179,8 @@ def load_sweep(tracking_uri: str | None, experiment: str | None = None, parent_r
         name = client.get_experiment(experiment_id).name
     parent = find_sweep(client, experiment_id, parent_run_id)
     info = SweepInfo(uri, experiment_id, name, parent.info.run_id, parent.info.run_name or parent.info.run_id,
-                     parent.data.tags.get(tracking.TAG_KIND, ""), dict(parent.data.params))
-    rows = [_run_row(r) for r in _child_runs(client, experiment_id, info.run_id)]
+                     parent.data.tags.get(keys.TAG_KIND, ""), dict(parent.data.params))
+    rows = [_run_row(r) for r in runs_query.child_runs(client, experiment_id, info.run_id, keys.ROLE_TRIAL)]
     runs = pd.DataFrame(rows, columns=None if rows else [*_META, "ood_sets", *_CONFIG_COLUMNS])
     if len(runs):
         runs = _mark_use(runs)

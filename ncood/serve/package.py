@@ -49,6 +49,7 @@ from mlflow.types import ColSpec, Schema
 from torch import nn
 
 import ncood
+from ncood import keys
 from ncood.config import TrialConfig
 from ncood.data import IDData
 from ncood.evaluate import exact_fp32
@@ -215,7 +216,7 @@ def log_ood_scorer(trial: Any, run_id: str, tracking_uri: str, *, name: str = SC
             run.info.experiment_id, name=name, source_run_id=run_id, model_type="ncood-ood-scorer",
             params={k: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)  # as the run's params
                     for k, v in {**cfg.to_dict(), "gmm_threshold": spec.threshold}.items()},
-            tags={"condition": cfg.condition, "seed": str(cfg.seed)})
+            tags={keys.TAG_CONDITION: cfg.condition, keys.TAG_SEED: str(cfg.seed)})
         saved_path = list(sys.path)
         try:
             with process_tracking_uri(tracking_uri):

@@ -25,7 +25,7 @@ from typing import Sequence
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from ncood import keys, tracking
+from ncood import keys, runs_query, tracking
 from ncood.serve.guard import PROTOCOL
 from ncood.serve.package import SCORER_NAME, process_tracking_uri
 
@@ -117,18 +117,6 @@ def choose(candidates: Sequence[Candidate], metric: str, mode: str | None = None
 
 
 # ---- MLflow side -------------------------------------------------------------------------------------------
-def _trial_runs(client: MlflowClient, experiment_id: str) -> list:
-    query = f"tags.`{tracking.TAG_ROLE}` = 'trial' and attributes.status = '{tracking.FINISHED}'"
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], query, max_results=1000, page_token=token,
-                                  order_by=["attributes.start_time DESC"])
-        runs += list(page)
-        token = page.token
-        if not token:
-            return runs
-
-
 def default_metric(runs: Sequence) -> str:
     """ood/<first OoD set of the experiment's trials>/gmm/auroc."""
     for run in runs:
@@ -144,13 +132,13 @@ def collect_candidates(client: MlflowClient, runs: Sequence, metric: str) -> tup
     skipped: dict[str, list[str]] = defaultdict(list)
     for run in runs:  # newest first
         tags, params, name = run.data.tags, run.data.params, run.info.run_name
-        if tracking.TAG_STOPPED_EARLY in tags:
+        if keys.TAG_STOPPED_EARLY in tags:
             skipped["stopped early"].append(name)
             continue
         if metric not in run.data.metrics:
             skipped[f"no {metric}"].append(name)
             continue
-        condition, seed, epochs = tags.get(tracking.TAG_CONDITION), tags.get(tracking.TAG_SEED), params.get("epochs")
+        condition, seed, epochs = tags.get(keys.TAG_CONDITION), tags.get(keys.TAG_SEED), params.get("epochs")
         if condition is None or seed is None or epochs is None:
             skipped["missing condition/seed/epochs"].append(name)
             continue
@@ -186,11 +174,11 @@ def register_best(experiment: str, *, metric: str | None = None, alias: str = DE
     """Choose (see the module docstring), register the chosen run's `ood_scorer` as a new version, set `alias`."""
     uri = tracking.resolve_tracking_uri(tracking_uri)
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        names = [e.name for e in client.search_experiments()]
-        raise RegisterError(f"no experiment {experiment!r} in {uri}; experiments there: {names}")
-    runs = _trial_runs(client, exp.experiment_id)
+    try:
+        exp = runs_query.experiment(client, experiment)
+    except runs_query.RunsQueryError as e:
+        raise RegisterError(str(e)) from None
+    runs = runs_query.finished_trials(client, exp.experiment_id)
     if not runs:
         raise RegisterError(f"experiment {experiment!r} has no FINISHED trial runs")
     metric = metric or default_metric(runs)

@@ -1,7 +1,9 @@
 """Ray Tune for ncood: the papers' grids, the resumable MLflow-logged trial, and the sweep runner.
 
     grid.py    condition axes x seeds as a Ray param_space (presets default / table1 / table2 / nc_control)
+    trainable.py  what every trainable shares: runtime, start (threads, device), failure handling, memory
     trial.py   the function trainable (per-epoch MLflow batch + tune.report with checkpoint)
+    intervention.py  the NC intervention's continuation trainable and its sweep
     sweep.py   Ray start-up, MLflow parent run, Tuner / Tuner.restore, run-status sweep
     jobs.py    flags and end-of-sweep summary shared by tune_jobs/ablation.py and tune_jobs/search.py
 
@@ -16,9 +18,9 @@ from typing import Any
 _EXPORTS = {
     "AXES": "grid", "GRIDS": "grid", "GridPreset": "grid", "config_from_tune": "grid", "grid_conditions": "grid",
     "make_param_space": "grid", "run_name": "grid",
-    "SweepResult": "sweep", "SweepSettings": "sweep", "SweepStatusCallback": "sweep", "init_ray": "sweep",
-    "run_grid": "sweep", "run_sweep": "sweep",
-    "TrialRuntime": "trial", "train_trial": "trial",
+    "SweepResult": "sweep", "SweepSettings": "sweep", "SweepSpec": "sweep", "SweepStatusCallback": "sweep",
+    "init_ray": "sweep", "run_grid": "sweep", "run_sweep": "sweep",
+    "TrialRuntime": "trainable", "train_trial": "trial",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -15,7 +15,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ncood import keys
-from ncood.config import TrialConfig
+from ncood.config import TrialConfig, add_config_flags
 from ncood.tune.grid import AXES, GRIDS, grid_conditions, seed_list
 
 if TYPE_CHECKING:
@@ -52,15 +52,7 @@ def add_grid_flags(parser: argparse.ArgumentParser, seeds: bool = True) -> None:
                        help=f"{name} values, e.g. `off on` for both")
     g.add_argument("--entropy-reg", nargs="+", metavar="W", dest="entropy_reg",
                    help="entropy regularizer weights, e.g. `0 0.05` (ICML 2025 NC control; 0 = off)")
-    for f in dataclasses.fields(TrialConfig):
-        if f.name in AXES or f.name == "seed":
-            continue
-        flag, help_ = "--" + f.name.replace("_", "-"), f.metadata.get("help", "")
-        if str(f.type) in ("bool", "bool | None"):
-            g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
-        else:
-            kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(str(f.type), str)
-            g.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper(), help=help_)
+    add_config_flags(g, skip=(*AXES, "seed"))
 
 
 def add_run_flags(parser: argparse.ArgumentParser) -> None:
@@ -77,7 +69,8 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
                    help="GPUs per trial, fractions share one GPU (default: 1 if the cluster has GPUs, else 0)")
     r.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once "
                    "(default: as many as the resources allow)")
-    r.add_argument("--max-failures", type=int, default=1, help="retries of a failing trial from its last checkpoint (default 1)")
+    r.add_argument("--max-failures", dest="retries", metavar="N", type=int, default=1,
+                   help="retries of a failing trial from its last checkpoint (default 1)")
     r.add_argument("--checkpoint-every", type=int, default=1, help="Ray checkpoint every K epochs, and at the end (default 1)")
     r.add_argument("--keep-checkpoint-epochs", nargs="+", default=None, metavar="E",
                    help="also log the checkpoint of these epochs to MLflow (checkpoints/epoch_NNN.pt), e.g. 10,50; "
@@ -118,7 +111,7 @@ def settings_from_args(args: argparse.Namespace, job: str) -> SweepSettings:
     return SweepSettings(
         experiment=args.experiment or f"{job}-{args.preset}", tracking_uri=args.tracking_uri,
         storage_path=args.storage_path, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-        max_concurrent=args.max_concurrent, max_failures=args.max_failures, checkpoint_every=args.checkpoint_every,
+        max_concurrent=args.max_concurrent, retries=args.retries, checkpoint_every=args.checkpoint_every,
         keep_checkpoint_epochs=keep, num_cpus=args.num_cpus, progress=not args.quiet,
     )
 
@@ -179,7 +172,7 @@ def summary_table(runs: list) -> str:
 
     by_cond: dict[str, list] = defaultdict(list)
     for run in runs:
-        by_cond[run.data.tags.get(tracking.TAG_CONDITION, "?")].append(run)
+        by_cond[run.data.tags.get(keys.TAG_CONDITION, "?")].append(run)
     ood_sets = list(dict.fromkeys(p[0] for r in runs for k in r.data.metrics
                                   if (p := keys.parse_ood_key(k)) and p[1:] == ("gmm", "auroc")))
     head = ["condition", "finished", "failed", "other", "test accuracy"] + [f"gmm AUROC {s}" for s in ood_sets]

@@ -17,7 +17,7 @@ from typing import Callable
 
 from ray import tune
 
-from ncood import tracking
+from ncood import keys, tracking
 from ncood.tune.grid import config_from_tune, trial_name
 
 # failure_kind tag values, most specific first: the first whose pattern occurs in the error text wins.
@@ -76,7 +76,7 @@ class SweepStatusCallback(tune.Callback):
         def write():
             run = self._running_run(trial.trial_id)  # normally the trial finished its run itself
             if run is not None:
-                tags = {tracking.TAG_STOPPED_EARLY: str(trial.last_result.get("epoch", "?"))}
+                tags = {keys.TAG_STOPPED_EARLY: str(trial.last_result.get("epoch", "?"))}
                 tracking.set_status(self.ref, run.info.run_id, tracking.FINISHED, tags)
         best_effort(f"close the run of trial {trial.trial_id}", write)
 
@@ -88,8 +88,8 @@ class SweepStatusCallback(tune.Callback):
             if run is not None:
                 text = trial_error(trial)
                 tracking.set_tags(self.ref, run.info.run_id, {
-                    tracking.TAG_PREVIOUS_ERROR: tracking.truncate(text),
-                    tracking.TAG_PREVIOUS_FAILURE_KIND: failure_kind(text)})
+                    keys.TAG_PREVIOUS_ERROR: tracking.truncate(text),
+                    keys.TAG_PREVIOUS_FAILURE_KIND: failure_kind(text)})
         best_effort(f"note the failure of trial {trial.trial_id}", write)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
@@ -98,7 +98,7 @@ class SweepStatusCallback(tune.Callback):
             if run is not None:
                 text = trial_error(trial)
                 tracking.set_status(self.ref, run.info.run_id, tracking.FAILED, {
-                    tracking.TAG_ERROR: tracking.truncate(text), tracking.TAG_FAILURE_KIND: failure_kind(text)})
+                    keys.TAG_ERROR: tracking.truncate(text), keys.TAG_FAILURE_KIND: failure_kind(text)})
         best_effort(f"mark the run of trial {trial.trial_id} FAILED", write)
 
     def on_experiment_end(self, trials, **info) -> None:
@@ -119,11 +119,11 @@ def close_runs(ref: tracking.SweepRef, trials, interrupted: bool) -> list[tuple[
     kinds = {t: failure_kind(e) for t, e in errors.items()}
     for trial in trials:
         if trial.trial_id in errors and tracking.trial_run(ref, trial.trial_id) is None:
-            _failed_run(ref, trial, errors[trial.trial_id], kinds[trial.trial_id])
+            _record_errored_trial(ref, trial, errors[trial.trial_id], kinds[trial.trial_id])
     return tracking.close_orphans(ref, errors, interrupted, kinds=kinds)
 
 
-def _failed_run(ref: tracking.SweepRef, trial, error: str, kind: str) -> None:
+def _record_errored_trial(ref: tracking.SweepRef, trial, error: str, kind: str) -> None:
     """The run the trial would have created (name, params, tags), FAILED with Ray's error."""
     try:
         cfg = config_from_tune(trial.config)
@@ -134,4 +134,4 @@ def _failed_run(ref: tracking.SweepRef, trial, error: str, kind: str) -> None:
     else:
         run_id = tracking.create_trial_run(ref, trial.trial_id, trial_name(trial))
     tracking.set_status(ref, run_id, tracking.FAILED,
-                        {tracking.TAG_ERROR: tracking.truncate(error), tracking.TAG_FAILURE_KIND: kind})
+                        {keys.TAG_ERROR: tracking.truncate(error), keys.TAG_FAILURE_KIND: kind})

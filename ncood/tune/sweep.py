@@ -11,7 +11,7 @@ import json
 import os
 import secrets
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -23,7 +23,8 @@ from ncood import keys, tracking
 from ncood.tune.cluster import SqliteOnClusterCheck, init_ray, warn_if_sqlite_on_cluster
 from ncood.tune.grid import config_from_tune, make_param_space, trial_dirname, trial_name
 from ncood.tune.status import SweepStatusCallback, best_effort, close_runs
-from ncood.tune.trial import TrialRuntime, train_trial
+from ncood.tune.trainable import TrialRuntime
+from ncood.tune.trial import train_trial
 
 SWEEP_FILE = "ncood_sweep.json"  # in the Ray experiment dir: what `--resume` needs to reattach to MLflow
 
@@ -38,11 +39,30 @@ class SweepSettings:
     cpus_per_trial: float = 1
     gpus_per_trial: float | None = None  # None: 1 if the cluster has a GPU, else 0; fractions share a GPU
     max_concurrent: int | None = None  # None: as many as the resources allow
-    max_failures: int = 1  # retries from the last checkpoint before a trial counts as FAILED
+    retries: int = 1  # retries from the last checkpoint before a trial counts as FAILED (flag --max-failures)
     checkpoint_every: int = 1
     keep_checkpoint_epochs: tuple[int, ...] = ()
     num_cpus: int | None = None  # CPUs of a local Ray (default: all); ignored on a cluster
     progress: bool = True  # Ray's progress table
+
+
+Trainable = Callable[[dict, TrialRuntime], None]  # (Ray config, runtime) -> None, reports through tune.report
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """What a sweep runs (SweepSettings say how and where): the Ray param_space, the kind (tag keys.TAG_KIND), the
+    trainable, and how the sweep shows in MLflow and in Ray's progress table."""
+
+    param_space: Mapping[str, Any] = field(default_factory=dict)
+    kind: str = keys.KIND_ABLATION
+    trainable: Trainable = train_trial  # fn(config, runtime); the NC intervention passes its continuation trainable
+    tune_extra: Mapping[str, Any] = field(default_factory=dict)  # TuneConfig args: search_alg, scheduler, metric, ...
+    sweep_params: Mapping[str, Any] = field(default_factory=dict)  # MLflow params of the sweep (parent) run
+    metric_columns: Mapping[str, str] = field(default_factory=dict)  # progress table: {metric key: column title}
+    parameter_columns: Sequence[str] = ()  # progress table: config keys shown (default: seed)
+    val_every_epoch: bool = False  # accuracy/val at every epoch (a search metric must be in every result)
+    callbacks: Sequence[tune.Callback] = ()  # more Tune callbacks of the driver
 
 
 @dataclass
@@ -143,9 +163,6 @@ def find_experiment(storage: Storage, experiment: str, resume: str) -> tuple[Sto
     return storage, path
 
 
-Trainable = Callable[[dict, TrialRuntime], None]  # (Ray config, runtime) -> None, reports through tune.report
-
-
 def _trainable_name(fn: Trainable) -> str:
     return f"{fn.__module__}:{fn.__qualname__}"
 
@@ -159,18 +176,12 @@ def _trainable(runtime: TrialRuntime, resources: Mapping[str, float], fn: Traina
     return tune.with_resources(tune.with_parameters(fn, runtime=runtime), dict(resources))
 
 
-def run_sweep(settings: SweepSettings, param_space: Mapping[str, Any] | None = None, *, kind: str = "ablation",
-              resume: str | None = None, tune_extra: Mapping[str, Any] | None = None,
-              metric_columns: Mapping[str, str] | None = None, parameter_columns: Sequence[str] = (),
-              sweep_params: Mapping[str, Any] | None = None, val_every_epoch: bool = False,
-              callbacks: Sequence[tune.Callback] = (), trainable: Trainable = train_trial) -> SweepResult:
-    """Run (or, with `resume`, continue) one sweep: MLflow parent run, Ray Tuner, final status sweep.
+def run_sweep(settings: SweepSettings, spec: SweepSpec | None = None, *, resume: str | None = None) -> SweepResult:
+    """Run `spec` (or, with `resume`, continue a sweep) as one sweep: MLflow parent run, Ray Tuner, final status sweep.
 
-    trainable: the Ray function trainable `fn(config, runtime)` (default: ncood.tune.trial.train_trial; the NC
-    intervention passes its continuation trainable); a resumed sweep uses the one it was started with.
-    tune_extra: extra TuneConfig arguments (search_alg, scheduler, metric, mode, num_samples for a search).
     On resume, finished trials are kept, interrupted ones continue from their checkpoints and errored ones are
-    retried from theirs (resume_errored), each in its own MLflow run; the sweep keeps its original settings.
+    retried from theirs (resume_errored), each in its own MLflow run; the sweep keeps its original settings and
+    trainable (`spec` is not needed).
     """
     storage = Storage.parse(settings.storage_path or default_storage_path())
     storage.check()
@@ -180,24 +191,14 @@ def run_sweep(settings: SweepSettings, param_space: Mapping[str, Any] | None = N
     if resume:
         tuner, ref, storage, exp_dir = _restored_tuner(settings, *find_experiment(storage, settings.experiment, resume))
     else:
-        reporter = tune.CLIReporter(metric_columns=dict(metric_columns or {}),
-                                    parameter_columns=list(parameter_columns) or ["seed"],
-                                    max_progress_rows=12, max_report_frequency=30)
-        tune_config = dict(max_concurrent_trials=settings.max_concurrent, reuse_actors=True,
-                           trial_name_creator=trial_name, trial_dirname_creator=trial_dirname, **dict(tune_extra or {}))
-        run_config = dict(storage_path=storage.path, storage_filesystem=storage.ray_filesystem,
-                          verbose=1 if settings.progress else 0, progress_reporter=reporter,
-                          failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1))  # the latest is all a resume needs
-        tuner, ref, exp_dir = _new_tuner(settings, storage, dict(param_space or {}), kind, sweep_params or {},
-                                         val_every_epoch, tune_config, run_config, callbacks, trainable)
+        tuner, ref, exp_dir = _new_tuner(settings, storage, spec or SweepSpec())
     try:
         tuner.fit()  # per-trial outcomes are read back from MLflow and the experiment state below
     except BaseException as e:  # the driver itself failed (or a second Ctrl+C skipped Tune's own shutdown)
         status = tracking.KILLED if isinstance(e, KeyboardInterrupt) else tracking.FAILED
         best_effort("close the runs of the sweep", lambda: tracking.close_orphans(ref, {}, interrupted=True))
         best_effort("close the sweep run", lambda: tracking.set_status(
-            ref, ref.parent_run_id, status, {tracking.TAG_ERROR: tracking.error_text(e)}))
+            ref, ref.parent_run_id, status, {keys.TAG_ERROR: tracking.error_text(e)}))
         raise
     # A trial neither TERMINATED nor ERROR was cut off (Ctrl+C): the sweep can be resumed. Statuses come from the
     # experiment state Tune wrote last (a result's `done` flag is not reliable after a restore).
@@ -220,9 +221,7 @@ def run_sweep(settings: SweepSettings, param_space: Mapping[str, Any] | None = N
     return SweepResult(ref, storage.display(exp_dir), runs, interrupted, len(statuses), statuses.count("ERROR"))
 
 
-def _new_tuner(settings: SweepSettings, storage: Storage, param_space: dict, kind: str, sweep_params: Mapping[str, Any],
-               val_every_epoch: bool, tune_config: dict, run_config: dict, callbacks: Sequence[tune.Callback],
-               trainable: Trainable = train_trial):
+def _new_tuner(settings: SweepSettings, storage: Storage, spec: SweepSpec):
     """MLflow experiment + parent run (before any trial: no DB races), the sweep file for --resume, the Tuner."""
     uri = tracking.resolve_tracking_uri(settings.tracking_uri)
     experiment_id = tracking.prepare_experiment(settings.experiment, uri)
@@ -236,19 +235,29 @@ def _new_tuner(settings: SweepSettings, storage: Storage, param_space: dict, kin
     name = f"{settings.experiment}_{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     exp_dir = storage.join(name)
     where = ("tracking_uri", "storage_path", "num_cpus", "progress")  # where and how it ran, not what ran
-    params = {**sweep_params, **{k: v for k, v in asdict(settings).items() if v is not None and k not in where},
+    params = {**spec.sweep_params, **{k: v for k, v in asdict(settings).items() if v is not None and k not in where},
               "gpus_per_trial": gpus}
     ref = tracking.start_sweep(uri, experiment_id, name, params,
-                               {tracking.TAG_KIND: kind, tracking.TAG_RAY_EXPERIMENT: storage.display(exp_dir)})
+                               {keys.TAG_KIND: spec.kind, keys.TAG_RAY_EXPERIMENT: storage.display(exp_dir)})
     runtime = TrialRuntime(ref, settings.cpus_per_trial, settings.checkpoint_every,
-                           tuple(settings.keep_checkpoint_epochs), val_every_epoch)
+                           tuple(settings.keep_checkpoint_epochs), spec.val_every_epoch)
     storage.write_text(f"{exp_dir}/{SWEEP_FILE}", json.dumps({
         "sweep": ref.to_dict(), "runtime": {k: v for k, v in asdict(runtime).items() if k != "sweep"},
-        "resources": resources, "kind": kind, "trainable": _trainable_name(trainable)}, indent=2))
-    sweep_callbacks = [SweepStatusCallback(ref), SqliteOnClusterCheck(uri), *callbacks]
-    tuner = tune.Tuner(_trainable(runtime, resources, trainable), param_space=param_space,
-                       tune_config=tune.TuneConfig(**tune_config),
-                       run_config=tune.RunConfig(name=name, callbacks=sweep_callbacks, **run_config))
+        "resources": resources, "kind": spec.kind, "trainable": _trainable_name(spec.trainable)}, indent=2))
+    reporter = tune.CLIReporter(metric_columns=dict(spec.metric_columns),
+                                parameter_columns=list(spec.parameter_columns) or ["seed"],
+                                max_progress_rows=12, max_report_frequency=30)
+    tune_config = tune.TuneConfig(max_concurrent_trials=settings.max_concurrent, reuse_actors=True,
+                                  trial_name_creator=trial_name, trial_dirname_creator=trial_dirname,
+                                  **dict(spec.tune_extra))
+    run_config = tune.RunConfig(
+        name=name, callbacks=[SweepStatusCallback(ref), SqliteOnClusterCheck(uri), *spec.callbacks],
+        storage_path=storage.path, storage_filesystem=storage.ray_filesystem,
+        verbose=1 if settings.progress else 0, progress_reporter=reporter,
+        failure_config=tune.FailureConfig(max_failures=settings.retries),  # Ray's keyword: retries from a checkpoint
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1))  # the latest is all a resume needs
+    tuner = tune.Tuner(_trainable(runtime, resources, spec.trainable), param_space=dict(spec.param_space),
+                       tune_config=tune_config, run_config=run_config)
     return tuner, ref, exp_dir
 
 
@@ -287,5 +296,5 @@ def run_grid(preset: str = "default", overrides: Mapping[str, Any] | None = None
     params = {"preset": preset, "seeds": len(seed_list), "trials": len(conditions) * len(seed_list),
               "conditions": [config_from_tune({**space, "condition": c, "seed": 0}).condition for c in conditions],
               **{f"override.{k}": v for k, v in (overrides or {}).items()}}
-    return run_sweep(settings, space, kind="ablation", metric_columns=columns, sweep_params=params,
-                     callbacks=callbacks)
+    return run_sweep(settings, SweepSpec(space, keys.KIND_ABLATION, sweep_params=params, metric_columns=columns,
+                                         callbacks=callbacks))

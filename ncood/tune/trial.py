@@ -1,7 +1,8 @@
 """The Ray function trainable: one trial, resumable from its Ray checkpoint, logged to its own MLflow run.
 
 Per epoch: the metric dict goes to MLflow (one batch, step = epoch), then to `tune.report` with a checkpoint that
-also holds the MLflow run id, so a retried (max_failures) or restored (Tuner.restore) trial continues its own run.
+also holds the MLflow run id, so a retried (Ray's FailureConfig) or restored (Tuner.restore) trial continues its own
+run.
 What MLflow could not take (a tracking server down longer than the client's retries) stays in the checkpoint's
 outbox (ncood.tune.outbox) and is written first when the trial continues.
 At the end: checkpoint.pt, config.json and summary.json become run artifacts, the fitted class Gaussians go into
@@ -10,15 +11,12 @@ the run's `ood_scorer` model (artifacts/gaussians.pt), the run FINISHED.
 from __future__ import annotations
 
 import json
-import logging
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
-import ray
-import torch
 from ray import tune
 
 from ncood import checkpoint as checkpoint_file
@@ -26,47 +24,15 @@ from ncood import keys, tracking
 from ncood.config import TrialConfig
 from ncood.evaluate import extract
 from ncood.pipeline import Trial, build_trial, save_artifacts, write_summary
+from ncood.train import EpochCallback
 from ncood.serve import log_ood_scorer
 from ncood.tune.grid import config_from_tune, run_name
+from ncood.tune import trainable
 from ncood.tune.outbox import STORE_ERRORS, Outbox, TrackingUnavailable
-from ncood.tune import worker_memory
-from ncood.tune.status import failure_kind
+from ncood.tune.trainable import TrialRuntime
 
 GAUSSIANS_FILE = "gaussians.pt"  # written by save_artifacts; logged inside the ood_scorer model only
 RUN_ID_FILE = "mlflow_run.json"  # inside every Ray checkpoint: {"mlflow_run_id": ..., "epoch": ...}
-
-
-@dataclass(frozen=True)
-class TrialRuntime:
-    """How trials run and where they log; the same for every trial of a sweep (and saved for --resume)."""
-
-    sweep: tracking.SweepRef
-    cpus_per_trial: float = 1
-    checkpoint_every: int = 1  # Ray checkpoint every k epochs, and always at the end
-    keep_checkpoint_epochs: tuple[int, ...] = ()  # also log checkpoints/epoch_NNN.pt to MLflow (NC intervention)
-    val_every_epoch: bool = False  # accuracy/val at every epoch (a search metric must be in every result)
-
-
-class InjectedFailure(RuntimeError):
-    """Raised by the test-only failure injection."""
-
-
-def maybe_inject_failure(config: Mapping[str, Any], cfg: TrialConfig, epoch: int) -> None:
-    """TEST ONLY (tests/test_ablation.py), never set by presets or flags: param_space key "_fail" holds a list of
-    {"epoch": E, "seeds": [...], "marker_dir": "/abs/dir" or None}. A matching trial raises at epoch E before
-    that epoch is logged; with marker_dir only once (a marker file per trial), so the retry from the last
-    checkpoint passes; without marker_dir on every attempt, so the trial ends FAILED."""
-    for spec in config.get("_fail") or ():
-        if epoch != spec["epoch"] or cfg.seed not in spec.get("seeds", [cfg.seed]):
-            continue
-        marker_dir = spec.get("marker_dir")
-        if marker_dir:
-            marker = Path(marker_dir) / f"{cfg.condition}-s{cfg.seed}-e{epoch}"
-            if marker.exists():
-                continue
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.touch()
-        raise InjectedFailure(f"injected failure at epoch {epoch} ({cfg.condition} seed {cfg.seed})")
 
 
 def val_accuracy(trainer, epoch: int, metrics: dict[str, float]) -> None:
@@ -99,11 +65,9 @@ class EpochReporter:
 
     tracker: tracking.TrialTracker
     runtime: TrialRuntime
-    config: Mapping[str, Any]
     outbox: Outbox
 
     def __call__(self, trainer, epoch: int, metrics: dict[str, float]) -> None:
-        maybe_inject_failure(self.config, trainer.cfg, epoch)
         if epoch > self.tracker.last_step:  # an epoch re-run after a retry from an older checkpoint was logged
             self.outbox.add_epoch(epoch, metrics)
             if epoch in self.runtime.keep_checkpoint_epochs:
@@ -130,29 +94,20 @@ def log_trial_outputs(tracker: tracking.TrialTracker, trial: Trial, out_dir: Pat
     log_ood_scorer(trial, tracker.run_id, tracker.ref.tracking_uri)
 
 
-def train_trial(config: dict[str, Any], runtime: TrialRuntime) -> None:
-    """The Ray function trainable: one trial, resumable from its Ray checkpoint, logged to its own MLflow run."""
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "Checkpoint successfully created" per epoch
-    torch.set_num_threads(max(1, int(runtime.cpus_per_trial)))  # Ray reserves these cores; torch would take all
-    cfg = config_from_tune(config)
-    if cfg.device == "auto":  # what Ray assigned, not what is visible: Ray 2.60 hides no GPU from a 0-GPU trial
-        cfg = cfg.replace(device="cuda" if ray.get_gpu_ids() else "cpu")
-    worker_memory.release()  # what an earlier trial of this reused worker left: one stopped early skips its own
-    try:
-        with tempfile.TemporaryDirectory(prefix="ncood-outbox-") as spool:
-            _run_trial(config, runtime, cfg, Outbox(Path(spool)))
-    except SystemExit:  # Tune stopped the trial and waits for this thread to end before reusing the worker
-        raise
-    except BaseException:
-        worker_memory.release()
-        raise
-    worker_memory.release()  # with reuse_actors this process runs the next trial: keep it flat
+def train_trial(config: dict[str, Any], runtime: TrialRuntime, epoch_callbacks: Sequence[EpochCallback] = ()) -> None:
+    """The Ray function trainable: one trial, resumable from its Ray checkpoint, logged to its own MLflow run.
+    epoch_callbacks: more `fn(trainer, epoch, metrics)` run after the evaluation and before the epoch is logged
+    (a trainable that wraps this one adds its own)."""
+    cfg = trainable.start(config_from_tune(config), runtime)
+    with trainable.flat_memory(), tempfile.TemporaryDirectory(prefix="ncood-outbox-") as spool:
+        _run_trial(config, runtime, cfg, Outbox(Path(spool)), epoch_callbacks)
 
 
-def _run_trial(config: dict[str, Any], runtime: TrialRuntime, cfg, outbox: Outbox) -> None:
+def _run_trial(config: dict[str, Any], runtime: TrialRuntime, cfg: TrialConfig, outbox: Outbox,
+               epoch_callbacks: Sequence[EpochCallback]) -> None:
     t0 = time.perf_counter()
     state, run_id = None, None
-    checkpoint = tune.get_checkpoint()  # set on a retry (max_failures) and on Tuner.restore
+    checkpoint = tune.get_checkpoint()  # set on a retry (FailureConfig) and on Tuner.restore
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = checkpoint_file.load(Path(d) / "checkpoint.pt")
@@ -166,15 +121,15 @@ def _run_trial(config: dict[str, Any], runtime: TrialRuntime, cfg, outbox: Outbo
     if done is not None:  # finished and logged, but interrupted before Ray saw its last report: do not rerun
         tune.report({**done, "epoch": cfg.epochs}, checkpoint=checkpoint)
         return
-    try:
+    with trainable.run_marked_on_error(tracker):
         try:
             tracker.start(run_id)
         except STORE_ERRORS as e:
             raise TrackingUnavailable(outbox.describe(runtime.sweep.tracking_uri, e)) from e
         outbox.flush(tracker)
         callbacks = [val_accuracy] if runtime.val_every_epoch else []
-        reporter = EpochReporter(tracker, runtime, config, outbox)
-        trial = build_trial(cfg, callbacks=[*callbacks, reporter], progress=False)
+        reporter = EpochReporter(tracker, runtime, outbox)
+        trial = build_trial(cfg, callbacks=[*callbacks, *epoch_callbacks, reporter], progress=False)
         if state is not None:
             trial.trainer.load_state_dict(state)
         trial.trainer.fit()
@@ -192,8 +147,3 @@ def _run_trial(config: dict[str, Any], runtime: TrialRuntime, cfg, outbox: Outbo
                 raise TrackingUnavailable(outbox.describe(runtime.sweep.tracking_uri, e)) from e
             _checkpoint_dir(trial.trainer, tracker.run_id, out)
             tune.report({**final, "epoch": cfg.epochs}, checkpoint=tune.Checkpoint.from_directory(d))
-    except SystemExit:  # Tune stopped the trial (ASHA, Ctrl+C): the driver sets the run's status
-        raise
-    except BaseException as e:
-        tracker.fail(e, failure_kind(tracking.error_text(e)))
-        raise
