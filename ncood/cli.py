@@ -16,15 +16,12 @@ from ncood.config import PRESETS, ConfigError, TrialConfig, make_config
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrialConfig field: --arch, --l2/--no-l2, --ood-sets a,b, ... (default: the preset's)."""
+    """One flag per TrialConfig field: --arch, --l2 on|off, --ood-sets a,b, ... (default: the preset's); the same
+    flags as the grid scripts' (ncood.tune.jobs.add_field_flag)."""
+    from ncood.tune.jobs import add_field_flag
+
     for f in dataclasses.fields(TrialConfig):
-        flag = "--" + f.name.replace("_", "-")
-        help_ = f.metadata.get("help", "")
-        if str(f.type) in ("bool", "bool | None"):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
-        else:
-            kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(str(f.type), str)
-            parser.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper(), help=help_)
+        add_field_flag(parser, f)
 
 
 def _config_from_args(args: argparse.Namespace) -> TrialConfig:

@@ -269,7 +269,8 @@ def test_files_figures_and_aggregate_run(store, result):
     run = client.get_run(res.run_id)
     assert run.info.status == "FINISHED" and run.info.experiment_id == store["exp_id"]
     assert run.data.tags[tracking.TAG_ROLE] == ROLE_AGGREGATE and run.data.tags[TAG_SWEEP_RUN_ID] == store["parent"]
-    assert MLFLOW_PARENT_RUN_ID not in run.data.tags  # not a trial of the sweep
+    assert run.data.tags[MLFLOW_PARENT_RUN_ID] == store["parent"]  # nested under the sweep in the UI
+    assert run.data.metrics["pearson_r_nc2_auroc"] == pytest.approx(res.pearson_r, abs=1e-12)
 
     def walk(path=None):
         for f in client.list_artifacts(res.run_id, path):

@@ -57,10 +57,10 @@ def test_choose_best_mean_then_median_seed():
 
     runs = [c("a", 0, 0.90), c("a", 1, 0.80), c("a", 2, 0.85), c("a", 3, 0.95),  # mean 0.875, even count
             c("b", 0, 0.99), c("b", 1, 0.70), c("b", 2, 0.80)]  # mean 0.83, the best single seed
-    ch = choose(runs, "ood/x/gmm/auroc")
+    ch = choose(runs, "auroc/gmm/x")
     assert ch.mode == "max" and ch.ranking[0].condition == "a"
     assert (ch.run.seed, ch.rank) == (2, 2)  # sorted 0.80, 0.85, 0.90, 0.95: the lower of the two middle values
-    ch = choose(runs, "ood/x/gmm/fpr95")  # lower is better
+    ch = choose(runs, "fpr95/gmm/x")  # lower is better
     assert ch.mode == "min" and ch.ranking[0].condition == "b" and ch.run.seed == 2  # 0.70, 0.80, 0.99
     assert metric_mode("loss/train") == "min" and metric_mode("accuracy/test") == "max"
 
@@ -212,7 +212,7 @@ def registered(trained, store):
 def test_register_picks_median_seed_of_best_condition(registered, trained):
     reg, metric = registered
     trial, _, run_id, info = trained
-    assert reg.choice.metric == metric == "ood/photos/gmm/auroc"  # the default: first OoD set, GMM AUROC
+    assert reg.choice.metric == metric == "auroc/gmm/photos"  # the default: first OoD set, GMM AUROC
     best = reg.choice.ranking[0]
     assert best.condition == trial.cfg.condition and len(best.runs) == 3
     assert reg.choice.run.run_id == run_id and reg.model_id == info.model_id

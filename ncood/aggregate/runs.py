@@ -27,7 +27,7 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from ncood import tracking
+from ncood import keys, tracking
 from ncood.config import CONDITION_FIELDS, TrialConfig
 USED, FAILED, INCOMPLETE, DUPLICATE = "used", "failed", "incomplete", "duplicate"  # `use` column values
 
@@ -140,7 +140,8 @@ def _param(params: dict[str, str], name: str) -> Any:
 def _run_row(run) -> dict[str, Any]:
     """Meta columns, typed condition fields and final-epoch metric values of one MLflow run."""
     tags, params = run.data.tags, run.data.params
-    latest = {m.key: (m.step, m.value) for m in run.data.to_proto().metrics}  # latest value = highest step
+    # latest value = highest step; keys in the current layout (ncood.keys.canonical_key: older stores read the same)
+    latest = {keys.canonical_key(m.key): (m.step, m.value) for m in run.data.to_proto().metrics}
     final_step = max((step for step, _ in latest.values()), default=None)
     seed = tags.get(tracking.TAG_SEED, params.get("seed"))
     condition = tags.get(tracking.TAG_CONDITION) or re.sub(r"-s\d+$", "", run.info.run_name or "?")

@@ -1,6 +1,6 @@
 """`ncood register`: register the median-seed `ood_scorer` of an experiment's best condition and alias it.
 
-    ncood register --experiment ablation-default [--metric ood/photos/gmm/auroc] [--alias champion]
+    ncood register --experiment ablation-default [--metric auroc/gmm/photos] [--alias champion]
 
 1. Candidates: the experiment's trial runs (tag ncood.role = trial) that FINISHED and were not stopped early,
    each with the metric's value at its final epoch (step = its `epochs` param). A (condition, seed) seen in
@@ -32,7 +32,7 @@ from ncood.serve.package import SCORER_NAME, process_tracking_uri
 MODEL_NAME = "ncood-ood-scorer"
 DEFAULT_ALIAS = "champion"
 DEFAULT_PORT = 5001
-_LOWER_IS_BETTER = ("fpr95",)  # last path component of an ood/ key
+_LOWER_IS_BETTER = ("fpr95",)  # the detection metric of an OoD key (ncood.keys.parse_ood_key)
 _LOWER_IS_BETTER_PREFIX = ("loss/", "nc/", "time/")
 
 
@@ -130,12 +130,12 @@ def _trial_runs(client: MlflowClient, experiment_id: str) -> list:
 
 
 def default_metric(runs: Sequence) -> str:
-    """ood/<first OoD set of the experiment's trials>/gmm/auroc."""
+    """auroc/gmm/<first OoD set of the experiment's trials>."""
     for run in runs:
         sets = [s for s in run.data.params.get("ood_sets", "").split(",") if s]
         if sets:
             return keys.ood_key(sets[0], "gmm", "auroc")
-    raise RegisterError("the trial runs have no `ood_sets` param: pass --metric ood/<set>/gmm/auroc")
+    raise RegisterError("the trial runs have no `ood_sets` param: pass --metric auroc/gmm/<set>")
 
 
 def collect_candidates(client: MlflowClient, runs: Sequence, metric: str) -> tuple[list[Candidate], list[str]]:
@@ -147,7 +147,8 @@ def collect_candidates(client: MlflowClient, runs: Sequence, metric: str) -> tup
         if tracking.TAG_STOPPED_EARLY in tags:
             skipped["stopped early"].append(name)
             continue
-        if metric not in run.data.metrics:
+        stored = next((k for k in run.data.metrics if keys.canonical_key(k) == metric), None)  # older layout too
+        if stored is None:
             skipped[f"no {metric}"].append(name)
             continue
         condition, seed, epochs = tags.get(tracking.TAG_CONDITION), tags.get(tracking.TAG_SEED), params.get("epochs")
@@ -157,7 +158,7 @@ def collect_candidates(client: MlflowClient, runs: Sequence, metric: str) -> tup
         if (condition, seed) in seen:
             skipped["older duplicate of a (condition, seed)"].append(name)
             continue
-        final = [m.value for m in client.get_metric_history(run.info.run_id, metric) if m.step == int(epochs)]
+        final = [m.value for m in client.get_metric_history(run.info.run_id, stored) if m.step == int(epochs)]
         if not final:
             skipped[f"no {metric} at the final epoch {epochs}"].append(name)
             continue
@@ -254,7 +255,7 @@ def format_registration(reg: Registration, port: int = DEFAULT_PORT) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiment", required=True, help="MLflow experiment of the sweep (e.g. ablation-default)")
     parser.add_argument("--metric", default=None,
-                        help="metric key to rank conditions by (default: ood/<first OoD set>/gmm/auroc)")
+                        help="metric key to rank conditions by (default: auroc/gmm/<first OoD set>)")
     parser.add_argument("--mode", choices=("max", "min"), default=None,
                         help="max or min is better (default: min for fpr95, loss/*, nc/*, time/*; else max)")
     parser.add_argument("--alias", default=DEFAULT_ALIAS, help=f"alias to set (default: {DEFAULT_ALIAS})")

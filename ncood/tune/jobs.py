@@ -33,8 +33,29 @@ def _split(values: Sequence[str] | None) -> list[str] | None:
 
 def _bool(text: str) -> bool:
     if text.lower() not in _BOOL:
-        raise argparse.ArgumentTypeError(f"expected on/off, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
     return _BOOL[text.lower()]
+
+
+def add_field_flag(group, f: dataclasses.Field) -> None:
+    """The flag of one TrialConfig field, the same in `ncood train` and the grid scripts. Booleans have one
+    spelling everywhere: `--l2 on|off` (a bare `--l2` means on; the grid axes take several values, `--l2 off on`)."""
+    flag, help_ = "--" + f.name.replace("_", "-"), f.metadata.get("help", "")
+    if str(f.type) in ("bool", "bool | None"):
+        group.add_argument(flag, dest=f.name, type=_bool, nargs="?", const=True, default=None, metavar="on|off",
+                           help=help_)
+    else:
+        kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(str(f.type), str)
+        choices = _registered(f.name)
+        group.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper(),
+                           help=help_ + (f" (registered: {', '.join(choices)})" if choices else ""))
+
+
+def _registered(name: str) -> tuple[str, ...]:
+    """The registered names a field takes (arch: models, dataset: datasets), for --help; () for other fields."""
+    from ncood import registry_names  # without torch: --help stays fast
+
+    return {"arch": registry_names.model_names, "dataset": registry_names.dataset_names}.get(name, tuple)()
 
 
 def add_grid_flags(parser: argparse.ArgumentParser, seeds: bool = True) -> None:
@@ -53,18 +74,13 @@ def add_grid_flags(parser: argparse.ArgumentParser, seeds: bool = True) -> None:
     g.add_argument("--entropy-reg", nargs="+", metavar="W", dest="entropy_reg",
                    help="entropy regularizer weights, e.g. `0 0.05` (ICML 2025 NC control; 0 = off)")
     for f in dataclasses.fields(TrialConfig):
-        if f.name in AXES or f.name == "seed":
-            continue
-        flag, help_ = "--" + f.name.replace("_", "-"), f.metadata.get("help", "")
-        if str(f.type) in ("bool", "bool | None"):
-            g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
-        else:
-            kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(str(f.type), str)
-            g.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper(), help=help_)
+        if f.name not in AXES and f.name != "seed":
+            add_field_flag(g, f)
 
 
-def add_run_flags(parser: argparse.ArgumentParser) -> None:
-    """Where results go and how trials run (SweepSettings)."""
+def add_run_flags(parser: argparse.ArgumentParser, job: str = "ablation") -> None:
+    """Where results go and how trials run (SweepSettings). job: ablation | search | nc_intervention (its trials
+    keep no Ray checkpoints: no checkpoint flags; search keeps no epoch checkpoints by default)."""
     r = parser.add_argument_group("run")
     r.add_argument("--experiment", default=None, help="MLflow experiment name (default: <job>-<preset>)")
     r.add_argument("--tracking-uri", default=None,
@@ -78,16 +94,25 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once "
                    "(default: as many as the resources allow)")
     r.add_argument("--max-failures", type=int, default=1, help="retries of a failing trial from its last checkpoint (default 1)")
-    r.add_argument("--checkpoint-every", type=int, default=1, help="Ray checkpoint every K epochs, and at the end (default 1)")
-    r.add_argument("--keep-checkpoint-epochs", nargs="+", default=None, metavar="E",
-                   help="also log the checkpoint of these epochs to MLflow (checkpoints/epoch_NNN.pt), e.g. 10,50; "
-                        "default: the preset's (default: 10, table1: 50), where tune_jobs/nc_intervention.py starts")
+    if job != "nc_intervention":
+        r.add_argument("--checkpoint-every", type=int, default=1,
+                       help="Ray checkpoint every K epochs, and at the end (default 1)")
+        keep_default = ("the preset's (" + ", ".join(f"{k}: {','.join(map(str, g.keep_checkpoint_epochs))}"
+                                                     for k, g in GRIDS.items() if g.keep_checkpoint_epochs)
+                        + "; other presets: none), where tune_jobs/nc_intervention.py starts") if job == "ablation" \
+            else "none"
+        r.add_argument("--keep-checkpoint-epochs", nargs="+", default=None, metavar="E",
+                       help="also log the checkpoint of these epochs to MLflow (checkpoints/epoch_NNN.pt), e.g. 10,50; "
+                            f"default: {keep_default}")
     r.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all; not on a cluster)")
     r.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
                    help="continue an interrupted sweep (Tuner.restore): the newest one of --experiment, or PATH; "
                         "finished trials are kept, unfinished and failed ones continue from their checkpoints. "
                         "Grid flags are ignored: the sweep keeps its own settings")
     r.add_argument("--quiet", action="store_true", help="no progress table")
+    r.add_argument("--dashboard", action="store_true",
+                   help="start Ray's dashboard with the local Ray and print its URL (default off; a cluster "
+                        "started with `ray start --head` has its own)")
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -119,7 +144,7 @@ def settings_from_args(args: argparse.Namespace, job: str) -> SweepSettings:
         experiment=args.experiment or f"{job}-{args.preset}", tracking_uri=args.tracking_uri,
         storage_path=args.storage_path, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         max_concurrent=args.max_concurrent, max_failures=args.max_failures, checkpoint_every=args.checkpoint_every,
-        keep_checkpoint_epochs=keep, num_cpus=args.num_cpus, progress=not args.quiet,
+        keep_checkpoint_epochs=keep, num_cpus=args.num_cpus, progress=not args.quiet, dashboard=args.dashboard,
     )
 
 

@@ -133,6 +133,7 @@ def log_trial_outputs(tracker: tracking.TrialTracker, trial: Trial, out_dir: Pat
 def train_trial(config: dict[str, Any], runtime: TrialRuntime) -> None:
     """The Ray function trainable: one trial, resumable from its Ray checkpoint, logged to its own MLflow run."""
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "Checkpoint successfully created" per epoch
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.WARNING)  # "Validating input example ..." per logged model
     torch.set_num_threads(max(1, int(runtime.cpus_per_trial)))  # Ray reserves these cores; torch would take all
     cfg = config_from_tune(config)
     if cfg.device == "auto":  # what Ray assigned, not what is visible: Ray 2.60 hides no GPU from a 0-GPU trial
@@ -175,6 +176,7 @@ def _run_trial(config: dict[str, Any], runtime: TrialRuntime, cfg, outbox: Outbo
         callbacks = [val_accuracy] if runtime.val_every_epoch else []
         reporter = EpochReporter(tracker, runtime, config, outbox)
         trial = build_trial(cfg, callbacks=[*callbacks, reporter], progress=False)
+        tracker.log_inputs(trial.data, trial.ood_sets)  # MLflow dataset inputs: name, source, digest
         if state is not None:
             trial.trainer.load_state_dict(state)
         trial.trainer.fit()

@@ -1,0 +1,87 @@
+"""The headline of a sweep as MLflow metrics of its parent run: what the runs table shows without expanding a row.
+
+Pure functions of the runs frame (ncood.aggregate.runs.SweepData); ncood.aggregate.report logs the dict they return.
+Keys (ncood.keys, layout in its docstring):
+
+    summary/<condition>/<stat>/<base>     stat mean|min|sd over the condition's used seeds (sd: ddof=1, as the
+                                          tables), base: accuracy/test, nc/nc1, and auroc/<score>/<set> for every
+                                          score and OoD set the trials logged
+    l2_effect/<L2 condition>/<stat>/<base>   stat diff|ci_low|ci_high: mean(L2) - mean(L2-off twin) and its 95%
+                                          percentile-bootstrap interval, taken from ncood.aggregate.tables.
+                                          l2_effect_table (the same numbers as Table 4, for every score)
+
+Size: with S scores, O OoD sets and C conditions that is 3*C*(S*O + 2) + 3*(C/2)*(S*O + 1) metrics (15 scores x
+3 sets x 2 conditions: 282 + 138 = 420), one log_batch; MLflow's chart view groups them into sections such as
+`summary/<condition>/mean/auroc/gmm` (the GMM's mean AUROC on every OoD set) and `l2_effect/<condition>/diff/auroc/gmm`.
+AUROC only (not FPR95 or AUPR): the papers' headline metric; the tables and the trial runs keep the others.
+
+The experiment description (MLflow's `mlflow.note.content` experiment tag, shown above the runs table) says what ran
+and where these keys are.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ncood import keys
+from ncood.aggregate.tables import AUROC, describe, l2_effect_table
+
+EXPERIMENT_NOTE = "mlflow.note.content"  # MLflow's own tag for the experiment description (markdown)
+
+
+def base_keys(ood_sets: Sequence[str], scores: Sequence[str]) -> list[str]:
+    """accuracy/test, nc/nc1, then auroc/<score>/<set> for every score (outer) and set (inner)."""
+    return [keys.ACC_TEST, keys.nc_key("nc1"), *(keys.ood_key(o, s, AUROC) for s in scores for o in ood_sets)]
+
+
+def condition_metrics(used: pd.DataFrame, conditions: Sequence[str], ood_sets: Sequence[str],
+                      scores: Sequence[str]) -> dict[str, float]:
+    """summary/<condition>/<mean|min|sd>/<base> over each condition's used runs; NaN stats are left out (MLflow
+    stores NaN, but an empty cell reads better than 'NaN' in the runs table)."""
+    out: dict[str, float] = {}
+    for cond in conditions:
+        group = used[used["condition"] == cond] if len(used) else used
+        for base in base_keys(ood_sets, scores):
+            if base not in group.columns:
+                continue
+            d = describe(group[base].to_numpy(dtype=float))
+            out.update({keys.summary_key(cond, stat, base): d[stat] for stat in keys.SUMMARY_STATS
+                        if np.isfinite(d[stat])})
+    return out
+
+
+def l2_effect_metrics(runs: pd.DataFrame, used: pd.DataFrame, conditions: Sequence[str], ood_sets: Sequence[str],
+                      scores: Sequence[str], resamples: int = 10_000, seed: int = 0) -> dict[str, float]:
+    """l2_effect/<L2 condition>/<diff|ci_low|ci_high>/<base>: Table 4's rows (l2_effect_table) for every score."""
+    out: dict[str, float] = {}
+    for score in scores:
+        table = l2_effect_table(runs, used, conditions, ood_sets, score=score, resamples=resamples, seed=seed)
+        for row in table.numeric.to_dict("records"):
+            for stat in keys.L2_EFFECT_STATS:
+                if np.isfinite(row[stat]):
+                    out[keys.l2_effect_key(row["condition"], stat, row["key"])] = float(row[stat])
+    return out
+
+
+def sweep_metrics(runs: pd.DataFrame, used: pd.DataFrame, conditions: Sequence[str], ood_sets: Sequence[str],
+                  scores: Sequence[str], resamples: int = 10_000, seed: int = 0) -> dict[str, float]:
+    """Every metric of the sweep's parent run (condition summaries and L2 effects)."""
+    return {**condition_metrics(used, conditions, ood_sets, scores),
+            **l2_effect_metrics(runs, used, conditions, ood_sets, scores, resamples, seed)}
+
+
+def experiment_note(experiment: str, sweep_name: str, conditions: Sequence[str], seeds: int,
+                    ood_sets: Sequence[str], has_l2_pair: bool) -> str:
+    """The experiment description (markdown): what ran and how to read it in the UI."""
+    pair = ("`l2_effect/<L2 condition>/diff/auroc/<score>/<set>` is mean(L2) - mean(no L2), with `ci_low`/`ci_high` "
+            "its 95% bootstrap interval (an interval above 0: L2 helps).") if has_l2_pair else (
+            "This sweep has no L2-off twin of an L2 condition, so no `l2_effect/...` metrics.")
+    return (f"**{experiment}**: sweep `{sweep_name}`, {len(conditions)} conditions x {seeds} seeds "
+            f"({', '.join(f'`{c}`' for c in conditions)}); OoD sets: {', '.join(ood_sets)}.\n\n"
+            f"How to read it: the sweep run (role `sweep`) carries `summary/<condition>/<mean|min|sd>/<key>` over "
+            f"seeds (keys `accuracy/test`, `nc/nc1`, `auroc/<score>/<set>`). {pair} Expand the sweep row for one "
+            f"child run per trial and the `aggregate-...` run with the tables (`tables/`) and figures (`figures/`). "
+            f"Chart view: section `auroc/<score>` shows a score's AUROC on every OoD set per trial. "
+            f"See docs/mlflow-ui.md in the ncood repository.")
