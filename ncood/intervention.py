@@ -37,31 +37,13 @@ from ncood.pipeline import build_trial
 from ncood.tune.grid import NAME_FN_KEY
 from ncood.tune.sweep import SweepResult, SweepSettings, run_sweep
 from ncood.tune.trial import TrialRuntime
+from ncood.intervention_settings import GROUPS, InterventionSettings  # noqa: F401  (re-exported)
 
-GROUPS = {"control": "ce", "intervention": "nc"}  # group -> TrialConfig.loss
 KIND = "nc_intervention"  # tracking.TAG_KIND of the sweep run
 TAG_GROUP, TAG_SOURCE_RUN, TAG_SOURCE_CONDITION = "group", "source_run_id", "source_condition"
 TAG_ONSET, TAG_REQUESTED = "onset_epoch", "requested_epoch"
 CHECKPOINT_DIR = "checkpoints"  # ncood.tune.trial.EpochReporter logs checkpoints/epoch_NNN.pt there
 _CKPT = re.compile(r"epoch_(\d+)\.pt$")
-
-
-@dataclass(frozen=True)
-class InterventionSettings:
-    """The continuation recipe (seed paper Sec. 4.2); the same for both groups."""
-
-    from_epoch: int = 10  # paper: 50 (of 350); digits default preset keeps a checkpoint at 10 (of 15)
-    epochs: int = 20
-    lr: float = 1e-2
-    lr_step: int = 10  # LR x0.1 after this many continuation epochs (paper: 1e-2 -> 1e-3 after 10)
-    batch_size: int = 2048
-
-    def __post_init__(self) -> None:
-        for name in ("from_epoch", "epochs", "lr_step", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)}: must be >= 1")
-        if not self.lr > 0:
-            raise ConfigError(f"lr={self.lr}: must be > 0")
 
 
 def continuation_config(source: TrialConfig, group: str, st: InterventionSettings) -> TrialConfig:

@@ -34,8 +34,9 @@ def model_names() -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=None)
-def dataset_names() -> tuple[str, ...]:
-    """Sorted `name=` of every `register_dataset(DatasetInfo(name=...))` in ncood/data/*.py."""
+def dataset_names(id_only: bool = False) -> tuple[str, ...]:
+    """Sorted `name=` of every `register_dataset(DatasetInfo(name=...))` in ncood/data/*.py (id_only: those with
+    `can_be_id=True`, as list_datasets(id_only=True))."""
     names = set()
     for path in sorted((_PACKAGE / "data").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -43,6 +44,7 @@ def dataset_names() -> tuple[str, ...]:
                 continue
             info = node.args[0]
             if isinstance(info, ast.Call):
-                names.update(k.value.value for k in info.keywords
-                             if k.arg == "name" and isinstance(k.value, ast.Constant))
+                kw = {k.arg: k.value.value for k in info.keywords if isinstance(k.value, ast.Constant)}
+                if "name" in kw and (kw.get("can_be_id") is True or not id_only):
+                    names.add(kw["name"])
     return tuple(sorted(names))

@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Optuna (TPE) + ASHA search over learning rate and weight decay (optionally batch size) for "
                     "one condition of a grid preset; one MLflow child run per trial; prints the best config.")
     jobs.add_grid_flags(parser, seeds=False)
-    jobs.add_run_flags(parser)
+    jobs.add_run_flags(parser, job="search")
+    jobs.add_version(parser)
     s = parser.add_argument_group("search")
     s.add_argument("--trials", type=int, default=20, help="number of sampled configurations (default 20)")
     s.add_argument("--seed", type=int, default=0, help="training seed of every trial, and the TPE sampler's seed")

@@ -46,7 +46,7 @@ class AggregateResult:
     figures: dict[str, Path] = field(default_factory=dict)
     pearson_r: float = np.nan  # figure (a)
     run_id: str | None = None  # the aggregate MLflow run (None with log_run=False)
-    headline: dict[str, float] = field(default_factory=dict)  # the sweep run's summary metrics (log_run=True)
+    headline: dict[str, float] = field(default_factory=dict)  # the sweep run's summary metrics (logged: log_run)
 
 
 # ---- rendering -------------------------------------------------------------------------------------------------------
@@ -161,12 +161,10 @@ def log_aggregate_run(data: SweepData, result: AggregateResult, resamples: int, 
     return rid
 
 
-def log_headline(data: SweepData, result: AggregateResult, resamples: int, seed: int) -> dict[str, float]:
-    """The sweep run's summary metrics (ncood.aggregate.summary) and the experiment's description; returns the
-    metrics logged. Logged at step 0 with one timestamp: a re-aggregation adds a newer value of each key, which the
-    runs table shows."""
-    sets, scores = ood_set_names(data), score_names(data)
-    metrics = summary.sweep_metrics(data.runs, data.used, data.conditions, sets, scores, resamples, seed)
+def log_headline(data: SweepData, metrics: dict[str, float]) -> None:
+    """The sweep run's summary metrics (ncood.aggregate.summary) and the experiment's description. Logged at
+    step 0 with one timestamp: a re-aggregation adds a newer value of each key, which the runs table shows."""
+    sets = ood_set_names(data)
     client, now = MlflowClient(data.sweep.tracking_uri), tracking.now_ms()
     items = [Metric(k, v, now, 0) for k, v in metrics.items()]
     for i in range(0, len(items), MAX_METRICS_PER_BATCH):
@@ -174,7 +172,6 @@ def log_headline(data: SweepData, result: AggregateResult, resamples: int, seed:
     note = summary.experiment_note(data.sweep.experiment_name, data.sweep.run_name, data.conditions,
                                    len(data.expected_seeds), sets, any(k.startswith("l2_effect/") for k in metrics))
     client.set_experiment_tag(data.sweep.experiment_id, summary.EXPERIMENT_NOTE, note)
-    return metrics
 
 
 def log_outputs(client: MlflowClient, rid: str, files: Sequence[Path], out: Path, tables: Sequence[Table]) -> None:
@@ -208,6 +205,7 @@ def aggregate(tracking_uri: str | None = None, experiment: str | None = None, *,
     comparison = published_table(data.runs, data.used, data.conditions, len(data.expected_seeds))
     tables += [comparison] if len(comparison.display) else []  # an empty table would only say "no match"
     result = AggregateResult(data, tables, out)
+    result.headline = summary.sweep_metrics(data.runs, data.used, data.conditions, sets, scores, resamples, seed)
     for t in tables:
         result.files += write_table(t, out / "tables")
     result.figures, result.pearson_r = make_figures(data, sets, out / "figures")
@@ -223,7 +221,7 @@ def aggregate(tracking_uri: str | None = None, experiment: str | None = None, *,
     echo(report)
     echo(f"Files: {out}")
     if log_run:
-        result.headline = log_headline(data, result, resamples, seed)
+        log_headline(data, result.headline)
         result.run_id = log_aggregate_run(data, result, resamples, seed)
         echo(f"MLflow: aggregate run {result.run_id} in experiment {data.sweep.experiment_name} "
              f"(tag {TAG_SWEEP_RUN_ID}={data.sweep.run_id})\n  " + tracking.ui_command(data.sweep.tracking_uri))

@@ -85,3 +85,29 @@ def experiment_note(experiment: str, sweep_name: str, conditions: Sequence[str],
             f"child run per trial and the `aggregate-...` run with the tables (`tables/`) and figures (`figures/`). "
             f"Chart view: section `auroc/<score>` shows a score's AUROC on every OoD set per trial. "
             f"See docs/mlflow-ui.md in the ncood repository.")
+
+
+def headline_lines(metrics: dict[str, float], conditions: Sequence[str], ood_sets: Sequence[str],
+                   score: str = "gmm") -> list[str]:
+    """The end-of-sweep console summary, from the sweep run's metrics: one line per condition (the score's AUROC
+    mean/min per OoD set, test accuracy, NC1, means over seeds), then one per L2 effect on the first OoD set."""
+    def get(key: str, digits: int = 3) -> str:
+        v = metrics.get(key)
+        return "-" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
+
+    width = max((len(c) for c in conditions), default=0)
+    lines = [f"{score.upper()} AUROC mean/min over seeds per OoD set; test accuracy and NC1 mean:"]
+    for cond in conditions:
+        aurocs = "  ".join(f"{o} {get(keys.summary_key(cond, 'mean', keys.ood_key(o, score, AUROC)))}/"
+                           f"{get(keys.summary_key(cond, 'min', keys.ood_key(o, score, AUROC)))}" for o in ood_sets)
+        lines.append(f"  {cond:{width}s}  {aurocs}  | accuracy {get(keys.summary_key(cond, 'mean', keys.ACC_TEST))}"
+                     f"  NC1 {get(keys.summary_key(cond, 'mean', keys.nc_key('nc1')), 4)}")
+    for cond in conditions:
+        for o in ood_sets[:1]:
+            base = keys.ood_key(o, score, AUROC)
+            diff = keys.l2_effect_key(cond, "diff", base)
+            if diff in metrics:
+                lines.append(f"  L2 effect {cond}, {score.upper()} AUROC {o}: {get(diff):s} (95% CI "
+                             f"[{get(keys.l2_effect_key(cond, 'ci_low', base))}, "
+                             f"{get(keys.l2_effect_key(cond, 'ci_high', base))}])")
+    return lines

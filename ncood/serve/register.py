@@ -26,12 +26,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ncood import keys, tracking
+from ncood.serve.cli import DEFAULT_ALIAS, DEFAULT_PORT, MODEL_NAME  # noqa: F401  (re-exported)
 from ncood.serve.guard import PROTOCOL
 from ncood.serve.package import SCORER_NAME, process_tracking_uri
 
-MODEL_NAME = "ncood-ood-scorer"
-DEFAULT_ALIAS = "champion"
-DEFAULT_PORT = 5001
 _LOWER_IS_BETTER = ("fpr95",)  # the detection metric of an OoD key (ncood.keys.parse_ood_key)
 _LOWER_IS_BETTER_PREFIX = ("loss/", "nc/", "time/")
 
@@ -251,35 +249,13 @@ def format_registration(reg: Registration, port: int = DEFAULT_PORT) -> str:
     return "\n".join(lines)
 
 
-# ---- command line (wired into ncood/cli.py as `ncood register`) ------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--experiment", required=True, help="MLflow experiment of the sweep (e.g. ablation-default)")
-    parser.add_argument("--metric", default=None,
-                        help="metric key to rank conditions by (default: auroc/gmm/<first OoD set>)")
-    parser.add_argument("--mode", choices=("max", "min"), default=None,
-                        help="max or min is better (default: min for fpr95, loss/*, nc/*, time/*; else max)")
-    parser.add_argument("--alias", default=DEFAULT_ALIAS, help=f"alias to set (default: {DEFAULT_ALIAS})")
-    parser.add_argument("--model-name", default=MODEL_NAME, help=f"registered model name (default: {MODEL_NAME})")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlruns/mlflow.db)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port shown in the printed serve command")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        reg = register_best(args.experiment, metric=args.metric, alias=args.alias, tracking_uri=args.tracking_uri,
-                            model_name=args.model_name, mode=args.mode)
-    except (RegisterError, tracking.TrackingError) as e:
-        print(f"ncood register: {e}", file=sys.stderr)
-        return 2
-    print(format_registration(reg, args.port))
-    return 0
-
-
+# ---- command line: flags and run() in ncood.serve.cli (light: `ncood register --help` skips torch and MLflow) ----
 def main(argv: Sequence[str] | None = None) -> int:
+    from ncood.serve.cli import add_register_arguments, run_register
+
     parser = argparse.ArgumentParser(prog="ncood register", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    add_register_arguments(parser)
+    return run_register(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -55,7 +55,16 @@ def _registered(name: str) -> tuple[str, ...]:
     """The registered names a field takes (arch: models, dataset: datasets), for --help; () for other fields."""
     from ncood import registry_names  # without torch: --help stays fast
 
-    return {"arch": registry_names.model_names, "dataset": registry_names.dataset_names}.get(name, tuple)()
+    found = {"arch": registry_names.model_names(), "dataset": registry_names.dataset_names(id_only=True),
+             "ood_sets": registry_names.dataset_names()}
+    return found.get(name, ())
+
+
+def add_version(parser: argparse.ArgumentParser) -> None:
+    """--version: the installed ncood's version (ncood.__version__, also the package version in pyproject.toml)."""
+    import ncood
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s (ncood {ncood.__version__})")
 
 
 def add_grid_flags(parser: argparse.ArgumentParser, seeds: bool = True) -> None:
@@ -66,7 +75,8 @@ def add_grid_flags(parser: argparse.ArgumentParser, seeds: bool = True) -> None:
     if seeds:
         g.add_argument("--seeds", type=int, default=None, metavar="N",
                        help="seeds 0..N-1 per condition (default 15)")
-    g.add_argument("--archs", nargs="+", metavar="ARCH", help="architectures, e.g. resnet18 resnet50")
+    g.add_argument("--archs", nargs="+", metavar="ARCH", help="architectures, e.g. resnet18 resnet50 (registered: "
+                                                              f"{', '.join(_registered('arch'))})")
     g.add_argument("--epochs", nargs="+", metavar="E", help="epoch budgets, e.g. 60 350 (or 60,350)")
     for name in ("l2", "spectral_norm", "leaky_gap", "etf_projector"):
         g.add_argument(_AXIS_FLAGS[name], nargs="+", metavar="off|on", dest=name,
@@ -223,7 +233,9 @@ def summary_table(runs: list) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
-def print_report(result: SweepResult) -> None:
+def print_report(result: SweepResult, ui: bool = True) -> None:
+    """The trial accounting per condition and where the runs are; ui=False when the aggregation prints the UI
+    command after its summary (tune_jobs/ablation.py), so it appears once."""
     from ncood import tracking
 
     print("\n" + summary_table(result.runs) + "\n")
@@ -233,7 +245,8 @@ def print_report(result: SweepResult) -> None:
         print(f"Interrupted. Continue with: --resume {result.experiment_path}")
     print(f"MLflow: experiment {result.ref.experiment_id}, sweep run {result.ref.parent_run_id}, "
           f"store {result.ref.tracking_uri}")
-    print("Open the MLflow UI on this store:\n  " + tracking.ui_command(result.ref.tracking_uri))
+    if ui:
+        print("Open the MLflow UI on this store:\n  " + tracking.ui_command(result.ref.tracking_uri))
 
 
 def exit_code(result: SweepResult) -> int:
@@ -244,3 +257,24 @@ def exit_code(result: SweepResult) -> int:
         return 130
     finished = sum(r.info.status == tracking.FINISHED for r in result.runs)
     return 0 if result.num_errors == 0 and finished == result.num_trials else 1
+
+
+def register_champion(result: SweepResult) -> None:
+    """The end of tune_jobs/ablation.py: register the best condition's median-seed model as
+    ncood-ood-scorer@champion (ncood.serve.register), so `ncood serve` works right after the sweep. A failure is
+    reported with the one command that redoes it, not raised: the sweep itself succeeded."""
+    from mlflow.tracking import MlflowClient
+
+    from ncood.serve.register import RegisterError, register_best
+
+    uri = result.ref.tracking_uri
+    name = MlflowClient(uri).get_experiment(result.ref.experiment_id).name
+    redo = f"ncood register --experiment {name} --tracking-uri {uri}"
+    try:
+        reg = register_best(name, tracking_uri=uri)
+    except Exception as e:  # noqa: BLE001 - e.g. RegisterError (no scorer model), an unreachable store
+        kind = "" if isinstance(e, RegisterError) else f"{type(e).__name__}: "
+        print(f"Champion not registered ({kind}{e}); register it with:\n  {redo}")
+        return
+    print(f"Champion: {reg.model_name} version {reg.version} @{reg.alias} = {reg.choice.run.run_name} (median seed "
+          f"of the best condition by mean {reg.choice.metric}). Serve it: ncood serve --tracking-uri {uri}")
