@@ -13,7 +13,7 @@ tags, system metrics. ncood.tracking uses only MlflowClient (see its docstring),
 - System metrics: MLflow's SystemMetricsMonitor (system/cpu_utilization_percentage, system/system_memory_usage_megabytes,
   disk, network, GPU when present) on a trial run, when psutil is installed. Sampling every 30 s (MLflow's default
   is 10 s): one psutil sample and one log_batch per interval, negligible next to a trial even on 2 cores;
-  MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it.
+  MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it. A last sample is logged when the run ends.
 """
 from __future__ import annotations
 
@@ -90,3 +90,12 @@ def start_system_metrics(run_id: str, tracking_uri: str, resume: bool):
                                    tracking_uri=tracking_uri)
     monitor.start()
     return monitor
+
+
+def stop_system_metrics(monitor) -> None:
+    """Stop the monitor, then log one last sample: a trial shorter than the sampling interval still gets one (the
+    monitor publishes only after a full interval), and every run ends with its final state."""
+    monitor.finish()
+    monitor.collect_metrics()
+    monitor.publish_metrics(monitor.aggregate_metrics())
+    monitor.mlflow_logger.flush()

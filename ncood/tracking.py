@@ -407,8 +407,8 @@ class TrialTracker:
 
     def stop_monitor(self) -> None:
         if self.monitor is not None:
-            self.monitor.finish()
-            self.monitor = None
+            monitor, self.monitor = self.monitor, None
+            run_fields.stop_system_metrics(monitor)
 
     def finish(self) -> None:
         self.stop_monitor()
