@@ -187,12 +187,13 @@ def git_state(root: Path | None = None) -> dict[str, str]:
         return {MLFLOW_GIT_COMMIT: env_sha} if env_sha else {}
 
 
-def ui_command(tracking_uri: str, port: int = 5000) -> str:
-    """How to open the MLflow UI on this store."""
+def ui_command(tracking_uri: str, port: int = 5000, page: str = "") -> str:
+    """How to open the MLflow UI on this store (at `page`, e.g. '#/experiments/1/runs', if given)."""
     if tracking_uri.startswith("sqlite:///"):
         return (f"mlflow ui --backend-store-uri {tracking_uri} --port {port}\n"
-                f"  then open http://127.0.0.1:{port} (remote machine: ssh -L {port}:127.0.0.1:{port} <host> first)")
-    return f"open {tracking_uri} in a browser (tracking server)"
+                f"  then open http://127.0.0.1:{port}/{page} (remote machine: ssh -L {port}:127.0.0.1:{port} <host> "
+                f"first)")
+    return f"open {tracking_uri.rstrip('/')}/{page} in a browser (tracking server)"
 
 
 # ---- the sweep (parent run) --------------------------------------------------------------------------------------

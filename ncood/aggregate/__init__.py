@@ -46,7 +46,7 @@ def after_sweep(tracking_uri: str, experiment_id: str, parent_run_id: str,
     sweep's runs are safe in MLflow and `python tune_jobs/aggregate.py --parent-run <id>` redoes this step."""
     from ncood import tracking
     from ncood.aggregate.report import aggregate, ood_set_names
-    from ncood.aggregate.summary import headline_lines
+    from ncood.aggregate.summary import headline_lines, headline_url
 
     try:
         res = aggregate(tracking_uri, experiment_id=experiment_id, parent_run_id=parent_run_id, out=out, echo=None)
@@ -54,7 +54,8 @@ def after_sweep(tracking_uri: str, experiment_id: str, parent_run_id: str,
         print("\n".join(["", *headline_lines(res.headline, res.data.conditions, sets),
                          f"Full report (every score, tables, figures): {res.out / 'report.md'}",
                          f"MLflow: sweep run {parent_run_id} (summary metrics), aggregate run {res.run_id} nested "
-                         f"under it. Open the UI:", "  " + tracking.ui_command(tracking_uri)]))
+                         f"under it. Open the UI on the headline view (docs/mlflow-ui.md):",
+                         "  " + tracking.ui_command(tracking_uri, page=headline_url("", experiment_id).lstrip("/"))]))
         return res
     except Exception as e:  # noqa: BLE001 - an aggregation bug must not turn a finished sweep into a crash
         import traceback

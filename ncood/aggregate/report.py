@@ -170,8 +170,11 @@ def log_headline(data: SweepData, metrics: dict[str, float]) -> None:
     for i in range(0, len(items), MAX_METRICS_PER_BATCH):
         client.log_batch(data.sweep.run_id, metrics=items[i:i + MAX_METRICS_PER_BATCH])
     note = summary.experiment_note(data.sweep.experiment_name, data.sweep.run_name, data.conditions,
-                                   len(data.expected_seeds), sets, any(k.startswith("l2_effect/") for k in metrics))
+                                   len(data.expected_seeds), sets, any(k.startswith("l2_effect/") for k in metrics),
+                                   data.sweep.experiment_id)
     client.set_experiment_tag(data.sweep.experiment_id, summary.EXPERIMENT_NOTE, note)
+    view = summary.headline_view(summary.headline_columns(metrics, data.conditions, sets))
+    client.set_experiment_tag(data.sweep.experiment_id, summary.SHARED_VIEW_TAG + summary.VIEW_KEY, view)
 
 
 def log_outputs(client: MlflowClient, rid: str, files: Sequence[Path], out: Path, tables: Sequence[Table]) -> None:
@@ -224,6 +227,7 @@ def aggregate(tracking_uri: str | None = None, experiment: str | None = None, *,
         log_headline(data, result.headline)
         result.run_id = log_aggregate_run(data, result, resamples, seed)
         echo(f"MLflow: aggregate run {result.run_id} in experiment {data.sweep.experiment_name} "
-             f"(tag {TAG_SWEEP_RUN_ID}={data.sweep.run_id})\n  " + tracking.ui_command(data.sweep.tracking_uri))
+             f"(tag {TAG_SWEEP_RUN_ID}={data.sweep.run_id})\n  " + tracking.ui_command(
+                 data.sweep.tracking_uri, page=summary.headline_url("", data.sweep.experiment_id).lstrip("/")))
     return result
 

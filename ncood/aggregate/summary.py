@@ -20,6 +20,7 @@ and where these keys are.
 """
 from __future__ import annotations
 
+import json
 from typing import Sequence
 
 import numpy as np
@@ -29,6 +30,13 @@ from ncood import keys
 from ncood.aggregate.tables import AUROC, describe, l2_effect_table
 
 EXPERIMENT_NOTE = "mlflow.note.content"  # MLflow's own tag for the experiment description (markdown)
+# The MLflow UI's "share view" link: the experiment tag `mlflow.sharedViewState.<key>` holds the runs page's view
+# state as JSON, and `#/experiments/<id>/runs?viewStateShareKey=<key>` opens it (MLflow 3.17's UI, the format its
+# Share button writes). ncood writes one view that shows the headline columns; a UI without the feature simply
+# shows its default view.
+SHARED_VIEW_TAG = "mlflow.sharedViewState."
+VIEW_KEY = "ncood-headline"
+PX_PER_CHAR = 7  # column width per character of the key (13 px UI font), so the header shows the whole key
 
 
 def base_keys(ood_sets: Sequence[str], scores: Sequence[str]) -> list[str]:
@@ -72,13 +80,40 @@ def sweep_metrics(runs: pd.DataFrame, used: pd.DataFrame, conditions: Sequence[s
             **l2_effect_metrics(runs, used, conditions, ood_sets, scores, resamples, seed)}
 
 
+def headline_columns(metrics: dict[str, float], conditions: Sequence[str], ood_sets: Sequence[str],
+                     score: str = "gmm") -> list[str]:
+    """The keys the headline view shows, in order: the L2 effects (diff, ci_low, ci_high) of the score's AUROC on each
+    OoD set and of test accuracy, then per condition the score's AUROC mean and min per set, accuracy and NC1 mean."""
+    bases = [keys.ood_key(o, score, AUROC) for o in ood_sets]
+    cols = [keys.l2_effect_key(c, st, b) for c in conditions for b in [*bases, keys.ACC_TEST]
+            for st in keys.L2_EFFECT_STATS]
+    cols += [keys.summary_key(c, st, b) for c in conditions for b in bases for st in ("mean", "min")]
+    cols += [keys.summary_key(c, "mean", b) for c in conditions for b in (keys.ACC_TEST, keys.nc_key("nc1"))]
+    return [k for k in cols if k in metrics]
+
+
+def headline_view(columns: Sequence[str]) -> str:
+    """The runs-page view state (JSON) of the shared view: run name, then `columns` in this order, each wide enough
+    for its whole key (the UI's column ids are "metrics.`<key>`")."""
+    metric_cols = [f"metrics.`{k}`" for k in columns]
+    return json.dumps({"selectedColumns": metric_cols, "columnOrder": ["attributes.`Run Name`", *metric_cols],
+                       "columnWidths": {f"metrics.`{k}`": PX_PER_CHAR * len(k) + 32 for k in columns}})
+
+
+def headline_url(ui_base: str, experiment_id: str) -> str:
+    """The runs page of the experiment in the headline view (ui_base: e.g. http://127.0.0.1:5000)."""
+    return f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
+
+
 def experiment_note(experiment: str, sweep_name: str, conditions: Sequence[str], seeds: int,
-                    ood_sets: Sequence[str], has_l2_pair: bool) -> str:
-    """The experiment description (markdown): what ran and how to read it in the UI."""
+                    ood_sets: Sequence[str], has_l2_pair: bool, experiment_id: str = "") -> str:
+    """The experiment description (markdown): what ran and how to read it in the UI; it starts with the link to the
+    headline view (the description box shows its first line)."""
     pair = ("`l2_effect/<L2 condition>/diff/auroc/<score>/<set>` is mean(L2) - mean(no L2), with `ci_low`/`ci_high` "
             "its 95% bootstrap interval (an interval above 0: L2 helps).") if has_l2_pair else (
             "This sweep has no L2-off twin of an L2 condition, so no `l2_effect/...` metrics.")
-    return (f"**{experiment}**: sweep `{sweep_name}`, {len(conditions)} conditions x {seeds} seeds "
+    view = f"[Headline view](#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}): " if experiment_id else ""
+    return (f"{view}**{experiment}**: sweep `{sweep_name}`, {len(conditions)} conditions x {seeds} seeds "
             f"({', '.join(f'`{c}`' for c in conditions)}); OoD sets: {', '.join(ood_sets)}.\n\n"
             f"How to read it: the sweep run (role `sweep`) carries `summary/<condition>/<mean|min|sd>/<key>` over "
             f"seeds (keys `accuracy/test`, `nc/nc1`, `auroc/<score>/<set>`). {pair} Expand the sweep row for one "

@@ -219,7 +219,7 @@ def log_ood_scorer(trial: Any, run_id: str, tracking_uri: str, *, name: str = SC
             tags={"condition": cfg.condition, "seed": str(cfg.seed), MLFLOW_RUN_NOTE: (  # the UI's description
                 f"ncood OoD scorer of trial {cfg.condition} seed {cfg.seed} ({spec.dataset}): base64 PNG images in, "
                 f"class probabilities and the OoD scores {', '.join(spec.scores)} out; GMM decision threshold at "
-                f"{spec.threshold_tpr}% ID acceptance on {spec.threshold_n_val} val images.")})
+                f"{spec.threshold_tpr:.0%} ID acceptance on {spec.threshold_n_val} val images.")})
         saved_path = list(sys.path)
         try:
             with process_tracking_uri(tracking_uri):
