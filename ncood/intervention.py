@@ -104,7 +104,10 @@ def find_sources(tracking_uri: str | None, experiment: str, from_epoch: int, *, 
                               f"{from_epoch}; rerun the ablation with --keep-checkpoint-epochs {from_epoch}")
         onset = max(kept)
         fields = {f.name for f in dataclasses.fields(TrialConfig)}  # runs also carry score/<name>/<field> params
-        cfg = TrialConfig.from_dict({k: _param(k, v) for k, v in r.data.params.items() if k in fields})
+        values = {k: _param(k, v) for k, v in r.data.params.items() if k in fields}
+        # where the data lives is a tag (tracking.MACHINE_FIELDS); the device is chosen again for the continuation
+        values |= {k: _param(k, r.data.tags[k]) for k in ("data_root", "download") if k in r.data.tags}
+        cfg = TrialConfig.from_dict(values)
         sources.append({"run_id": r.info.run_id, "run_name": r.info.run_name, "seed": cfg.seed,
                         "condition": condition, "config": cfg.to_dict(), "checkpoint": kept[onset], "onset": onset,
                         "requested": from_epoch})

@@ -323,6 +323,7 @@ def test_sweep_run_carries_the_headline(store, result):
     lo, hi = bootstrap_diff_ci(final(store["truth"], B, fn), final(store["truth"], A, fn), 2000, 0)
     assert (metrics[keys.l2_effect_key(B, "ci_low", fn)], metrics[keys.l2_effect_key(B, "ci_high", fn)]) == \
         pytest.approx((lo, hi), abs=1e-12)
+    assert "L2 effect" in client.get_run(store["parent"]).data.tags["mlflow.note.content"]  # the run's description
     note = client.get_experiment(store["exp_id"]).tags["mlflow.note.content"]
     assert "new-sweep" in note and all(c in note for c in (A, B, C, D)) and "l2_effect/" in note
 

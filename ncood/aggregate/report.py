@@ -162,7 +162,8 @@ def log_aggregate_run(data: SweepData, result: AggregateResult, resamples: int, 
 
 
 def log_headline(data: SweepData, metrics: dict[str, float]) -> None:
-    """The sweep run's summary metrics (ncood.aggregate.summary) and the experiment's description. Logged at
+    """The sweep run's summary metrics (ncood.aggregate.summary), its description (the console summary), the
+    experiment's description and the headline view. Logged at
     step 0 with one timestamp: a re-aggregation adds a newer value of each key, which the runs table shows."""
     sets = ood_set_names(data)
     client, now = MlflowClient(data.sweep.tracking_uri), tracking.now_ms()
@@ -173,6 +174,8 @@ def log_headline(data: SweepData, metrics: dict[str, float]) -> None:
                                    len(data.expected_seeds), sets, any(k.startswith("l2_effect/") for k in metrics),
                                    data.sweep.experiment_id)
     client.set_experiment_tag(data.sweep.experiment_id, summary.EXPERIMENT_NOTE, note)
+    lines = summary.headline_lines(metrics, data.conditions, sets)  # the console summary as the run's description
+    client.set_tag(data.sweep.run_id, summary.EXPERIMENT_NOTE, "```\n" + "\n".join(lines) + "\n```")
     view = summary.headline_view(summary.headline_columns(metrics, data.conditions, sets))
     client.set_experiment_tag(data.sweep.experiment_id, summary.SHARED_VIEW_TAG + summary.VIEW_KEY, view)
 

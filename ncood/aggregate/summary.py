@@ -29,7 +29,7 @@ import pandas as pd
 from ncood import keys
 from ncood.aggregate.tables import AUROC, describe, l2_effect_table
 
-EXPERIMENT_NOTE = "mlflow.note.content"  # MLflow's own tag for the experiment description (markdown)
+EXPERIMENT_NOTE = "mlflow.note.content"  # MLflow's own tag for a description (markdown), of an experiment or a run
 # The MLflow UI's "share view" link: the experiment tag `mlflow.sharedViewState.<key>` holds the runs page's view
 # state as JSON, and `#/experiments/<id>/runs?viewStateShareKey=<key>` opens it (MLflow 3.17's UI, the format its
 # Share button writes). ncood writes one view that shows the headline columns; a UI without the feature simply
