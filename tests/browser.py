@@ -84,9 +84,11 @@ def _chromium(binary: str, url: str, extra: list[str], budget_ms: int, timeout_s
                               capture_output=True, text=True, timeout=timeout_s)
 
 
-def dump_dom(binary: str, url: str, budget_ms: int = 20000, timeout_s: float = 180) -> str:
-    """The page's DOM after `budget_ms` of virtual time (the React app has fetched and rendered by then)."""
-    proc = _chromium(binary, url, ["--dump-dom", "--window-size=1600,1000"], budget_ms, timeout_s)
+def dump_dom(binary: str, url: str, budget_ms: int = 20000, timeout_s: float = 180,
+             size: tuple[int, int] = (1600, 1000)) -> str:
+    """The page's DOM after `budget_ms` of virtual time (the React app has fetched and rendered by then). The runs
+    table renders only the columns inside the window: a wide `size` puts them all in the DOM."""
+    proc = _chromium(binary, url, ["--dump-dom", f"--window-size={size[0]},{size[1]}"], budget_ms, timeout_s)
     if proc.returncode != 0:
         raise RuntimeError(f"chromium exited {proc.returncode}: {proc.stderr[-2000:]}")
     return proc.stdout

@@ -53,7 +53,7 @@ def test_runs_page_shows_the_sweep_headline(browser, grid_store):
     assert all(k in sweep.data.metrics for k in shown)  # logged on the sweep run itself
     with mlflow_ui(uri) as url:
         default = dump_dom(browser, f"{url}/#/experiments/{result.ref.experiment_id}/runs")
-        dom = dump_dom(browser, headline_url(url, result.ref.experiment_id))
+        dom = dump_dom(browser, headline_url(url, result.ref.experiment_id), size=(12000, 900))  # every column
     text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", default))
     assert sweep.info.run_name[:20] in text and "Headline view" in text  # the sweep row, the description's link
     text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
