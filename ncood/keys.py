@@ -81,6 +81,9 @@ def fit_key(score: str, name: str) -> str:
     return f"{score}/{name}"
 
 
+# MLflow's SystemMetricsMonitor logs system/<name> (ncood.run_fields), at its own steps (sample index, not epoch).
+SYSTEM_PREFIX = "system/"
+
 GMM_JITTER = fit_key("gmm", "jitter")
 GMM_DEGENERATE_DIMS = fit_key("gmm", "degenerate_dims")
 

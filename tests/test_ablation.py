@@ -250,7 +250,8 @@ def test_failure_retried_from_checkpoint_and_failed_marked(local_ray, store, tmp
     assert retried.info.status == "FINISHED" and retried.data.tags[tracking.TAG_RESTARTS] == "1"
     assert "InjectedFailure" in retried.data.tags[tracking.TAG_PREVIOUS_ERROR]
     for key in retried.data.metrics:  # the retry continued the same run: one value per step, none twice
-        assert _steps(client, retried, key) == [1, 2, 3], key
+        if not key.startswith(keys.SYSTEM_PREFIX):  # MLflow's system metrics count samples, not epochs
+            assert _steps(client, retried, key) == [1, 2, 3], key
     assert failed.info.status == "FAILED" and "InjectedFailure" in failed.data.tags[tracking.TAG_ERROR]
     assert _steps(client, failed, keys.LOSS_TRAIN) == [1]
     assert healthy.info.status == "FINISHED"

@@ -71,7 +71,7 @@ def test_trial_run_lifecycle(store):
     wide = {keys.LOSS_TRAIN: 1.0, **{f"extra/m{i}": float(i) for i in range(1500)}}  # > 1000: chunked batches
     assert tracker.log_epoch(1, wide)
     assert not tracker.log_epoch(1, {keys.LOSS_TRAIN: 9.0})  # a step is logged once
-    assert len([k for k in client.get_run(run_id).data.metrics if not k.startswith("system/")]) == 1501
+    assert len([k for k in client.get_run(run_id).data.metrics if not k.startswith(keys.SYSTEM_PREFIX)]) == 1501
 
     tracker.fail(RuntimeError("boom at epoch 2"))
     run = client.get_run(run_id)

@@ -141,7 +141,9 @@ def _run_row(run) -> dict[str, Any]:
     """Meta columns, typed condition fields and final-epoch metric values of one MLflow run."""
     tags, params = run.data.tags, run.data.params
     # latest value = highest step; keys in the current layout (ncood.keys.canonical_key: older stores read the same)
-    latest = {keys.canonical_key(m.key): (m.step, m.value) for m in run.data.to_proto().metrics}
+    # MLflow's system metrics (system/*) step by sample, not by epoch: they are not results and are left out
+    latest = {keys.canonical_key(m.key): (m.step, m.value) for m in run.data.to_proto().metrics
+              if not m.key.startswith(keys.SYSTEM_PREFIX)}
     final_step = max((step for step, _ in latest.values()), default=None)
     seed = tags.get(tracking.TAG_SEED, params.get("seed"))
     condition = tags.get(tracking.TAG_CONDITION) or re.sub(r"-s\d+$", "", run.info.run_name or "?")
