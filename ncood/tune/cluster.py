@@ -28,7 +28,7 @@ def init_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
     Ray, never a stray cluster that happens to run on this machine (plain `ray.init()` would join it). The job's
     workers get ncood.tune.worker_memory.WORKER_ENV (merged into the job's runtime env by Ray) unless this
     process's environment, i.e. the node's or the job's, already sets those variables. dashboard: start Ray's
-    dashboard with the local Ray (off by default: it costs a few processes; a cluster has its own) and print its URL."""
+    dashboard with the local Ray (off by default: it costs a few processes; a cluster has its own)."""
     if ray.is_initialized():
         return
     env_vars = {k: v for k, v in WORKER_ENV.items() if k not in os.environ}
@@ -40,9 +40,8 @@ def init_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
     src = str(Path(__file__).resolve().parents[2])  # the folder holding the ncood package
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     os.environ["PYTHONPATH"] = os.pathsep.join([src, *[p for p in paths if p != src]])
-    ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, runtime_env=runtime_env)
-    if dashboard:
-        print(f"Ray dashboard: http://{ctx.dashboard_url}", flush=True)
+    # with the dashboard, Ray's own start-up line names its URL ("View the dashboard at http://127.0.0.1:8265")
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, runtime_env=runtime_env)
 
 
 def alive_nodes() -> int:

@@ -121,7 +121,7 @@ def add_run_flags(parser: argparse.ArgumentParser, job: str = "ablation") -> Non
                         "Grid flags are ignored: the sweep keeps its own settings")
     r.add_argument("--quiet", action="store_true", help="no progress table")
     r.add_argument("--dashboard", action="store_true",
-                   help="start Ray's dashboard with the local Ray and print its URL (default off; a cluster "
+                   help="start Ray's dashboard with the local Ray (Ray prints its URL; default off; a cluster "
                         "started with `ray start --head` has its own)")
 
 
