@@ -14,7 +14,8 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# The default ablation grid: local Ray, MLflow in mlruns/, built-in digits data, 15 seeds x L2 off/on.
+# The default ablation grid: local Ray, MLflow in mlruns/, built-in digits data, 15 seeds x L2 off/on. It ends by
+# registering the champion (ncood-ood-scorer@champion: `.venv/bin/ncood serve` serves it) and printing the summary.
 run: $(VENV)/.installed
 	$(PY) tune_jobs/ablation.py
 

@@ -19,6 +19,7 @@ import torch
 from pytorch_ood.detector import KNN, EnergyBased, ViM
 from torch.utils.data import DataLoader, TensorDataset
 
+from ncood import keys
 from ncood.adapters import OodNet, as_feature_classifier
 from ncood.config import make_config
 from ncood.data import get_info, load_id, load_ood
@@ -47,7 +48,7 @@ def pytorch_ood_on_an_ncood_model(epochs: int, data_root: str) -> dict[str, tupl
         for name, det in detectors.items():
             # pytorch-ood scores outliers high; ncood scores ID high
             id_s, ood_s = -det.predict(trial.data.test.x), -det.predict(trial.ood_sets["photos"])
-            out[name] = (detection_metrics(id_s, ood_s)["auroc"], ours[f"ood/photos/{name}/auroc"])
+            out[name] = (detection_metrics(id_s, ood_s)["auroc"], ours[keys.ood_key("photos", name, "auroc")])
     return out
 
 

@@ -1,4 +1,4 @@
-"""`ncood` command line: `ncood train | aggregate | register | data link | datasets | models`.
+"""`ncood` command line: `ncood train | aggregate | register | serve | data link | datasets | models`.
 
 Every TrialConfig field is a flag of `ncood train` (built from the dataclass, so the two cannot drift apart);
 values start from a named preset (`--preset`, default: the dataset's own preset, else `digits`).
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ncood.config import PRESETS, ConfigError, TrialConfig, add_config_flags, make_config
+from ncood.serve import cli as serve_cli
 
 
 def _config_from_args(args: argparse.Namespace) -> TrialConfig:
@@ -72,10 +73,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-MODULE_COMMANDS = [
+MODULE_COMMANDS = [  # (name, light module with add_arguments and run, help)
     ("aggregate", "ncood.aggregate", "min/max/mean tables and figures from a sweep's MLflow runs"),
-    ("register", "ncood.serve.register",
-     "register the best condition's median-seed model as ncood-ood-scorer@<alias> and print the serve command"),
 ]
 
 
@@ -86,6 +85,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
                     "(DDU benchmark) on Ray Tune + MLflow.",
         epilog="Grids: python tune_jobs/ablation.py --help.  Docs: README.md",
     )
+    from ncood.tune.jobs import add_version
+
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train and evaluate one trial; writes summary.json + checkpoint to --out",
@@ -99,8 +101,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
-    # Subcommands that live with their module (add_arguments(parser) + run(args)); imported only when chosen,
-    # because mlflow/ray imports take seconds and `ncood --help` should not.
+    # Subcommands that live with their module (add_arguments(parser) + run(args)); imported only when chosen. The
+    # modules are light (heavy imports inside run): mlflow/torch take seconds and no --help should.
     chosen = next((a for a in (argv or []) if not a.startswith("-")), None)
     for name, module, help_ in MODULE_COMMANDS:
         p = sub.add_parser(name, help=help_, description=help_)
@@ -108,6 +110,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
             mod = importlib.import_module(module)
             mod.add_arguments(p)
             p.set_defaults(func=mod.run)
+
+    p = sub.add_parser("register", help="register the best condition's median-seed model as "
+                                         "ncood-ood-scorer@<alias> and print the serve command",
+                       description="Register the best condition's median-seed model (see ncood/serve/register.py).")
+    serve_cli.add_register_arguments(p)
+    p.set_defaults(func=serve_cli.run_register)
 
     p = sub.add_parser("data", help="prepare datasets (ncood data link fashion-mnist)")
     link = p.add_subparsers(dest="action", required=True, metavar="ACTION").add_parser(
@@ -122,6 +130,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     link.add_argument("--install", action="store_true",
                       help="first apt-get install dataset-fashion-mnist if it is missing (needs root)")
     link.set_defaults(func=cmd_data_link)
+    p = sub.add_parser("serve", help="serve the registered champion (or --model-uri) with `mlflow models serve`",
+                       description="Start `mlflow models serve --env-manager local` for the model with the right "
+                                   "environment (this venv's bin on PATH, MLFLOW_TRACKING_URI, ncood's request "
+                                   "limits): works from .venv/bin/ncood without activating the venv. Ctrl+C stops it.")
+    serve_cli.add_serve_arguments(p)
+    p.set_defaults(func=serve_cli.run_serve)
     sub.add_parser("datasets", help="list registered datasets").set_defaults(func=cmd_datasets)
     sub.add_parser("models", help="list registered architectures").set_defaults(func=cmd_models)
     return parser

@@ -289,20 +289,45 @@ def config_from_params(params: dict[str, str]) -> TrialConfig:
     return TrialConfig.from_dict({k: parse_field(k, v) for k, v in params.items() if k in FIELD_KINDS})
 
 
-def add_config_flags(parser: Any, skip: tuple[str, ...] = ()) -> None:
-    """One command-line flag per TrialConfig field (an argparse parser or group; default None = the preset's):
-    --l2/--no-l2 for bools, typed numbers, tuple fields as one 'a,b' string (TrialConfig splits it)."""
+_ON_OFF = {"on": True, "true": True, "yes": True, "1": True, "off": False, "false": False, "no": False, "0": False}
+
+
+def parse_on_off(text: str) -> bool:
+    """A boolean flag's value: on|off (also true/false, yes/no, 1/0)."""
     import argparse
 
+    if text.lower() not in _ON_OFF:
+        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+    return _ON_OFF[text.lower()]
+
+
+def registered_names(name: str) -> tuple[str, ...]:
+    """The registered names a field takes (arch: models, dataset: ID datasets, ood_sets: datasets), for --help;
+    () for other fields. Read without importing torch, so --help stays fast."""
+    from ncood import registry_names
+
+    found = {"arch": registry_names.model_names, "dataset": lambda: registry_names.dataset_names(id_only=True),
+             "ood_sets": registry_names.dataset_names}
+    return found[name]() if name in found else ()
+
+
+def add_config_flags(parser: Any, skip: tuple[str, ...] = ()) -> None:
+    """One command-line flag per TrialConfig field (an argparse parser or group; default None = the preset's), the
+    same in `ncood train` and the grid scripts. Booleans have one spelling everywhere: `--l2 on|off` (a bare `--l2`
+    means on); typed numbers; tuple fields as one 'a,b' string (TrialConfig splits it); --arch, --dataset and
+    --ood-sets list the registered names."""
     for f in fields(TrialConfig):
         if f.name in skip:
             continue
         flag, help_, kind = "--" + f.name.replace("_", "-"), f.metadata.get("help", ""), FIELD_KINDS[f.name]
         if kind.base is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
+            parser.add_argument(flag, dest=f.name, type=parse_on_off, nargs="?", const=True, default=None,
+                                metavar="on|off", help=help_)
         else:
+            names = registered_names(f.name)
             parser.add_argument(flag, dest=f.name, type=str if kind.many else kind.base, default=None,
-                                metavar=f.name.upper(), help=help_)
+                                metavar=f.name.upper(),
+                                help=help_ + (f" (registered: {', '.join(names)})" if names else ""))
 
 
 # The fields TrialConfig.condition is made of: every axis of an experiment except the seed. The ablation grid's

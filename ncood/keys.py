@@ -1,13 +1,22 @@
 """The metric-key schema: the one place that names every logged number.
 
 Tracking (MLflow), aggregation and serving import these names; nothing else spells a metric key by hand.
-Keys are flat strings with '/' namespaces, as MLflow groups them in its UI:
+Keys are flat strings with '/' namespaces. MLflow 3's chart view puts every key into the section named by its
+prefix up to the last '/', so the last component is what varies inside one section:
 
     loss/train, accuracy/train, accuracy/val, accuracy/test, lr, time/epoch_s, time/eval_s
     nc/<nc metric>                  e.g. nc/nc1, nc/nc2_equiangular_means      (train-set features)
-    ood/<ood set>/<score>/<metric>  e.g. ood/svhn/gmm/auroc, ood/photos/feature_norm/fpr95
+    <metric>/<score>/<ood set>      e.g. auroc/gmm/svhn, fpr95/feature_norm/photos: section `auroc/gmm` shows the
+                                    GMM's AUROC on every OoD set, one chart each
     <score>/<fit diagnostic>        what a score's fit on the train features chose, e.g. gmm/jitter (the eps*I
                                     added to every class covariance, 0 when none was needed), vim/alpha
+Sweep (parent) run, written by the aggregation (ncood.aggregate.summary), one value per sweep:
+    summary/<condition>/<stat>/<base key>   stat in mean|min|sd over the condition's seeds, e.g.
+                                            summary/resnet18-w8-l2-sn-lg-e15/mean/auroc/gmm/photos
+    l2_effect/<L2 condition>/<stat>/<base key>   stat in diff|ci_low|ci_high: mean(L2) - mean(its L2-off twin) and
+                                            its 95% bootstrap interval (ncood.aggregate.tables.l2_effect_table)
+Older stores (ncood before this layout) used ood/<ood set>/<score>/<metric>; parse_ood_key reads both and
+canonical_key maps the old spelling to the new one, so aggregation and registration read old stores unchanged.
 MLflow params (not metrics) of a score's hyperparameters: score/<score>/<field>, e.g. score/knn/k.
     gmm/degenerate_dims             max over classes of the class's numerically zero-variance feature dimensions
                                     (ncood.ood.gaussian.zero_variance_dims; 0 = no class has one)
@@ -38,7 +47,9 @@ NC_METRICS = (
 # caught): see ncood/ood/metrics.py.
 DETECTION_METRICS = ("auroc", "fpr95", "aupr_in", "aupr_out", "fpr95_id_rejected")
 # Top-level key namespaces: no OoD score may be named like one (its fit diagnostics would land among them).
-NAMESPACES = ("loss", "accuracy", "lr", "time", "nc", "ood", "score")
+NAMESPACES = ("loss", "accuracy", "lr", "time", "nc", "ood", "score", "summary", "l2_effect", *DETECTION_METRICS)
+SUMMARY_STATS = ("mean", "min", "sd")  # over a condition's seeds (sd: sample sd, ddof=1)
+L2_EFFECT_STATS = ("diff", "ci_low", "ci_high")
 
 
 def nc_key(metric: str) -> str:
@@ -47,14 +58,31 @@ def nc_key(metric: str) -> str:
 
 
 def ood_key(ood_set: str, score: str, metric: str) -> str:
-    """('svhn', 'gmm', 'auroc') -> 'ood/svhn/gmm/auroc'."""
-    return f"ood/{ood_set}/{score}/{metric}"
+    """('svhn', 'gmm', 'auroc') -> 'auroc/gmm/svhn'."""
+    return f"{metric}/{score}/{ood_set}"
+
+
+def summary_key(condition: str, stat: str, base: str) -> str:
+    """('resnet18-w8-l2-e15', 'mean', 'auroc/gmm/svhn') -> 'summary/resnet18-w8-l2-e15/mean/auroc/gmm/svhn'."""
+    if stat not in SUMMARY_STATS:
+        raise ValueError(f"summary stat {stat!r}: expected one of {SUMMARY_STATS}")
+    return f"summary/{condition}/{stat}/{base}"
+
+
+def l2_effect_key(condition: str, stat: str, base: str) -> str:
+    """('resnet18-w8-l2-e15', 'diff', 'auroc/gmm/svhn') -> 'l2_effect/resnet18-w8-l2-e15/diff/auroc/gmm/svhn'."""
+    if stat not in L2_EFFECT_STATS:
+        raise ValueError(f"L2 effect stat {stat!r}: expected one of {L2_EFFECT_STATS}")
+    return f"l2_effect/{condition}/{stat}/{base}"
 
 
 def fit_key(score: str, name: str) -> str:
     """('vim', 'alpha') -> 'vim/alpha': a number a score's fit chose (a metric, logged at every evaluation)."""
     return f"{score}/{name}"
 
+
+# MLflow's SystemMetricsMonitor logs system/<name> (ncood.run_fields), at its own steps (sample index, not epoch).
+SYSTEM_PREFIX = "system/"
 
 GMM_JITTER = fit_key("gmm", "jitter")
 GMM_DEGENERATE_DIMS = fit_key("gmm", "degenerate_dims")
@@ -66,9 +94,12 @@ def score_param_key(score: str, name: str) -> str:
 
 
 def parse_ood_key(key: str) -> tuple[str, str, str] | None:
-    """Inverse of ood_key: 'ood/svhn/gmm/auroc' -> ('svhn', 'gmm', 'auroc'); None for other keys."""
+    """Inverse of ood_key: 'auroc/gmm/svhn' -> ('svhn', 'gmm', 'auroc'); the older layout 'ood/svhn/gmm/auroc'
+    reads the same; None for other keys."""
     parts = key.split("/")
-    if len(parts) == 4 and parts[0] == "ood":
+    if len(parts) == 3 and parts[0] in DETECTION_METRICS:
+        return parts[2], parts[1], parts[0]
+    if len(parts) == 4 and parts[0] == "ood" and parts[3] in DETECTION_METRICS:  # stores written before the layout
         return parts[1], parts[2], parts[3]
     return None
 
@@ -97,3 +128,11 @@ TAG_GIT_DIRTY = "git_dirty"  # "true": the run's code differs from the commit in
 TAG_GROUP = "group"  # control | intervention (ncood.intervention.GROUPS)
 TAG_SOURCE_RUN, TAG_SOURCE_CONDITION = "source_run_id", "source_condition"
 TAG_ONSET, TAG_REQUESTED = "onset_epoch", "requested_epoch"  # the restored checkpoint's epoch, the one asked for
+# TrialConfig fields that say where a trial ran, not what it ran: logged as tags, not params (runs compare on params)
+MACHINE_FIELDS = ("data_root", "download", "device")
+
+
+def canonical_key(key: str) -> str:
+    """The current spelling of a metric key: 'ood/svhn/gmm/auroc' (older stores) -> 'auroc/gmm/svhn'; others as is."""
+    parsed = parse_ood_key(key)
+    return ood_key(*parsed) if parsed else key

@@ -149,7 +149,9 @@ def find_sources(client: MlflowClient, experiment_name: str, from_epoch: int, *,
             raise RunsQueryError(f"run {r.info.run_name} ({r.info.run_id}) kept no checkpoint at or before epoch "
                                  f"{from_epoch}; rerun the ablation with --keep-checkpoint-epochs {from_epoch}")
         onset = max(kept)
-        cfg = config_from_params(r.data.params)
+        # where the data lives is a tag (keys.MACHINE_FIELDS); the device is chosen again for the continuation
+        machine = {k: r.data.tags[k] for k in ("data_root", "download") if k in r.data.tags}
+        cfg = config_from_params({**r.data.params, **machine})
         sources.append({"run_id": r.info.run_id, "run_name": r.info.run_name, "seed": cfg.seed,
                         "condition": condition, "config": cfg.to_dict(), "checkpoint": kept[onset], "onset": onset,
                         "requested": from_epoch})

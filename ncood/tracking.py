@@ -10,7 +10,9 @@ Layout (REFERENCE.md section 7 has the traps this avoids):
 - The driver creates the database, the experiment and the sweep's parent run before any trial starts: trials
   racing to create them fail (duplicate column / UNIQUE constraint). Trials receive a `SweepRef` (URI + ids).
 - Each trial is a child run (`mlflow.parentRunId`) named `<condition>-s<seed>`, with every TrialConfig field as a
-  param (plus each OoD score's hyperparameters, score/<name>/<field>), tags `condition`, `seed`, `ray_trial_id`, `mlflow.source.git.commit`, and one `log_batch` per epoch
+  param except the machine-local ones (MACHINE_FIELDS: tags), the effective LR milestones (param `lr_milestones`),
+  each OoD score's hyperparameters (score/<name>/<field>), tags `condition`, `seed`, `ray_trial_id`, the driver's
+  context tags (source, user, git: ncood.run_fields), dataset inputs, system metrics, and one `log_batch` per epoch
   (step = epoch). Only `MlflowClient` is used: the fluent API keeps a process-global active run, and with
   `reuse_actors` one Ray worker runs many trials in turn.
 - A resumed trial continues its own run (the id lives in its Ray checkpoint; without one it is found by its Ray
@@ -37,7 +39,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH
 
-from ncood import keys, runs_query
+from ncood import keys, run_fields, runs_query
 from ncood.ood import score_params
 
 # Tag names live in the schema module (ncood.keys); imported here because tracking writes them.
@@ -46,6 +48,10 @@ from ncood.keys import (ROLE_SWEEP, ROLE_TRIAL, TAG_CONDITION, TAG_ERROR, TAG_FA
                         TAG_SEED, TAG_TRIAL_ID)
 
 ACTIVE, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
+# TrialConfig fields that say where a trial ran, not what it computed: run tags, not params (a param differing
+# between machines would split the compare view); `device` is the resolved one (cpu / cuda).
+MACHINE_FIELDS = keys.MACHINE_FIELDS
+PARAM_MILESTONES = "lr_milestones"  # the effective LR x0.1 epochs (cfg.milestones; lr_steps=None means derived)
 
 
 class TrackingError(RuntimeError):
@@ -171,12 +177,13 @@ def git_state(root: Path | None = None) -> dict[str, str]:
         return {MLFLOW_GIT_COMMIT: env_sha} if env_sha else {}
 
 
-def ui_command(tracking_uri: str, port: int = 5000) -> str:
-    """How to open the MLflow UI on this store."""
+def ui_command(tracking_uri: str, port: int = 5000, page: str = "") -> str:
+    """How to open the MLflow UI on this store (at `page`, e.g. '#/experiments/1/runs', if given)."""
     if tracking_uri.startswith("sqlite:///"):
         return (f"mlflow ui --backend-store-uri {tracking_uri} --port {port}\n"
-                f"  then open http://127.0.0.1:{port} (remote machine: ssh -L {port}:127.0.0.1:{port} <host> first)")
-    return f"open {tracking_uri} in a browser (tracking server)"
+                f"  then open http://127.0.0.1:{port}/{page} (remote machine: ssh -L {port}:127.0.0.1:{port} <host> "
+                f"first)")
+    return f"open {tracking_uri.rstrip('/')}/{page} in a browser (tracking server)"
 
 
 # ---- the sweep (parent run) --------------------------------------------------------------------------------------
@@ -187,7 +194,7 @@ class SweepRef:
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
-    git: Mapping[str, str] = field(default_factory=dict)  # git_state() of the driver: tags for every run
+    git: Mapping[str, str] = field(default_factory=dict)  # the driver's git_state() and context tags: on every run
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "git": dict(self.git)}
@@ -202,7 +209,7 @@ def start_sweep(tracking_uri: str, experiment_id: str, name: str, params: Mappin
                 tags: Mapping[str, str]) -> SweepRef:
     """Create the sweep's parent run (driver only) and return the reference trials log under."""
     client = MlflowClient(tracking_uri)
-    git = git_state()
+    git = {**run_fields.context_tags(), **git_state()}  # mlflow.source.*, mlflow.user, git commit and dirty flag
     run = client.create_run(experiment_id, run_name=name, tags={TAG_ROLE: ROLE_SWEEP, **git, **tags})
     items = [Param(k, _param_value(v)) for k, v in params.items()]
     for i in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
@@ -224,9 +231,14 @@ def set_status(ref: SweepRef, run_id: str, status: str, tags: Mapping[str, str] 
         client.set_terminated(run_id, status)
 
 
+def now_ms() -> int:
+    """MLflow's timestamp unit: milliseconds since the epoch."""
+    return int(time.time() * 1000)
+
+
 def child_runs(ref: SweepRef) -> list:
-    """Every trial run of the sweep (all statuses), oldest first."""
-    return runs_query.child_runs(MlflowClient(ref.tracking_uri), ref.experiment_id, ref.parent_run_id)
+    """Every trial run of the sweep (all statuses), oldest first (not the aggregate run nested beside them)."""
+    return runs_query.child_runs(MlflowClient(ref.tracking_uri), ref.experiment_id, ref.parent_run_id, keys.ROLE_TRIAL)
 
 
 def trial_run(ref: SweepRef, trial_id: str):
@@ -291,6 +303,7 @@ class TrialTracker:
         self.run_name = run_name or f"{cfg.condition}-s{cfg.seed}"
         self.client = MlflowClient(ref.tracking_uri)
         self.run_id: str | None = None
+        self.monitor = None  # MLflow's SystemMetricsMonitor while the run is RUNNING (ncood.run_fields)
         self.last_step = 0  # highest epoch already logged: a resumed trial never logs a step twice
 
     def start(self, run_id: str | None = None) -> str:
@@ -298,8 +311,10 @@ class TrialTracker:
         run_id = run_id or self._find_by_trial_id()
         if run_id is None:
             self.run_id = create_trial_run(self.ref, self.trial_id, self.run_name,
-                                           {TAG_CONDITION: self.cfg.condition, TAG_SEED: str(self.cfg.seed)})
+                                           {TAG_CONDITION: self.cfg.condition, TAG_SEED: str(self.cfg.seed),
+                                            **{f: str(getattr(self.cfg, f)) for f in MACHINE_FIELDS}})
             self._log_params(set())
+            self.monitor = run_fields.start_system_metrics(self.run_id, self.ref.tracking_uri, resume=False)
             return self.run_id
         self.run_id = run_id
         run = self.client.get_run(run_id)
@@ -316,11 +331,14 @@ class TrialTracker:
             self.client.delete_tag(run_id, TAG_FAILURE_KIND)
         self.client.log_batch(run_id, tags=tags)
         self.client.update_run(run_id, status=ACTIVE)
+        self.monitor = run_fields.start_system_metrics(run_id, self.ref.tracking_uri, resume=True)
         return run_id
 
     def _log_params(self, present: set[str]) -> None:
-        """Every TrialConfig field, and every OoD score's hyperparameters as score/<name>/<field> (ncood.ood)."""
-        values = {**self.cfg.to_dict(), **score_params()}
+        """Every TrialConfig field but MACHINE_FIELDS, the effective milestones, and every OoD score's
+        hyperparameters as score/<name>/<field> (ncood.ood)."""
+        config = {k: v for k, v in self.cfg.to_dict().items() if k not in MACHINE_FIELDS}
+        values = {**config, PARAM_MILESTONES: list(self.cfg.milestones), **score_params()}
         params = [Param(k, _param_value(v)) for k, v in values.items() if k not in present]
         for i in range(0, len(params), MAX_PARAMS_TAGS_PER_BATCH):
             self.client.log_batch(self.run_id, params=params[i:i + MAX_PARAMS_TAGS_PER_BATCH])
@@ -356,6 +374,10 @@ class TrialTracker:
             self.client.log_batch(self.run_id, metrics=items[i:i + MAX_METRICS_PER_BATCH])
         self.last_step = max(self.last_step, step)
 
+    def log_inputs(self, data: Any, ood_sets: Mapping[str, Any]) -> None:
+        """The trial's datasets as MLflow dataset inputs (ncood.run_fields.dataset_inputs); data: IDData."""
+        self.client.log_inputs(self.run_id, datasets=run_fields.dataset_inputs(self.cfg, data, ood_sets))
+
     def log_artifacts(self, paths: Iterable[str | Path], artifact_path: str | None = None) -> None:
         for p in paths:
             self.client.log_artifact(self.run_id, str(p), artifact_path)
@@ -363,7 +385,13 @@ class TrialTracker:
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    def stop_monitor(self) -> None:
+        if self.monitor is not None:
+            monitor, self.monitor = self.monitor, None
+            run_fields.stop_system_metrics(monitor)
+
     def finish(self) -> None:
+        self.stop_monitor()
         self.client.set_terminated(self.run_id, FINISHED)
 
     def fail(self, exc: BaseException, kind: str | None = None) -> None:
@@ -372,6 +400,7 @@ class TrialTracker:
         if self.run_id is None:
             return
         try:
+            self.stop_monitor()
             tags = {TAG_ERROR: error_text(exc), **({TAG_FAILURE_KIND: kind} if kind else {})}
             self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             self.client.set_terminated(self.run_id, FAILED)

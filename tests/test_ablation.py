@@ -184,9 +184,19 @@ def test_tiny_grid_params_metrics_artifacts(tiny_grid):
     _, uri = tiny_grid
     client = MlflowClient(uri)
     _, children = _runs(uri, "tiny")
-    param_names = set(TrialConfig.__dataclass_fields__) | set(score_params())  # config + score hyperparameters
+    # config (but where it ran: tags) + effective milestones + score hyperparameters
+    param_names = (set(TrialConfig.__dataclass_fields__) - set(tracking.MACHINE_FIELDS) | {tracking.PARAM_MILESTONES}
+                   | set(score_params()))
     for r in children:
         assert set(r.data.params) == param_names  # one compare view: the same params everywhere
+        assert r.data.params[tracking.PARAM_MILESTONES] == "1,2" and r.data.tags["device"] == "cpu"
+        # MLflow's standard fields: context tags (from the driver), dataset inputs, system metrics
+        assert r.data.tags["mlflow.source.type"] == "LOCAL" and r.data.tags["mlflow.user"]
+        inputs = {d.dataset.name: [t.value for t in d.tags] for d in r.inputs.dataset_inputs}
+        assert inputs == {"digits-train": ["train"], "digits-val": ["validation"], "digits-test": ["test"],
+                          **{o: ["ood"] for o in ("photos", "scrambled", "noise")}}
+        assert all(len(d.dataset.digest) == 16 for d in r.inputs.dataset_inputs)
+        assert "system/system_memory_usage_megabytes" in r.data.metrics
         assert r.data.params["epochs"] == "2" and r.data.params["width"] == "4"
         for key in (keys.ACC_TEST, keys.nc_key("nc1"), keys.ood_key("photos", "gmm", "auroc"), keys.LOSS_TRAIN):
             assert _steps(client, r, key) == [1, 2], key
@@ -223,7 +233,8 @@ def test_failure_retried_from_checkpoint_and_failed_marked(local_ray, sqlite_sto
     assert retried.info.status == "FINISHED" and retried.data.tags[keys.TAG_RESTARTS] == "1"
     assert "InjectedFailure" in retried.data.tags[keys.TAG_PREVIOUS_ERROR]
     for key in retried.data.metrics:  # the retry continued the same run: one value per step, none twice
-        assert _steps(client, retried, key) == [1, 2, 3], key
+        if not key.startswith(keys.SYSTEM_PREFIX):  # MLflow's system metrics count samples, not epochs
+            assert _steps(client, retried, key) == [1, 2, 3], key
     assert failed.info.status == "FAILED" and "InjectedFailure" in failed.data.tags[keys.TAG_ERROR]
     assert _steps(client, failed, keys.LOSS_TRAIN) == [1]
     assert healthy.info.status == "FINISHED"

@@ -23,7 +23,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from scipy import stats
 
 from ncood import keys, tracking
-from ncood.aggregate import (ROLE_AGGREGATE, TAG_SWEEP_RUN_ID, after_sweep, aggregate, bootstrap_diff_ci, main,
+from ncood.aggregate import (ROLE_AGGREGATE, TAG_SWEEP_RUN_ID, after_sweep, aggregate, bootstrap_diff_ci, load_sweep,
+                             main,
                              welch_p)
 from ncood.aggregate.report import FIGURES, TABLE_FORMATS
 from ncood.aggregate.runs import CONDITION_FIELDS
@@ -269,7 +270,8 @@ def test_files_figures_and_aggregate_run(store, result):
     run = client.get_run(res.run_id)
     assert run.info.status == "FINISHED" and run.info.experiment_id == store["exp_id"]
     assert run.data.tags[keys.TAG_ROLE] == ROLE_AGGREGATE and run.data.tags[TAG_SWEEP_RUN_ID] == store["parent"]
-    assert MLFLOW_PARENT_RUN_ID not in run.data.tags  # not a trial of the sweep
+    assert run.data.tags[MLFLOW_PARENT_RUN_ID] == store["parent"]  # nested under the sweep in the UI
+    assert run.data.metrics["pearson_r_nc2_auroc"] == pytest.approx(res.pearson_r, abs=1e-12)
 
     def walk(path=None):
         for f in client.list_artifacts(res.run_id, path):
@@ -309,3 +311,48 @@ def test_ncood_aggregate_subcommand(store, tmp_path, capsys):
     assert "old-sweep" not in capsys.readouterr().out and (out / "tables" / "table1_ood.csv").exists()
     assert main(["aggregate", "--experiment", "no-such-exp", "--tracking-uri", store["uri"]]) == 2
     assert "no MLflow experiment 'no-such-exp'" in capsys.readouterr().err
+
+
+def test_sweep_run_carries_the_headline(store, result):
+    """The sweep (parent) run: per-condition mean/min/sd of every score's AUROC per OoD set, accuracy and NC1 (checked
+    against the truth), the L2 effects equal to Table 4's numbers for every score, and the experiment's description."""
+    res, _ = result
+    client = MlflowClient(store["uri"])
+    metrics = client.get_run(store["parent"]).data.metrics
+    assert metrics == pytest.approx(res.headline, abs=1e-12)
+    for cond in (A, B, C, D):
+        for base in [keys.ACC_TEST, keys.nc_key("nc1")] + [keys.ood_key(o, s, "auroc") for o in OOD for s in SCORES]:
+            v = final(store["truth"], cond, base)
+            assert metrics[keys.summary_key(cond, "mean", base)] == pytest.approx(v.mean(), abs=1e-12)
+            assert metrics[keys.summary_key(cond, "min", base)] == pytest.approx(v.min(), abs=1e-12)
+            if v.size > 1:
+                assert metrics[keys.summary_key(cond, "sd", base)] == pytest.approx(v.std(ddof=1), abs=1e-12)
+            else:  # one seed (D): no sd, and no NaN cell either
+                assert keys.summary_key(cond, "sd", base) not in metrics
+    assert not any("fpr95" in k for k in metrics)  # AUROC only: the headline, not every detection metric
+    t4 = _frame(res, "table4_l2_effect")
+    gmm = t4[t4["key"] == SVHN_GMM].iloc[0]  # B vs its twin A (Table 4 is the GMM's)
+    for stat in keys.L2_EFFECT_STATS:
+        assert metrics[keys.l2_effect_key(gmm["condition"], stat, SVHN_GMM)] == pytest.approx(gmm[stat], abs=1e-12)
+    fn = keys.ood_key("svhn", "feature_norm", "auroc")  # a second score gets its L2 effect too
+    lo, hi = bootstrap_diff_ci(final(store["truth"], B, fn), final(store["truth"], A, fn), 2000, 0)
+    assert (metrics[keys.l2_effect_key(B, "ci_low", fn)], metrics[keys.l2_effect_key(B, "ci_high", fn)]) == \
+        pytest.approx((lo, hi), abs=1e-12)
+    assert "L2 effect" in client.get_run(store["parent"]).data.tags["mlflow.note.content"]  # the run's description
+    note = client.get_experiment(store["exp_id"]).tags["mlflow.note.content"]
+    assert "new-sweep" in note and all(c in note for c in (A, B, C, D)) and "l2_effect/" in note
+
+
+def test_older_key_layout_reads_the_same(tmp_path):
+    """A store written before the <metric>/<score>/<set> layout (ood/<set>/<score>/<metric>) aggregates unchanged;
+    MLflow's system metrics (steps = samples, here more samples than epochs) do not make a run look incomplete."""
+    uri = tracking.resolve_tracking_uri(str(tmp_path / "old.db"))
+    exp_id = tracking.prepare_experiment("old-layout", uri)
+    client = MlflowClient(uri)
+    parent = client.create_run(exp_id, run_name="sweep", tags={keys.TAG_ROLE: "sweep"})
+    client.log_batch(parent.info.run_id, params=[Param("seeds", "1"), Param("conditions", A)])
+    rid = _make_run(client, exp_id, parent.info.run_id, A, 0, {"ood/svhn/gmm/auroc": {e: 0.5 + e / 10 for e in (1, 2, 3)},
+                                                                keys.ACC_TEST: {e: 0.9 for e in (1, 2, 3)}})
+    client.log_metric(rid, keys.SYSTEM_PREFIX + "cpu_utilization_percentage", 50.0, step=7)
+    data = load_sweep(uri, "old-layout")
+    assert data.used[SVHN_GMM].tolist() == [pytest.approx(0.8)]

@@ -9,7 +9,10 @@ import base64
 import io
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -32,7 +35,7 @@ from ncood.pipeline import build_trial
 from ncood.serve import InputError, Scorer, ScorerSpec, ServingLimits, encode_png, log_ood_scorer, threshold_at_tpr
 from ncood.serve.register import Candidate, choose, format_registration, metric_mode, register_best
 from ncood.serve.scorer import OUTPUT_COLUMNS, decode_batch, decode_image, score_columns
-from ncood.serve.server import local_server
+from ncood.serve.server import free_port, local_server, ping
 
 EXPERIMENT = "serve-test"
 LIMITS = {"max_images": 40, "max_image_bytes": 60_000, "max_pixels": 100_000}  # NCOOD_SERVING_LIMITS override
@@ -57,10 +60,10 @@ def test_choose_best_mean_then_median_seed():
 
     runs = [c("a", 0, 0.90), c("a", 1, 0.80), c("a", 2, 0.85), c("a", 3, 0.95),  # mean 0.875, even count
             c("b", 0, 0.99), c("b", 1, 0.70), c("b", 2, 0.80)]  # mean 0.83, the best single seed
-    ch = choose(runs, "ood/x/gmm/auroc")
+    ch = choose(runs, "auroc/gmm/x")
     assert ch.mode == "max" and ch.ranking[0].condition == "a"
     assert (ch.run.seed, ch.rank) == (2, 2)  # sorted 0.80, 0.85, 0.90, 0.95: the lower of the two middle values
-    ch = choose(runs, "ood/x/gmm/fpr95")  # lower is better
+    ch = choose(runs, "fpr95/gmm/x")  # lower is better
     assert ch.mode == "min" and ch.ranking[0].condition == "b" and ch.run.seed == 2  # 0.70, 0.80, 0.99
     assert metric_mode("loss/train") == "min" and metric_mode("accuracy/test") == "max"
 
@@ -211,7 +214,7 @@ def registered(trained, store):
 def test_register_picks_median_seed_of_best_condition(registered, trained):
     reg, metric = registered
     trial, _, run_id, info = trained
-    assert reg.choice.metric == metric == "ood/photos/gmm/auroc"  # the default: first OoD set, GMM AUROC
+    assert reg.choice.metric == metric == "auroc/gmm/photos"  # the default: first OoD set, GMM AUROC
     best = reg.choice.ranking[0]
     assert best.condition == trial.cfg.condition and len(best.runs) == 3
     assert reg.choice.run.run_id == run_id and reg.model_id == info.model_id
@@ -384,3 +387,37 @@ def test_server_answers_4xx_before_mlflow_parses(server, images):
     assert _request(server + "/ping")[0] == 200
     status, text = _request(server + "/invocations", {"dataframe_split": {"columns": ["image"], "data": [[good]]}})
     assert status == 200 and len(json.loads(text)["predictions"]) == 1
+
+
+def test_ncood_serve_without_an_activated_venv(registered, images, tmp_path):
+    """`<venv>/bin/ncood serve` (here: this interpreter -m ncood) with a PATH that lacks the venv's bin, as a user who
+    never activated it: it starts the champion, answers /ping and one request, and stops with its process group."""
+    reg, _ = registered
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "VIRTUAL_ENV")}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                  if Path(p).resolve() != Path(sys.executable).parent.resolve()) or "/usr/bin:/bin"
+    env["OMP_NUM_THREADS"] = "1"
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "ncood", "serve", "--tracking-uri", reg.tracking_uri,
+                                 "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while not ping(url):
+            assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+            assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+            time.sleep(0.5)
+        status, text = _request(url + "/invocations", {"inputs": {"image": images[1][:2]}})
+        assert status == 200, text
+        assert len(json.loads(text)["predictions"]) == 2
+        assert "ncood serve: models:/ncood-ood-scorer@champion" in log.read_text()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)

@@ -54,18 +54,25 @@ def test_trial_run_lifecycle(store):
     assert run.data.tags[MLFLOW_PARENT_RUN_ID] == ref.parent_run_id
     assert run.data.tags[keys.TAG_CONDITION] == cfg.condition and run.data.tags[keys.TAG_SEED] == "7"
     assert run.data.tags[keys.TAG_TRIAL_ID] == "abc_00001"
-    assert set(run.data.params) == set(TrialConfig.__dataclass_fields__) | set(score_params())
+    assert set(run.data.params) == (set(TrialConfig.__dataclass_fields__) - set(tracking.MACHINE_FIELDS)
+                                    | {tracking.PARAM_MILESTONES} | set(score_params()))
+    assert run.data.params[tracking.PARAM_MILESTONES] == ",".join(map(str, cfg.milestones)) and cfg.lr_steps is None
+    assert {f: run.data.tags[f] for f in tracking.MACHINE_FIELDS} == {f: str(getattr(cfg, f))
+                                                                      for f in tracking.MACHINE_FIELDS}
+    for tag in ("mlflow.user", "mlflow.source.name", "mlflow.source.type", "mlflow.source.git.commit"):
+        assert run.data.tags[tag], tag  # MLflow's context tags, resolved on the driver
     assert run.data.params["ood_sets"] == ",".join(cfg.ood_sets)
     assert run.data.params[keys.score_param_key("knn", "k")] == "50"  # the score hyperparameters, as params
 
     wide = {keys.LOSS_TRAIN: 1.0, **{f"extra/m{i}": float(i) for i in range(1500)}}  # > 1000: chunked batches
     assert tracker.log_epoch(1, wide)
     assert not tracker.log_epoch(1, {keys.LOSS_TRAIN: 9.0})  # a step is logged once
-    assert len(client.get_run(run_id).data.metrics) == 1501
+    assert len([k for k in client.get_run(run_id).data.metrics if not k.startswith(keys.SYSTEM_PREFIX)]) == 1501
 
     tracker.fail(RuntimeError("boom at epoch 2"))
     run = client.get_run(run_id)
     assert run.info.status == "FAILED" and run.data.tags[keys.TAG_ERROR].startswith("RuntimeError: boom")
+    assert "system/cpu_utilization_percentage" in run.data.metrics  # MLflow's monitor: a last sample at the end
 
     # Retry from the checkpoint: same run, RUNNING again, the old error kept as previous_error, step 1 not repeated.
     again = tracking.TrialTracker(ref, cfg, trial_id="abc_00001")

@@ -12,7 +12,6 @@ Each trial is one MLflow child run of one sweep parent run; see README.md and `-
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -35,10 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
                "--tracking-uri https://MLFLOW-SERVER --storage-path /SHARED/ray (README.md; the server: deploy/). "
                "A sqlite store is for one machine: with more than one node the job warns.",
     )
+    jobs.add_version(parser)
     jobs.add_grid_flags(parser)
     jobs.add_run_flags(parser)
     parser.add_argument("--no-aggregate", action="store_true",
                         help="skip the aggregation step (tables/figures via ncood.aggregate, when installed)")
+    parser.add_argument("--no-register", action="store_true",
+                        help="do not register the champion at the end (by default a sweep whose trials all finished "
+                             "registers the best condition's median-seed model as ncood-ood-scorer@champion, "
+                             "what `ncood serve` starts)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print every resolved condition (arch, L2, spectral norm, leaky/GAP, epochs, batch size, "
                              "LR milestones, ...) and the seeds, then exit without starting Ray")
@@ -64,15 +68,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, TrackingError) as e:
         print(f"ablation: {e}", file=sys.stderr)
         return 2
-    jobs.print_report(result)
-    if not args.no_aggregate and not result.interrupted and importlib.util.find_spec("ncood.aggregate"):
-        from ncood import aggregate  # written separately: used once it offers the hook
+    aggregating = not args.no_aggregate and not result.interrupted
+    jobs.print_report(result, ui=not aggregating)  # the aggregation ends with the UI command
+    code = jobs.exit_code(result)
+    if code == 0 and not args.no_register:
+        jobs.register_champion(result)
+    if aggregating:  # last: the short summary, the report's path and the UI command
+        from ncood.aggregate import after_sweep
 
-        hook = getattr(aggregate, "after_sweep", None)
-        if hook is not None:
-            hook(tracking_uri=result.ref.tracking_uri, experiment_id=result.ref.experiment_id,
-                 parent_run_id=result.ref.parent_run_id)
-    return jobs.exit_code(result)
+        after_sweep(tracking_uri=result.ref.tracking_uri, experiment_id=result.ref.experiment_id,
+                    parent_run_id=result.ref.parent_run_id)
+    return code
 
 
 if __name__ == "__main__":

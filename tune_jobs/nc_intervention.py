@@ -20,11 +20,8 @@ except ImportError:  # a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ncood.config import ConfigError  # noqa: E402
-from ncood.intervention import GROUPS, InterventionSettings, default_experiment  # noqa: E402
-from ncood.runs_query import RunsQueryError  # noqa: E402
-from ncood.tracking import TrackingError  # noqa: E402
-from ncood.tune import SweepSettings, jobs, run_sweep  # noqa: E402
-from ncood.tune.intervention import SourceSelection, run_intervention  # noqa: E402
+from ncood.intervention import GROUPS, InterventionSettings  # noqa: E402  (light: no Ray/MLflow/torch)
+from ncood.tune import jobs  # noqa: E402
 
 _D = InterventionSettings()
 
@@ -51,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-aggregate", action="store_true", help="skip the tables and figures")
     g.add_argument("--aggregate-out", default=None, metavar="DIR",
                    help="folder for the tables and figures (default: <repo>/runs/aggregate/<intervention experiment>)")
-    jobs.add_run_flags(p)
+    jobs.add_run_flags(p, job="nc_intervention")
+    jobs.add_version(p)
     p.set_defaults(experiment="ablation-default")
     p._option_string_actions["--experiment"].help = (  # here it names the source, as the ablation job logged it
         "MLflow experiment of the ablation sweep to continue (default: ablation-default)")
@@ -60,11 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from ncood.intervention import default_experiment
+    from ncood.runs_query import RunsQueryError
+    from ncood.tracking import TrackingError
+    from ncood.tune import SweepSettings, run_sweep
+    from ncood.tune.intervention import SourceSelection, run_intervention
+
     settings = SweepSettings(
         experiment=args.intervention_experiment or default_experiment(args.experiment),
         tracking_uri=args.tracking_uri, storage_path=args.storage_path, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, retries=args.retries,
-        num_cpus=args.num_cpus, progress=not args.quiet)
+        num_cpus=args.num_cpus, progress=not args.quiet, dashboard=args.dashboard)
     try:
         if args.resume:
             result = run_sweep(settings, resume=args.resume)

@@ -36,12 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Optuna (TPE) + ASHA search over learning rate and weight decay (optionally batch size) for "
                     "one condition of a grid preset; one MLflow child run per trial; prints the best config.")
     jobs.add_grid_flags(parser, seeds=False)
-    jobs.add_run_flags(parser)
+    jobs.add_run_flags(parser, job="search")
+    jobs.add_version(parser)
     s = parser.add_argument_group("search")
     s.add_argument("--trials", type=int, default=20, help="number of sampled configurations (default 20)")
     s.add_argument("--seed", type=int, default=0, help="training seed of every trial, and the TPE sampler's seed")
     s.add_argument("--metric", default=keys.ACC_VAL,
-                   help="objective (default accuracy/val; an OoD key such as ood/photos/gmm/auroc or an NC key forces "
+                   help="objective (default accuracy/val; an OoD key such as auroc/gmm/photos or an NC key forces "
                         "a full evaluation every epoch, and tuning on an OoD set leaks it into the results)")
     s.add_argument("--mode", choices=("max", "min"), default="max", help="max for accuracy/AUROC, min for NC or FPR95")
     s.add_argument("--search-batch-size", action="store_true", help="also search the batch size (x0.5, x1, x2)")

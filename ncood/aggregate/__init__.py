@@ -4,6 +4,7 @@
     tables.py   seed report, Table 1 (OoD x score), Table 2 (ablation), Table 3 (NC), Table 4 (L2 vs no-L2 twin)
     figures.py  NC2 vs AUROC scatter, NC metrics vs epoch, per-seed AUROC strip plot
     papers.py   the papers' published numbers (ncood.published) beside the measured ones, where a condition matches
+    summary.py  the sweep run's headline metrics (per-condition summaries, L2 effects), the experiment note
     report.py   files (md/csv/tex/html/png), terminal output, the aggregate MLflow run
 
 Entry points: `aggregate(...)` (library), `after_sweep(...)` (the end of tune_jobs/ablation.py),
@@ -12,31 +13,50 @@ Entry points: `aggregate(...)` (library), `after_sweep(...)` (the end of tune_jo
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from typing import Sequence
-
-from ncood import tracking
-from ncood.aggregate.report import (ROLE_AGGREGATE, TAG_SWEEP_RUN_ID, AggregateResult, aggregate, default_out,
-                                    to_markdown)
-from ncood.aggregate.runs import AggregateError, SweepData, load_sweep, metric_histories
-from ncood.aggregate.tables import Table, bootstrap_diff_ci, welch_p
+from typing import Any, Sequence
 
 DEFAULT_EXPERIMENT = "ablation-default"  # what tune_jobs/ablation.py names its experiment without flags
 
-__all__ = [
-    "AggregateError", "AggregateResult", "DEFAULT_EXPERIMENT", "ROLE_AGGREGATE", "SweepData", "TAG_SWEEP_RUN_ID",
-    "Table", "add_arguments", "after_sweep", "aggregate", "bootstrap_diff_ci", "default_out", "load_sweep", "main",
-    "metric_histories", "run", "to_markdown", "welch_p",
-]
+# The names below load their module on first use (PEP 562): `ncood aggregate --help` and tune_jobs/aggregate.py
+# --help build their parser without importing MLflow, pandas or matplotlib (seconds).
+_EXPORTS = {
+    "ROLE_AGGREGATE": "report", "TAG_SWEEP_RUN_ID": "report", "AggregateResult": "report", "aggregate": "report",
+    "default_out": "report", "to_markdown": "report", "ood_set_names": "report",
+    "AggregateError": "runs", "SweepData": "runs", "load_sweep": "runs", "metric_histories": "runs",
+    "headline_lines": "summary", "Table": "tables", "bootstrap_diff_ci": "tables", "welch_p": "tables",
+}
+__all__ = sorted([*_EXPORTS, "DEFAULT_EXPERIMENT", "add_arguments", "after_sweep", "main", "run"])
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
 
 
 def after_sweep(tracking_uri: str, experiment_id: str, parent_run_id: str,
-                out: str | None = None) -> AggregateResult | None:
+                out: str | None = None):
     """The hook at the end of tune_jobs/ablation.py: aggregate the sweep that just ran into `out` (default
-    <repo>/runs/aggregate/<experiment>) and an aggregate MLflow run. A failure here is reported, not raised: the
+    <repo>/runs/aggregate/<experiment>) and an aggregate MLflow run, then print the short summary (one line per
+    condition), the path of the full report and the MLflow UI command. A failure here is reported, not raised: the
     sweep's runs are safe in MLflow and `python tune_jobs/aggregate.py --parent-run <id>` redoes this step."""
+    from ncood import tracking
+    from ncood.aggregate.report import aggregate, ood_set_names
+    from ncood.aggregate.summary import headline_lines, headline_url
+
     try:
-        return aggregate(tracking_uri, experiment_id=experiment_id, parent_run_id=parent_run_id, out=out)
+        res = aggregate(tracking_uri, experiment_id=experiment_id, parent_run_id=parent_run_id, out=out, echo=None)
+        sets = ood_set_names(res.data)
+        print("\n".join(["", *headline_lines(res.headline, res.data.conditions, sets),
+                         f"Full report (every score, tables, figures): {res.out / 'report.md'}",
+                         f"MLflow: sweep run {parent_run_id} (summary metrics), aggregate run {res.run_id} nested "
+                         f"under it. Open the UI on the headline view (docs/mlflow-ui.md):",
+                         "  " + tracking.ui_command(tracking_uri, page=headline_url("", experiment_id).lstrip("/"))]))
+        return res
     except Exception as e:  # noqa: BLE001 - an aggregation bug must not turn a finished sweep into a crash
         import traceback
 
@@ -66,6 +86,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """0: aggregated; 2: nothing to aggregate (unknown experiment, no sweep, bad store)."""
+    from ncood import tracking
+    from ncood.aggregate.report import aggregate
+    from ncood.aggregate.runs import AggregateError
+
     try:
         aggregate(args.tracking_uri, args.experiment, parent_run_id=args.parent_run, out=args.out,
                   log_run=not args.no_log_run, resamples=args.resamples, seed=args.bootstrap_seed)

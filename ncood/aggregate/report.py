@@ -1,10 +1,13 @@
 """The aggregation step end to end: read the sweep, build the tables and figures, write them as files (Markdown, CSV,
 LaTeX, HTML, PNG), print the tables, and log everything to one aggregate MLflow run in the sweep's experiment.
 
-The aggregate run: tag `ncood.role`=`aggregate`, tag `ncood.sweep_run_id`=<the sweep run id> (not an MLflow child:
-the trial queries of ncood.tracking list every child of the sweep), artifacts `tables/<name>.{md,csv,tex,html}`,
+The aggregate run: a child of the sweep run (`mlflow.parentRunId`, so the UI nests it under the sweep beside the trials;
+trial queries filter on `ncood.role`=`trial`), tag `ncood.role`=`aggregate`, tag `ncood.sweep_run_id`=<the sweep run
+id>, metric `pearson_r_nc2_auroc` (figure a), artifacts `tables/<name>.{md,csv,tex,html}`,
 `figures/*.png`, `report.md`, and each table once more through `log_table` (`tables/<name>.json`) so the MLflow
 UI shows it as a table.
+The sweep run itself receives the headline metrics (ncood.aggregate.summary: per-condition AUROC/accuracy/NC1
+mean, min, sd and the L2 effects with their bootstrap intervals), and the experiment its description.
 """
 from __future__ import annotations
 
@@ -15,11 +18,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from mlflow.entities import Param, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.utils.validation import MAX_METRICS_PER_BATCH
 
 from ncood import keys, tracking
-from ncood.aggregate import figures
+from ncood.aggregate import figures, summary
 from ncood.aggregate.papers import comparison_summary, published_table
 from ncood.aggregate.runs import FAILED, INCOMPLETE, USED, SweepData, load_sweep, metric_histories
 from ncood.aggregate.tables import GMM, Table, all_tables
@@ -40,6 +45,7 @@ class AggregateResult:
     figures: dict[str, Path] = field(default_factory=dict)
     pearson_r: float = np.nan  # figure (a)
     run_id: str | None = None  # the aggregate MLflow run (None with log_run=False)
+    headline: dict[str, float] = field(default_factory=dict)  # the sweep run's summary metrics (logged: log_run)
 
 
 # ---- rendering -------------------------------------------------------------------------------------------------------
@@ -130,7 +136,7 @@ def make_figures(data: SweepData, ood_sets: Sequence[str], folder: Path) -> tupl
 def log_aggregate_run(data: SweepData, result: AggregateResult, resamples: int, seed: int) -> str:
     """One aggregate run in the sweep's experiment: tags, a few params, every file, and each table via log_table."""
     client = MlflowClient(data.sweep.tracking_uri)
-    tags = {keys.TAG_ROLE: keys.ROLE_AGGREGATE, keys.TAG_SWEEP_RUN_ID: data.sweep.run_id,
+    tags = {keys.TAG_ROLE: keys.ROLE_AGGREGATE, keys.TAG_SWEEP_RUN_ID: data.sweep.run_id, MLFLOW_PARENT_RUN_ID: data.sweep.run_id,
             **({keys.TAG_KIND: data.sweep.kind} if data.sweep.kind else {}), **tracking.git_state()}
     run = client.create_run(data.sweep.experiment_id, run_name=f"aggregate-{data.sweep.run_name}", tags=tags)
     rid = run.info.run_id
@@ -143,13 +149,34 @@ def log_aggregate_run(data: SweepData, result: AggregateResult, resamples: int, 
                   "bootstrap_resamples": resamples, "bootstrap_seed": seed,
                   "figure_ood_set": ood_set_names(data)[0] if ood_set_names(data) else "", "figure_score": GMM,
                   **comparison_summary(next((t for t in result.tables if t.name == "published"), None))}
+        now = tracking.now_ms()
         client.log_batch(rid, params=[Param(k, str(v)) for k, v in params.items()],
-                         tags=[RunTag("pearson_r_nc2_auroc", f"{result.pearson_r:.4f}")])
+                         metrics=[Metric("pearson_r_nc2_auroc", result.pearson_r, now, 0)]
+                         if np.isfinite(result.pearson_r) else [])
         log_outputs(client, rid, result.files, result.out, result.tables)
     except BaseException as e:
         fail_run(client, rid, e)
         raise
     return rid
+
+
+def log_headline(data: SweepData, metrics: dict[str, float]) -> None:
+    """The sweep run's summary metrics (ncood.aggregate.summary), its description (the console summary), the
+    experiment's description and the headline view. Logged at
+    step 0 with one timestamp: a re-aggregation adds a newer value of each key, which the runs table shows."""
+    sets = ood_set_names(data)
+    client, now = MlflowClient(data.sweep.tracking_uri), tracking.now_ms()
+    items = [Metric(k, v, now, 0) for k, v in metrics.items()]
+    for i in range(0, len(items), MAX_METRICS_PER_BATCH):
+        client.log_batch(data.sweep.run_id, metrics=items[i:i + MAX_METRICS_PER_BATCH])
+    note = summary.experiment_note(data.sweep.experiment_name, data.sweep.run_name, data.conditions,
+                                   len(data.expected_seeds), sets, any(k.startswith("l2_effect/") for k in metrics),
+                                   data.sweep.experiment_id)
+    client.set_experiment_tag(data.sweep.experiment_id, summary.EXPERIMENT_NOTE, note)
+    lines = summary.headline_lines(metrics, data.conditions, sets)  # the console summary as the run's description
+    client.set_tag(data.sweep.run_id, summary.EXPERIMENT_NOTE, "```\n" + "\n".join(lines) + "\n```")
+    view = summary.headline_view(summary.headline_columns(metrics, data.conditions, sets))
+    client.set_experiment_tag(data.sweep.experiment_id, summary.SHARED_VIEW_TAG + summary.VIEW_KEY, view)
 
 
 def log_outputs(client: MlflowClient, rid: str, files: Sequence[Path], out: Path, tables: Sequence[Table]) -> None:
@@ -183,6 +210,7 @@ def aggregate(tracking_uri: str | None = None, experiment: str | None = None, *,
     comparison = published_table(data.runs, data.used, data.conditions, len(data.expected_seeds))
     tables += [comparison] if len(comparison.display) else []  # an empty table would only say "no match"
     result = AggregateResult(data, tables, out)
+    result.headline = summary.sweep_metrics(data.runs, data.used, data.conditions, sets, scores, resamples, seed)
     for t in tables:
         result.files += write_table(t, out / "tables")
     result.figures, result.pearson_r = make_figures(data, sets, out / "figures")
@@ -198,8 +226,10 @@ def aggregate(tracking_uri: str | None = None, experiment: str | None = None, *,
     echo(report)
     echo(f"Files: {out}")
     if log_run:
+        log_headline(data, result.headline)
         result.run_id = log_aggregate_run(data, result, resamples, seed)
         echo(f"MLflow: aggregate run {result.run_id} in experiment {data.sweep.experiment_name} "
-             f"(tag {keys.TAG_SWEEP_RUN_ID}={data.sweep.run_id})\n  " + tracking.ui_command(data.sweep.tracking_uri))
+             f"(tag {keys.TAG_SWEEP_RUN_ID}={data.sweep.run_id})\n  " + tracking.ui_command(
+                 data.sweep.tracking_uri, page=summary.headline_url("", data.sweep.experiment_id).lstrip("/")))
     return result
 

@@ -118,7 +118,10 @@ def _param(params: dict[str, str], name: str) -> Any:
 def _run_row(run) -> dict[str, Any]:
     """Meta columns, typed condition fields and final-epoch metric values of one MLflow run."""
     tags, params = run.data.tags, run.data.params
-    latest = {m.key: (m.step, m.value) for m in run.data.to_proto().metrics}  # latest value = highest step
+    # latest value = highest step; keys in the current layout (ncood.keys.canonical_key: older stores read the same)
+    # MLflow's system metrics (system/*) step by sample, not by epoch: they are not results and are left out
+    latest = {keys.canonical_key(m.key): (m.step, m.value) for m in run.data.to_proto().metrics
+              if not m.key.startswith(keys.SYSTEM_PREFIX)}
     final_step = max((step for step, _ in latest.values()), default=None)
     seed = tags.get(keys.TAG_SEED, params.get("seed"))
     condition = tags.get(keys.TAG_CONDITION) or re.sub(r"-s\d+$", "", run.info.run_name or "?")

@@ -46,6 +46,7 @@ from mlflow.models import Model, ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from torch import nn
 
 import ncood
@@ -216,7 +217,10 @@ def log_ood_scorer(trial: Any, run_id: str, tracking_uri: str, *, name: str = SC
             run.info.experiment_id, name=name, source_run_id=run_id, model_type="ncood-ood-scorer",
             params={k: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)  # as the run's params
                     for k, v in {**cfg.to_dict(), "gmm_threshold": spec.threshold}.items()},
-            tags={keys.TAG_CONDITION: cfg.condition, keys.TAG_SEED: str(cfg.seed)})
+            tags={keys.TAG_CONDITION: cfg.condition, keys.TAG_SEED: str(cfg.seed), MLFLOW_RUN_NOTE: (  # the UI's description
+                f"ncood OoD scorer of trial {cfg.condition} seed {cfg.seed} ({spec.dataset}): base64 PNG images in, "
+                f"class probabilities and the OoD scores {', '.join(spec.scores)} out; GMM decision threshold at "
+                f"{spec.threshold_tpr:.0%} ID acceptance on {spec.threshold_n_val} val images.")})
         saved_path = list(sys.path)
         try:
             with process_tracking_uri(tracking_uri):

@@ -1,6 +1,6 @@
 """`ncood register`: register the median-seed `ood_scorer` of an experiment's best condition and alias it.
 
-    ncood register --experiment ablation-default [--metric ood/photos/gmm/auroc] [--alias champion]
+    ncood register --experiment ablation-default [--metric auroc/gmm/photos] [--alias champion]
 
 1. Candidates: the experiment's trial runs (tag ncood.role = trial) that FINISHED and were not stopped early,
    each with the metric's value at its final epoch (step = its `epochs` param). A (condition, seed) seen in
@@ -26,13 +26,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ncood import keys, runs_query, tracking
+from ncood.serve.cli import DEFAULT_ALIAS, DEFAULT_PORT, MODEL_NAME  # noqa: F401  (re-exported)
 from ncood.serve.guard import PROTOCOL
 from ncood.serve.package import SCORER_NAME, process_tracking_uri
 
-MODEL_NAME = "ncood-ood-scorer"
-DEFAULT_ALIAS = "champion"
-DEFAULT_PORT = 5001
-_LOWER_IS_BETTER = ("fpr95",)  # last path component of an ood/ key
+_LOWER_IS_BETTER = ("fpr95",)  # the detection metric of an OoD key (ncood.keys.parse_ood_key)
 _LOWER_IS_BETTER_PREFIX = ("loss/", "nc/", "time/")
 
 
@@ -118,12 +116,12 @@ def choose(candidates: Sequence[Candidate], metric: str, mode: str | None = None
 
 # ---- MLflow side -------------------------------------------------------------------------------------------
 def default_metric(runs: Sequence) -> str:
-    """ood/<first OoD set of the experiment's trials>/gmm/auroc."""
+    """auroc/gmm/<first OoD set of the experiment's trials>."""
     for run in runs:
         sets = [s for s in run.data.params.get("ood_sets", "").split(",") if s]
         if sets:
             return keys.ood_key(sets[0], "gmm", "auroc")
-    raise RegisterError("the trial runs have no `ood_sets` param: pass --metric ood/<set>/gmm/auroc")
+    raise RegisterError("the trial runs have no `ood_sets` param: pass --metric auroc/gmm/<set>")
 
 
 def collect_candidates(client: MlflowClient, runs: Sequence, metric: str) -> tuple[list[Candidate], list[str]]:
@@ -135,7 +133,8 @@ def collect_candidates(client: MlflowClient, runs: Sequence, metric: str) -> tup
         if keys.TAG_STOPPED_EARLY in tags:
             skipped["stopped early"].append(name)
             continue
-        if metric not in run.data.metrics:
+        stored = next((k for k in run.data.metrics if keys.canonical_key(k) == metric), None)  # older layout too
+        if stored is None:
             skipped[f"no {metric}"].append(name)
             continue
         condition, seed, epochs = tags.get(keys.TAG_CONDITION), tags.get(keys.TAG_SEED), params.get("epochs")
@@ -145,7 +144,7 @@ def collect_candidates(client: MlflowClient, runs: Sequence, metric: str) -> tup
         if (condition, seed) in seen:
             skipped["older duplicate of a (condition, seed)"].append(name)
             continue
-        final = [m.value for m in client.get_metric_history(run.info.run_id, metric) if m.step == int(epochs)]
+        final = [m.value for m in client.get_metric_history(run.info.run_id, stored) if m.step == int(epochs)]
         if not final:
             skipped[f"no {metric} at the final epoch {epochs}"].append(name)
             continue
@@ -238,35 +237,13 @@ def format_registration(reg: Registration, port: int = DEFAULT_PORT) -> str:
     return "\n".join(lines)
 
 
-# ---- command line (wired into ncood/cli.py as `ncood register`) ------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--experiment", required=True, help="MLflow experiment of the sweep (e.g. ablation-default)")
-    parser.add_argument("--metric", default=None,
-                        help="metric key to rank conditions by (default: ood/<first OoD set>/gmm/auroc)")
-    parser.add_argument("--mode", choices=("max", "min"), default=None,
-                        help="max or min is better (default: min for fpr95, loss/*, nc/*, time/*; else max)")
-    parser.add_argument("--alias", default=DEFAULT_ALIAS, help=f"alias to set (default: {DEFAULT_ALIAS})")
-    parser.add_argument("--model-name", default=MODEL_NAME, help=f"registered model name (default: {MODEL_NAME})")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlruns/mlflow.db)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port shown in the printed serve command")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        reg = register_best(args.experiment, metric=args.metric, alias=args.alias, tracking_uri=args.tracking_uri,
-                            model_name=args.model_name, mode=args.mode)
-    except (RegisterError, tracking.TrackingError) as e:
-        print(f"ncood register: {e}", file=sys.stderr)
-        return 2
-    print(format_registration(reg, args.port))
-    return 0
-
-
+# ---- command line: flags and run() in ncood.serve.cli (light: `ncood register --help` skips torch and MLflow) ----
 def main(argv: Sequence[str] | None = None) -> int:
+    from ncood.serve.cli import add_register_arguments, run_register
+
     parser = argparse.ArgumentParser(prog="ncood register", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    add_register_arguments(parser)
+    return run_register(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -36,10 +36,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_args(model_uri: str, port: int, workers: int = 1) -> list[str]:
-    """argv of `mlflow models serve` on the loopback interface with the current environment (no network)."""
+def serve_args(model_uri: str, port: int, workers: int = 1, host: str = LOOPBACK) -> list[str]:
+    """argv of `mlflow models serve` (default: on the loopback interface) with the current environment."""
     return [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
-            "-h", LOOPBACK, "-p", str(port), "-w", str(workers)]
+            "-h", host, "-p", str(port), "-w", str(workers)]
+
+
+def serve_env(tracking_uri: str | None = None) -> dict[str, str]:
+    """This process's environment for the server: this interpreter's bin folder first on PATH (MLflow starts
+    `uvicorn` from PATH: without it a non-activated venv exits 127), MLFLOW_TRACKING_URI (`models:/` URIs resolve
+    through it) and UVICORN_HTTP (ncood's request limits, ncood.serve.guard) unless already set."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    env.setdefault("UVICORN_HTTP", PROTOCOL)
+    return env
 
 
 def ping(url: str, timeout: float = 2.0) -> bool:
@@ -74,13 +86,9 @@ def local_server(model_uri: str, *, tracking_uri: str | None = None, port: int |
     (default: a temporary file); its tail is in the error if the server dies or misses start_timeout_s.
     """
     port = port or free_port()
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    if tracking_uri:
-        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    env = serve_env(tracking_uri)
     if model_config:
         env[LIMITS_ENV] = json.dumps(dict(model_config))
-    env.setdefault("UVICORN_HTTP", PROTOCOL)  # request limits in front of MLflow's parser (ncood.serve.guard)
     env.update(extra_env or {})
     tmp = None
     if log_path is None:

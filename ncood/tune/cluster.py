@@ -23,11 +23,12 @@ class SqliteOnClusterWarning(UserWarning):
     """A sqlite tracking store on a Ray cluster with more than one node."""
 
 
-def init_ray(num_cpus: int | None = None) -> None:
+def init_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
     """Attach to a cluster only when asked (RAY_ADDRESS: `ray job submit` sets it); otherwise start a private local
     Ray, never a stray cluster that happens to run on this machine (plain `ray.init()` would join it). The job's
     workers get ncood.tune.worker_memory.WORKER_ENV (merged into the job's runtime env by Ray) unless this
-    process's environment, i.e. the node's or the job's, already sets those variables."""
+    process's environment, i.e. the node's or the job's, already sets those variables. dashboard: start Ray's
+    dashboard with the local Ray (off by default: it costs a few processes; a cluster has its own)."""
     if ray.is_initialized():
         return
     env_vars = {k: v for k, v in WORKER_ENV.items() if k not in os.environ}
@@ -39,7 +40,8 @@ def init_ray(num_cpus: int | None = None) -> None:
     src = str(Path(__file__).resolve().parents[2])  # the folder holding the ncood package
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     os.environ["PYTHONPATH"] = os.pathsep.join([src, *[p for p in paths if p != src]])
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env)
+    # with the dashboard, Ray's own start-up line names its URL ("View the dashboard at http://127.0.0.1:8265")
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, runtime_env=runtime_env)
 
 
 def alive_nodes() -> int:

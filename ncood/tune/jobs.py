@@ -15,7 +15,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ncood import keys
-from ncood.config import TrialConfig, add_config_flags
+from ncood.config import TrialConfig, add_config_flags, parse_on_off, registered_names
 from ncood.tune.grid import AXES, GRIDS, grid_conditions, seed_list
 
 if TYPE_CHECKING:
@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 
 _AXIS_FLAGS = {"arch": "--archs", "epochs": "--epochs", "l2": "--l2", "spectral_norm": "--spectral-norm",
                "leaky_gap": "--leaky-gap", "etf_projector": "--etf-projector", "entropy_reg": "--entropy-reg"}
-_BOOL = {"on": True, "true": True, "yes": True, "1": True, "off": False, "false": False, "no": False, "0": False}
 
 
 def _split(values: Sequence[str] | None) -> list[str] | None:
@@ -31,10 +30,11 @@ def _split(values: Sequence[str] | None) -> list[str] | None:
     return None if values is None else [v for s in values for v in s.split(",") if v]
 
 
-def _bool(text: str) -> bool:
-    if text.lower() not in _BOOL:
-        raise argparse.ArgumentTypeError(f"expected on/off, got {text!r}")
-    return _BOOL[text.lower()]
+def add_version(parser: argparse.ArgumentParser) -> None:
+    """--version: the installed ncood's version (ncood.__version__, also the package version in pyproject.toml)."""
+    import ncood
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s (ncood {ncood.__version__})")
 
 
 def add_grid_flags(parser: argparse.ArgumentParser, seeds: bool = True) -> None:
@@ -45,7 +45,8 @@ def add_grid_flags(parser: argparse.ArgumentParser, seeds: bool = True) -> None:
     if seeds:
         g.add_argument("--seeds", type=int, default=None, metavar="N",
                        help="seeds 0..N-1 per condition (default 15)")
-    g.add_argument("--archs", nargs="+", metavar="ARCH", help="architectures, e.g. resnet18 resnet50")
+    g.add_argument("--archs", nargs="+", metavar="ARCH", help="architectures, e.g. resnet18 resnet50 (registered: "
+                                                              f"{', '.join(registered_names('arch'))})")
     g.add_argument("--epochs", nargs="+", metavar="E", help="epoch budgets, e.g. 60 350 (or 60,350)")
     for name in ("l2", "spectral_norm", "leaky_gap", "etf_projector"):
         g.add_argument(_AXIS_FLAGS[name], nargs="+", metavar="off|on", dest=name,
@@ -55,8 +56,9 @@ def add_grid_flags(parser: argparse.ArgumentParser, seeds: bool = True) -> None:
     add_config_flags(g, skip=(*AXES, "seed"))
 
 
-def add_run_flags(parser: argparse.ArgumentParser) -> None:
-    """Where results go and how trials run (SweepSettings)."""
+def add_run_flags(parser: argparse.ArgumentParser, job: str = "ablation") -> None:
+    """Where results go and how trials run (SweepSettings). job: ablation | search | nc_intervention (its trials
+    keep no Ray checkpoints: no checkpoint flags; search keeps no epoch checkpoints by default)."""
     r = parser.add_argument_group("run")
     r.add_argument("--experiment", default=None, help="MLflow experiment name (default: <job>-<preset>)")
     r.add_argument("--tracking-uri", default=None,
@@ -71,16 +73,25 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
                    "(default: as many as the resources allow)")
     r.add_argument("--max-failures", dest="retries", metavar="N", type=int, default=1,
                    help="retries of a failing trial from its last checkpoint (default 1)")
-    r.add_argument("--checkpoint-every", type=int, default=1, help="Ray checkpoint every K epochs, and at the end (default 1)")
-    r.add_argument("--keep-checkpoint-epochs", nargs="+", default=None, metavar="E",
-                   help="also log the checkpoint of these epochs to MLflow (checkpoints/epoch_NNN.pt), e.g. 10,50; "
-                        "default: the preset's (default: 10, table1: 50), where tune_jobs/nc_intervention.py starts")
+    if job != "nc_intervention":
+        r.add_argument("--checkpoint-every", type=int, default=1,
+                       help="Ray checkpoint every K epochs, and at the end (default 1)")
+        keep_default = ("the preset's (" + ", ".join(f"{k}: {','.join(map(str, g.keep_checkpoint_epochs))}"
+                                                     for k, g in GRIDS.items() if g.keep_checkpoint_epochs)
+                        + "; other presets: none), where tune_jobs/nc_intervention.py starts") if job == "ablation" \
+            else "none"
+        r.add_argument("--keep-checkpoint-epochs", nargs="+", default=None, metavar="E",
+                       help="also log the checkpoint of these epochs to MLflow (checkpoints/epoch_NNN.pt), e.g. 10,50; "
+                            f"default: {keep_default}")
     r.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all; not on a cluster)")
     r.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
                    help="continue an interrupted sweep (Tuner.restore): the newest one of --experiment, or PATH; "
                         "finished trials are kept, unfinished and failed ones continue from their checkpoints. "
                         "Grid flags are ignored: the sweep keeps its own settings")
     r.add_argument("--quiet", action="store_true", help="no progress table")
+    r.add_argument("--dashboard", action="store_true",
+                   help="start Ray's dashboard with the local Ray (Ray prints its URL; default off; a cluster "
+                        "started with `ray start --head` has its own)")
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -92,7 +103,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         out["epochs"] = [int(e) for e in _split(args.epochs)]
     for name in ("l2", "spectral_norm", "leaky_gap", "etf_projector"):
         if getattr(args, name):
-            out[name] = [_bool(v) for v in _split(getattr(args, name))]
+            out[name] = [parse_on_off(v) for v in _split(getattr(args, name))]
     if getattr(args, "entropy_reg", None):
         out["entropy_reg"] = [float(v) for v in _split(args.entropy_reg)]
     for f in dataclasses.fields(TrialConfig):
@@ -112,7 +123,7 @@ def settings_from_args(args: argparse.Namespace, job: str) -> SweepSettings:
         experiment=args.experiment or f"{job}-{args.preset}", tracking_uri=args.tracking_uri,
         storage_path=args.storage_path, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         max_concurrent=args.max_concurrent, retries=args.retries, checkpoint_every=args.checkpoint_every,
-        keep_checkpoint_epochs=keep, num_cpus=args.num_cpus, progress=not args.quiet,
+        keep_checkpoint_epochs=keep, num_cpus=args.num_cpus, progress=not args.quiet, dashboard=args.dashboard,
     )
 
 
@@ -191,7 +202,9 @@ def summary_table(runs: list) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
-def print_report(result: SweepResult) -> None:
+def print_report(result: SweepResult, ui: bool = True) -> None:
+    """The trial accounting per condition and where the runs are; ui=False when the aggregation prints the UI
+    command after its summary (tune_jobs/ablation.py), so it appears once."""
     from ncood import tracking
 
     print("\n" + summary_table(result.runs) + "\n")
@@ -201,7 +214,8 @@ def print_report(result: SweepResult) -> None:
         print(f"Interrupted. Continue with: --resume {result.experiment_path}")
     print(f"MLflow: experiment {result.ref.experiment_id}, sweep run {result.ref.parent_run_id}, "
           f"store {result.ref.tracking_uri}")
-    print("Open the MLflow UI on this store:\n  " + tracking.ui_command(result.ref.tracking_uri))
+    if ui:
+        print("Open the MLflow UI on this store:\n  " + tracking.ui_command(result.ref.tracking_uri))
 
 
 def exit_code(result: SweepResult) -> int:
@@ -212,3 +226,24 @@ def exit_code(result: SweepResult) -> int:
         return 130
     finished = sum(r.info.status == tracking.FINISHED for r in result.runs)
     return 0 if result.num_errors == 0 and finished == result.num_trials else 1
+
+
+def register_champion(result: SweepResult) -> None:
+    """The end of tune_jobs/ablation.py: register the best condition's median-seed model as
+    ncood-ood-scorer@champion (ncood.serve.register), so `ncood serve` works right after the sweep. A failure is
+    reported with the one command that redoes it, not raised: the sweep itself succeeded."""
+    from mlflow.tracking import MlflowClient
+
+    from ncood.serve.register import RegisterError, register_best
+
+    uri = result.ref.tracking_uri
+    name = MlflowClient(uri).get_experiment(result.ref.experiment_id).name
+    redo = f"ncood register --experiment {name} --tracking-uri {uri}"
+    try:
+        reg = register_best(name, tracking_uri=uri)
+    except Exception as e:  # noqa: BLE001 - e.g. RegisterError (no scorer model), an unreachable store
+        kind = "" if isinstance(e, RegisterError) else f"{type(e).__name__}: "
+        print(f"Champion not registered ({kind}{e}); register it with:\n  {redo}")
+        return
+    print(f"Champion: {reg.model_name} version {reg.version} @{reg.alias} = {reg.choice.run.run_name} (median seed "
+          f"of the best condition by mean {reg.choice.metric}). Serve it: ncood serve --tracking-uri {uri}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import os
 import secrets
 import time
@@ -44,6 +45,7 @@ class SweepSettings:
     keep_checkpoint_epochs: tuple[int, ...] = ()
     num_cpus: int | None = None  # CPUs of a local Ray (default: all); ignored on a cluster
     progress: bool = True  # Ray's progress table
+    dashboard: bool = False  # start Ray's dashboard with a local Ray (--dashboard)
 
 
 Trainable = Callable[[dict, TrialRuntime], None]  # (Ray config, runtime) -> None, reports through tune.report
@@ -176,6 +178,19 @@ def _trainable(runtime: TrialRuntime, resources: Mapping[str, float], fn: Traina
     return tune.with_resources(tune.with_parameters(fn, runtime=runtime), dict(resources))
 
 
+class _Reporter(tune.CLIReporter):
+    """Ray's progress table, with its "Result logdir:" line (Ray's session folder, .../driver_artifacts) replaced by
+    the storage path the sweep really writes to (what --resume takes). The trial names carry the condition
+    (`<condition>-s<seed>`, ncood.tune.grid.trial_name), so the table needs no condition column."""
+
+    storage_line = ""  # set by run_sweep once the experiment dir is known
+
+    def _print(self, msg: str) -> None:
+        if self.storage_line:
+            msg = re.sub(r"^Result logdir: .*$", self.storage_line, msg, flags=re.M)
+        super()._print(msg)
+
+
 def run_sweep(settings: SweepSettings, spec: SweepSpec | None = None, *, resume: str | None = None) -> SweepResult:
     """Run `spec` (or, with `resume`, continue a sweep) as one sweep: MLflow parent run, Ray Tuner, final status sweep.
 
@@ -225,7 +240,7 @@ def _new_tuner(settings: SweepSettings, storage: Storage, spec: SweepSpec):
     """MLflow experiment + parent run (before any trial: no DB races), the sweep file for --resume, the Tuner."""
     uri = tracking.resolve_tracking_uri(settings.tracking_uri)
     experiment_id = tracking.prepare_experiment(settings.experiment, uri)
-    init_ray(settings.num_cpus)
+    init_ray(settings.num_cpus, settings.dashboard)
     warn_if_sqlite_on_cluster(uri)
     gpus = settings.gpus_per_trial
     if gpus is None:
@@ -234,7 +249,7 @@ def _new_tuner(settings: SweepSettings, storage: Storage, spec: SweepSpec):
     # start time, then a random tag: two sweeps started in the same second must not share a Ray experiment dir
     name = f"{settings.experiment}_{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     exp_dir = storage.join(name)
-    where = ("tracking_uri", "storage_path", "num_cpus", "progress")  # where and how it ran, not what ran
+    where = ("tracking_uri", "storage_path", "num_cpus", "progress", "dashboard")  # where and how it ran, not what ran
     params = {**spec.sweep_params, **{k: v for k, v in asdict(settings).items() if v is not None and k not in where},
               "gpus_per_trial": gpus}
     ref = tracking.start_sweep(uri, experiment_id, name, params,
@@ -244,9 +259,10 @@ def _new_tuner(settings: SweepSettings, storage: Storage, spec: SweepSpec):
     storage.write_text(f"{exp_dir}/{SWEEP_FILE}", json.dumps({
         "sweep": ref.to_dict(), "runtime": {k: v for k, v in asdict(runtime).items() if k != "sweep"},
         "resources": resources, "kind": spec.kind, "trainable": _trainable_name(spec.trainable)}, indent=2))
-    reporter = tune.CLIReporter(metric_columns=dict(spec.metric_columns),
-                                parameter_columns=list(spec.parameter_columns) or ["seed"],
-                                max_progress_rows=12, max_report_frequency=30)
+    reporter = _Reporter(metric_columns=dict(spec.metric_columns),
+                         parameter_columns=list(spec.parameter_columns) or ["seed"],
+                         max_progress_rows=12, max_report_frequency=30)
+    reporter.storage_line = f"Storage (Ray results; --resume takes it): {storage.display(exp_dir)}"
     tune_config = tune.TuneConfig(max_concurrent_trials=settings.max_concurrent, reuse_actors=True,
                                   trial_name_creator=trial_name, trial_dirname_creator=trial_dirname,
                                   **dict(spec.tune_extra))
@@ -266,7 +282,7 @@ def _restored_tuner(settings: SweepSettings, storage: Storage, exp_dir: str):
     saved = json.loads(storage.read_text(f"{exp_dir}/{SWEEP_FILE}"))
     ref = tracking.SweepRef(**saved["sweep"])
     runtime = TrialRuntime(ref, **{k: tuple(v) if isinstance(v, list) else v for k, v in saved["runtime"].items()})
-    init_ray(settings.num_cpus)
+    init_ray(settings.num_cpus, settings.dashboard)
     warn_if_sqlite_on_cluster(ref.tracking_uri)
     try:
         tracking.set_status(ref, ref.parent_run_id, tracking.ACTIVE)

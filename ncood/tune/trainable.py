@@ -35,6 +35,7 @@ class TrialRuntime:
 def start(cfg: TrialConfig, runtime: TrialRuntime) -> TrialConfig:
     """Set up this worker thread for one trial; returns `cfg` on the device Ray assigned."""
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "Checkpoint successfully created" per epoch
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.WARNING)  # "Validating input example ..." per logged model
     torch.set_num_threads(max(1, int(runtime.cpus_per_trial)))  # Ray reserves these cores; torch would take all
     if cfg.device == "auto":  # what Ray assigned, not what is visible: Ray 2.60 hides no GPU from a 0-GPU trial
         cfg = cfg.replace(device="cuda" if ray.get_gpu_ids() else "cpu")

@@ -130,6 +130,7 @@ def _run_trial(config: dict[str, Any], runtime: TrialRuntime, cfg: TrialConfig, 
         callbacks = [val_accuracy] if runtime.val_every_epoch else []
         reporter = EpochReporter(tracker, runtime, outbox)
         trial = build_trial(cfg, callbacks=[*callbacks, *epoch_callbacks, reporter], progress=False)
+        tracker.log_inputs(trial.data, trial.ood_sets)  # MLflow dataset inputs: name, source, digest
         if state is not None:
             trial.trainer.load_state_dict(state)
         trial.trainer.fit()

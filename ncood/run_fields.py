@@ -1,0 +1,101 @@
+"""The standard MLflow fields of a run, filled the way MLflow's own fluent API fills them: dataset inputs, context
+tags, system metrics. ncood.tracking uses only MlflowClient (see its docstring), which fills none of these by itself.
+
+- Context tags: `mlflow.tracking.context.registry.resolve_tags`, what `mlflow.start_run` sets (mlflow.source.name,
+  mlflow.source.type, mlflow.user, mlflow.source.git.commit/branch/repoURL when the source is in a git checkout).
+  Resolved once on the driver (the script the user started), then copied to every trial run: inside a Ray worker
+  the "source" would be Ray's worker script.
+- Dataset inputs: one `mlflow.entities.DatasetInput` per set a trial reads (train, val, test with contexts
+  `train`/`validation`/`test`, and each OoD set with context `ood`), as `mlflow.log_input` records them: name, a
+  digest of the data, source (the registered dataset and the data root), schema and profile. The digest is
+  sha256 over the shape, dtype and at most 1024 evenly spaced samples (and their labels): cheap on a 50k-image set,
+  and it changes with the data, its split or its preprocessing.
+- System metrics: MLflow's SystemMetricsMonitor (system/cpu_utilization_percentage, system/system_memory_usage_megabytes,
+  disk, network, GPU when present) on a trial run, when psutil is installed. Sampling every 30 s (MLflow's default
+  is 10 s): one psutil sample and one log_batch per interval, negligible next to a trial even on 2 cores;
+  MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it. A last sample is logged when the run ends.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+from typing import Any, Mapping
+
+import numpy as np
+from mlflow.entities import Dataset, DatasetInput, InputTag
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+SYSTEM_METRICS_INTERVAL_S = 30.0
+DIGEST_SAMPLES = 1024  # samples hashed per set
+SOURCE_TYPE = "ncood"  # mlflow.data source type: a set of ncood's dataset registry (ncood.data)
+
+
+def context_tags() -> dict[str, str]:
+    """The tags `mlflow.start_run` would set for this process (source, user, git), via MLflow's context registry."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    return {k: str(v) for k, v in resolve_tags().items()}
+
+
+def digest(x: Any, y: Any = None) -> str:
+    """sha256 (first 16 hex) of the shape, dtype and DIGEST_SAMPLES evenly spaced rows of x (a tensor or array) and y."""
+    h = hashlib.sha256()
+    for arr in (x, y):
+        if arr is None:
+            continue
+        a = arr.detach().cpu() if hasattr(arr, "detach") else np.asarray(arr)
+        h.update(f"{tuple(a.shape)}{a.dtype}".encode())
+        if len(a):
+            idx = np.unique(np.linspace(0, len(a) - 1, min(len(a), DIGEST_SAMPLES)).astype(np.int64))
+            rows = a[idx]
+            h.update(np.ascontiguousarray(rows.numpy() if hasattr(rows, "numpy") else rows).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _dataset_input(name: str, context: str, x: Any, y: Any, source: Mapping[str, str]) -> DatasetInput:
+    shape = [int(s) for s in x.shape]
+    schema = {"images": {"shape": shape[1:], "dtype": str(x.dtype).replace("torch.", "")},
+              **({"labels": {"dtype": str(y.dtype).replace("torch.", "")}} if y is not None else {})}
+    profile = {"num_rows": shape[0], **({"num_classes": int(y.max()) + 1} if y is not None and len(y) else {})}
+    ds = Dataset(name=name, digest=digest(x, y), source_type=SOURCE_TYPE, source=json.dumps(dict(source)),
+                 schema=json.dumps(schema), profile=json.dumps(profile))
+    return DatasetInput(ds, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+
+
+def dataset_inputs(cfg: Any, data: Any, ood_sets: Mapping[str, Any]) -> list[DatasetInput]:
+    """cfg: TrialConfig; data: ncood.data.IDData (train/val/test splits); ood_sets: name -> images (N, C, H, W).
+    Names are `<dataset>-<split>` and `<ood set>`; source: the registry name, split and data root."""
+    base = {"dataset": cfg.dataset, "data_root": str(cfg.data_root)}
+    out = [_dataset_input(f"{cfg.dataset}-{split}", context, getattr(data, split).x, getattr(data, split).y,
+                          {**base, "split": split})
+           for split, context in (("train", "train"), ("val", "validation"), ("test", "test"))
+           if len(getattr(data, split))]
+    out += [_dataset_input(name, "ood", x, None, {"dataset": name, "data_root": str(cfg.data_root),
+                                                   "like": cfg.dataset})
+            for name, x in ood_sets.items()]
+    return out
+
+
+def start_system_metrics(run_id: str, tracking_uri: str, resume: bool):
+    """MLflow's SystemMetricsMonitor on `run_id` (None without psutil); stop it with `.finish()`. Its INFO lines
+    (started / stopping) are silenced: a sweep's console shows Ray's table, not one line per trial."""
+    if importlib.util.find_spec("psutil") is None:
+        return None
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, resume_logging=resume,
+                                   tracking_uri=tracking_uri)
+    monitor.start()
+    return monitor
+
+
+def stop_system_metrics(monitor) -> None:
+    """Stop the monitor, then log one last sample: a trial shorter than the sampling interval still gets one (the
+    monitor publishes only after a full interval), and every run ends with its final state."""
+    monitor.finish()
+    monitor.collect_metrics()
+    monitor.publish_metrics(monitor.aggregate_metrics())
+    monitor.mlflow_logger.flush()

@@ -1,0 +1,69 @@
+"""The `ncood` subcommands through the real entry point (ncood.cli.main): the listing subcommands, and
+`train --resume` continuing a crashed trial from its checkpoint to the same result as an uninterrupted one.
+(`ncood register` is tested in test_serve.py and `ncood aggregate` in test_aggregate.py, beside the stores they
+read; `ncood data link` in test_fashion_mnist.py; tune_jobs/nc_intervention.py --resume in test_intervention.py.)"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ncood.cli import main
+from ncood.config import make_config
+from ncood.data import get_info, list_datasets
+from ncood.models import list_models
+from ncood.pipeline import run_trial
+
+from job_scripts import load_job
+
+
+def test_datasets_lists_every_registered_set_with_its_role(capsys):
+    assert main(["datasets"]) == 0
+    lines = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()}
+    assert sorted(lines) == list_datasets()
+    assert all(role == ("ID" if get_info(name).can_be_id else "OoD") for name, role in lines.items())
+
+
+def test_models_lists_every_registered_architecture(capsys):
+    assert main(["models"]) == 0
+    assert capsys.readouterr().out.split() == list_models()
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def _crash_at(epoch: int):
+    """Epoch callback that raises at `epoch`, before that epoch's checkpoint is written (it runs first)."""
+    def callback(trainer, e: int, metrics: dict[str, float]) -> None:
+        if e == epoch:
+            raise Crash(f"crash at epoch {e}")
+    return callback
+
+
+@pytest.mark.slow
+def test_train_resume_continues_a_crashed_trial_to_the_uninterrupted_result(tmp_path, capsys):
+    flags = ["--dataset", "digits", "--width", "4", "--epochs", "2", "--eval-every", "0", "--seed", "2",
+             "--device", "cpu", "--data-root", str(tmp_path / "data"), "--no-progress"]
+    crashed = tmp_path / "crashed"
+    cfg = make_config("digits", width=4, epochs=2, eval_every=0, seed=2, device="cpu", data_root=str(tmp_path / "data"))
+    with pytest.raises(Crash):
+        run_trial(cfg, crashed, progress=False, callbacks=[_crash_at(2)])  # checkpoint.pt holds epoch 1
+    assert not (crashed / "summary.json").exists()
+    assert main(["train", *flags, "--out", str(crashed), "--resume"]) == 0
+    resumed = json.loads((crashed / "summary.json").read_text())
+    assert main(["train", *flags, "--out", str(tmp_path / "straight")]) == 0
+    straight = json.loads((tmp_path / "straight" / "summary.json").read_text())
+    assert [e["epoch"] for e in resumed["epochs"]] == [1, 2]
+    for a, b in zip(resumed["epochs"], straight["epochs"]):  # the same RNG streams and weights from epoch 1 on
+        assert a["loss/train"] == pytest.approx(b["loss/train"], rel=1e-5), (a["epoch"], a, b)
+    assert resumed["test_accuracy"] == pytest.approx(straight["test_accuracy"], abs=1e-9)
+    assert "test accuracy" in capsys.readouterr().out
+
+
+def test_nc_intervention_resume_without_a_sweep_says_what_to_pass(tmp_path, capsys):
+    job = load_job("nc_intervention")
+    rc = job.main(["--resume", "--experiment", "abl", "--tracking-uri", str(tmp_path / "mlflow.db"),
+                   "--storage-path", str(tmp_path / "ray"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no sweep 'abl-nc-intervention_*' to resume" in err and "--storage-path" in err
