@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from _common import environment, print_json, side_by_side
-from ncood.serve.scorer import INPUT_COLUMN, Scorer, encode_png
+from ncood.serve import INPUT_COLUMN, Scorer, encode_png
 from ncood.serve.server import local_server
 
 MAX_REQUESTS, MAX_BATCH_REQUESTS, MAX_BATCH = 5000, 1000, 256

@@ -31,7 +31,8 @@ from ncood.ood import SCORES, compute_scores, fpr_at_tpr, served_scores
 from ncood.pipeline import build_trial
 from ncood.serve import InputError, Scorer, ScorerSpec, ServingLimits, encode_png, log_ood_scorer, threshold_at_tpr
 from ncood.serve.register import Candidate, choose, format_registration, metric_mode, register_best
-from ncood.serve.scorer import OUTPUT_COLUMNS, decode_batch, decode_image, score_columns
+from ncood.serve.decoding import decode_batch, decode_image
+from ncood.serve.scorer import OUTPUT_COLUMNS, score_columns
 from ncood.serve.server import local_server
 
 EXPERIMENT = "serve-test"

@@ -1,8 +1,11 @@
-"""Serving: the MLflow pyfunc OoD scorer (scorer.py), packaging a finished trial as that model (package.py), and
-`ncood register` (register.py). Deployment notes and clients live in deploy/serving/."""
+"""Serving: request decoding (decoding.py), the OoD scorer (scorer.py), its MLflow pyfunc wrapper (pyfunc.py),
+packaging a finished trial as that model (package.py), and `ncood register` (register.py). Deployment notes and
+clients live in deploy/serving/."""
+from ncood.ood.metrics import threshold_at_tpr
+from ncood.serve.decoding import INPUT_COLUMN, InputError, ServingLimits, encode_png
 from ncood.serve.package import SCORER_NAME, ScorerParts, log_ood_scorer, write_scorer
-from ncood.serve.scorer import (INPUT_COLUMN, OUTPUT_COLUMNS, InputError, OODScorerModel, Scorer, ScorerSpec,
-                                ServingLimits, encode_png, threshold_at_tpr)
+from ncood.serve.pyfunc import OODScorerModel
+from ncood.serve.scorer import OUTPUT_COLUMNS, Scorer, ScorerSpec
 
 __all__ = [
     "INPUT_COLUMN", "OUTPUT_COLUMNS", "SCORER_NAME", "InputError", "OODScorerModel", "Scorer", "ScorerParts",

@@ -1,6 +1,6 @@
 """Package a finished trial as the MLflow pyfunc model `ood_scorer` and log it into the trial's own run.
 
-The model directory holds (artifacts of the pyfunc `ncood.serve.scorer.OODScorerModel`):
+The model directory holds (artifacts of the pyfunc `ncood.serve.pyfunc.OODScorerModel`):
 
     scorer.json    create_model arguments, preprocessing (dataset, C x H x W, mean/std), class names, the served
                    scores and their params, the decision threshold, request limits, the trial's config (ScorerSpec)
@@ -54,8 +54,9 @@ from ncood.data import IDData
 from ncood.evaluate import exact_fp32
 from ncood.pipeline import model_kwargs
 from ncood.ood import SCORES, ScoreFit, pack_states, served_scores
-from ncood.serve.scorer import (INPUT_COLUMN, Scorer, ScorerSpec, ServingLimits, encode_png, output_columns,
-                                score_columns, score_model_input, threshold_at_tpr)
+from ncood.ood.metrics import threshold_at_tpr
+from ncood.serve.decoding import INPUT_COLUMN, ServingLimits, encode_png
+from ncood.serve.scorer import Scorer, ScorerSpec, output_columns, score_columns, score_model_input
 
 SCORER_NAME = "ood_scorer"  # the LoggedModel's name in every trial run
 THRESHOLD_TPR_PERCENT = 95  # is_ood threshold: accepts this % of ID validation images
