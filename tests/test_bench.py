@@ -13,9 +13,9 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
-def run_json(script: str, *args: str) -> dict:
+def run_json(script: str, *args: str, timeout: float = 120) -> dict:
     proc = subprocess.run([sys.executable, str(BENCH / script), "--smoke", "--json", *args], capture_output=True,
-                          text=True, timeout=120, cwd=BENCH.parent)
+                          text=True, timeout=timeout, cwd=BENCH.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])  # the JSON object is the last line
 
@@ -56,3 +56,16 @@ def test_bf16_extract_smoke_compares_both_precisions():
     # CPU bf16 autocast really rounds: the two arms' features differ (by about bf16's 2^-8 relative precision)
     assert 0 < out["feature_max_rel_diff"]["test"] < 0.2
     assert set(out["gmm_jitter"]) == {"fp32", "bf16"} and out["env"]["device_type"] == "cpu"
+
+
+@pytest.mark.slow  # trains a tiny model and starts two real `mlflow models serve` processes (~80 s on 2 cores)
+def test_serve_smoke_reports_every_arm_and_the_floor():
+    out = run_json("serve.py", timeout=400)
+    assert out["bench"] == "serve" and out["versions"]["mlflow"] and len(out["load_before"]) == 3
+    for what, n in (("single", 1), ("batch", 16)):
+        r = out[what]
+        assert r["images_per_request"] == n and r["runs"] == 3 and len(r["every_run"]) == 3
+        for arm in ("bare", "predict", "http", "floor"):
+            assert 0 < r[f"{arm}_p50_ms"] <= r[f"{arm}_p99_ms"]
+        assert r["predict_over_bare"] == pytest.approx(r["predict_p50_ms"] / r["bare_p50_ms"])
+        assert r["http_extra_ms"] == pytest.approx(r["http_p50_ms"] - r["floor_p50_ms"] - r["predict_p50_ms"])

@@ -138,6 +138,11 @@ def test_logged_model(trained, store):
     client = MlflowClient(uri)
     logged = client.get_logged_model(info.model_id)
     assert logged.name == "ood_scorer" and logged.source_run_id == run_id and str(logged.status).endswith("READY")
+    # linked to its run (link_to_run): a run output at the last epoch, the run's latest metrics as model metrics
+    run = client.get_run(run_id)
+    assert [(o.model_id, o.step) for o in run.outputs.model_outputs] == [(info.model_id, trial.cfg.epochs)]
+    model_metrics = {m.key: m.value for m in logged.metrics}
+    assert model_metrics == run.data.metrics and all(m.step == trial.cfg.epochs for m in logged.metrics)
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{info.model_id}", tracking_uri=uri))
     spec = ScorerSpec.load(local / "artifacts" / "scorer.json")
     assert spec.image_shape == (1, 8, 8) and spec.class_names == tuple(str(i) for i in range(10))

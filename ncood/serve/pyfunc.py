@@ -1,10 +1,12 @@
 """The MLflow pyfunc wrapper of the served OoD scorer: what MLflow's scoring server calls for each request.
 
-MLflow 3.17 hands `predict` a pandas DataFrame for every request format whatever the type hint, when the model has
-a column signature (one string column `image`): the scoring server parses `dataframe_split`, `dataframe_records`,
-`instances` and `inputs` into a DataFrame and enforces the schema on it before `predict` runs. A type-hinted
-`predict` (list[str]) would replace the logged signature with one inferred from the hints and change the request
-and response formats, so the wrapper keeps the DataFrame hint and only reads the column out of it.
+Why `predict` takes a DataFrame (MLflow 3.17): with the logged column signature (one string column `image`) the
+scoring server parses `dataframe_split` / `dataframe_records` bodies into a DataFrame (scoring_server
+`infer_and_parse_data`) and pyfunc's schema enforcement runs on it before `predict`. A type-hinted `predict`
+(list[str]) would make the signature come from the hints, and the server then accepts only `{"inputs": ...}`
+bodies (scoring_server `_parse_json_data`): the request format would change. So the DataFrame hint stays and the
+wrapper only reads the column out of it (ncood.serve.decoding.request_column); the response stays a DataFrame
+(one record per image in the JSON).
 """
 from __future__ import annotations
 
