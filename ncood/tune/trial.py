@@ -174,7 +174,7 @@ def _run_trial(config: dict[str, Any], runtime: TrialRuntime, cfg, outbox: Outbo
         outbox.flush(tracker)
         callbacks = [val_accuracy] if runtime.val_every_epoch else []
         reporter = EpochReporter(tracker, runtime, config, outbox)
-        trial = build_trial(cfg, callbacks=[*callbacks, reporter], progress=False)
+        trial = build_trial(cfg, callbacks=[*callbacks, reporter], progress=False, reuse_data=True)
         if state is not None:
             trial.trainer.load_state_dict(state)
         trial.trainer.fit()

@@ -48,8 +48,14 @@ def _malloc_trim():
 
 
 def release() -> None:
-    """Give back what a finished trial left behind: garbage, cached CUDA blocks, free malloc pages."""
+    """Give back what a finished trial left behind: garbage, cached CUDA blocks, free malloc pages.
+
+    After the collection, gc.freeze(): what survives it (modules, caches: ~700k objects in a worker that imported
+    Ray, MLflow and torch) moves to the permanent generation, so the next collection scans only what was allocated
+    since. Unfrozen, each full collection took 0.5-3.5 s on a loaded 2-core machine, twice per trial. Frozen
+    objects are still freed by reference counting; only cycles among them would stay."""
     gc.collect()
+    gc.freeze()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
     trim = _malloc_trim()
