@@ -69,3 +69,17 @@ def test_serve_smoke_reports_every_arm_and_the_floor():
             assert 0 < r[f"{arm}_p50_ms"] <= r[f"{arm}_p99_ms"]
         assert r["predict_over_bare"] == pytest.approx(r["predict_p50_ms"] / r["bare_p50_ms"])
         assert r["http_extra_ms"] == pytest.approx(r["http_p50_ms"] - r["floor_p50_ms"] - r["predict_p50_ms"])
+
+
+@pytest.mark.slow  # a real local Ray sweep of 2 one-epoch trials, profiled, plus one bare trial (~2-3 min on 2 cores)
+def test_grid_smoke_compares_sweep_and_bare_trials():
+    out = run_json("grid.py", timeout=600)
+    assert out["bench"] == "grid" and out["trials"] == 2 and len(out["runs"]) == 1 and out["runs"][0]["errors"] == 0
+    run = out["runs"][0]
+    assert run["sweep_s"] > 0 and len(run["bare_trial_s"]) == 1 and run["bare_trial_s"][0] > 0
+    assert run["bare_compute_s"] == pytest.approx(run["bare_trial_s"][0] * 2 / out["concurrency"])
+    assert out["median_ratio"] == pytest.approx(run["sweep_s"] / run["bare_compute_s"])
+    comp = out["components_s"]
+    assert out["profiled_trials"] == 2 and comp["trial total"] > 0
+    for what in ("model logging", "evaluation", "mlflow run creation", "ray reporting", "data + model set-up"):
+        assert 0 < comp[what] < comp["trial total"], what  # each found in the trials' profiles

@@ -176,6 +176,19 @@ def test_logged_model(trained, store):
         model.predict(pd.DataFrame({"image": ["%%%"]}))
 
 
+def test_prepare_batches_same_sized_images_in_request_order(trained, store):
+    """Scorer.prepare runs to_model_input once per group of same-sized images; the rows come back in request order
+    and equal the image-by-image preparation."""
+    _, _, _, info = trained
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{info.model_id}", tracking_uri=store[0])) / "artifacts"
+    scorer = Scorer.from_files(local / "scorer.json", local / "weights.pt", local / "gaussians.pt", local / "scores.pt")
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(1, c, s, s, generator=g) for c, s in ((1, 8), (3, 20), (1, 8), (3, 5), (3, 20), (1, 12))]
+    want = torch.cat([to_model_input(x, scorer.info) for x in images])
+    torch.testing.assert_close(scorer.prepare(images), want)
+    torch.testing.assert_close(scorer.prepare(images[:1] * 3), want[:1].expand(3, -1, -1, -1))
+
+
 def test_format1_package_still_serves_its_four_columns(trained, store, tmp_path):
     """A scorer.json written before the post-hoc scores (format 1: no scores list, GMM space "raw"/"l2", no
     scores.pt) loads and serves gmm_log_density, feature_norm, msp, max_logit as it did."""

@@ -189,9 +189,17 @@ class Scorer:
         return cls(spec, model, {**states, "gmm": ClassGaussians.load(gaussians_path)}, limits)
 
     def prepare(self, images01: Sequence[Tensor]) -> Tensor:
-        """[(1, C_i, h_i, w_i) in [0, 1]] -> (N, *image_shape) normalized: to_model_input image by image (sizes
-        differ), the function that prepared the training data."""
-        return torch.cat([to_model_input(x, self.info) for x in images01])
+        """[(1, C_i, h_i, w_i) in [0, 1]] -> (N, *image_shape) normalized, in request order: to_model_input, the
+        function that prepared the training data, once per group of same-sized images (its steps are per image)."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, x in enumerate(images01):
+            groups.setdefault(tuple(x.shape), []).append(i)
+        if len(groups) == 1:  # the usual request: every image the same size
+            return to_model_input(torch.cat(list(images01)), self.info)
+        out = torch.empty(len(images01), *self.spec.image_shape)
+        for idx in groups.values():
+            out[idx] = to_model_input(torch.cat([images01[i] for i in idx]), self.info)
+        return out
 
     def score(self, x: Tensor) -> dict[str, np.ndarray]:
         """Normalized (N, *image_shape) -> {column: (N,) array} with every response column."""
