@@ -30,7 +30,6 @@ torch.inference_mode: one batched forward (ncood.evaluate.extract, the function 
 z and the logits, and every served score reads that one pass.
 """
 from __future__ import annotations
-from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
