@@ -142,7 +142,11 @@ def test_logged_model(trained, store):
     run = client.get_run(run_id)
     assert [(o.model_id, o.step) for o in run.outputs.model_outputs] == [(info.model_id, trial.cfg.epochs)]
     model_metrics = {m.key: m.value for m in logged.metrics}
-    assert model_metrics == run.data.metrics and all(m.step == trial.cfg.epochs for m in logged.metrics)
+    assert model_metrics == {m.key: m.value for m in run.data._metric_objs if m.step == trial.cfg.epochs}
+    assert keys.ACC_TEST in model_metrics and all(m.step == trial.cfg.epochs for m in logged.metrics)
+    history = client.get_metric_history(run_id, keys.ACC_TEST)  # the link adds no second entry at that step
+    steps = [m.step for m in history]
+    assert trial.cfg.epochs in steps and len(steps) == len(set(steps)), steps
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{info.model_id}", tracking_uri=uri))
     spec = ScorerSpec.load(local / "artifacts" / "scorer.json")
     assert spec.image_shape == (1, 8, 8) and spec.class_names == tuple(str(i) for i in range(10))

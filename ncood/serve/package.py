@@ -39,7 +39,6 @@ import dataclasses
 import os
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -242,13 +241,15 @@ def log_ood_scorer(trial: Any, run_id: str, tracking_uri: str, *, name: str = SC
 
 
 def link_to_run(client: MlflowClient, run_id: str, model_id: str, step: int) -> None:
-    """The model as an output of its run at `step`, with the run's latest metrics as the model's metrics.
+    """The model as an output of its run at `step`, with the run's metrics at `step` as the model's metrics.
 
     What Model.log(run_id=...) does itself, in two calls: MLflow's version reads the whole history of every metric
     key (one query per key: ~200 keys per trial with the post-hoc scores, seconds on a sqlite store) to pick the
-    values at `step`; a finished trial's latest values are its last epoch's."""
+    values at `step`; a finished trial's latest values are its last epoch's. The run's latest Metric objects
+    (RunData._metric_objs: MLflow 3.17 exposes their timestamps nowhere else) are logged again with model_id and
+    their own timestamps, so the run's history keeps one entry per step (the store skips exact duplicates) and the
+    model gets its metrics."""
     client.log_outputs(run_id, [LoggedModelOutput(model_id, step=step)])
-    run = client.get_run(run_id)
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, v, now, step, model_id=model_id, run_id=run_id)
-                                      for k, v in run.data.metrics.items()])
+    latest = [m for m in client.get_run(run_id).data._metric_objs if m.step == step]
+    client.log_batch(run_id, metrics=[Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id, run_id=run_id)
+                                      for m in latest])
