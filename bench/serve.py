@@ -1,22 +1,27 @@
-"""Serving benchmark: `mlflow models serve` (HTTP + JSON + base64) next to in-process scoring of the same images.
+"""Serving benchmark: where a request's time goes, side by side in one run.
 
-Measured, interleaved (in-process call, HTTP request, in-process, HTTP, ...) so a busy machine slows both alike:
+For one image and for --batch images (default 64) per request, interleaved (bare, predict, HTTP, floor, bare, ...)
+so a busy machine slows all alike:
 
-  single   one image per request: p50 / p99 latency of the HTTP round trip (persistent keep-alive connection) and
-           of `Scorer.score_base64` in process (base64 decode + PIL + to_model_input + forward + scores)
-  batch    --batch images (default 64) per request: p50 / p99 latency and images/s, the same for in process
-  overhead HTTP p50 / in-process p50 for each: what the server adds (JSON, pandas, schema check, uvicorn)
+  bare     the network's forward alone on the prepared images (torch.inference_mode, eval mode)
+  predict  the MLflow pyfunc's `predict` in process on a DataFrame of base64 PNGs (schema check, base64 + PIL
+           decode, to_model_input, forward, every served score, the response DataFrame)
+  HTTP     POST /invocations to `mlflow models serve --env-manager local` serving the model (keep-alive)
+  floor    the same request to a trivial pyfunc with the same signature (bench/floor_model.py: no work) served
+           the same way: what MLflow's scoring server costs by itself
 
-The images are the model's own input example (an ID validation image) repeated, or, with --image-size S, random
-S x S RGB PNGs (upload-sized inputs that the server resizes). Only loopback servers are measured, and the request
-counts are capped (--requests <= 5000, --batch-requests <= 1000).
+Each of --runs runs (default 3) gives p50/p99 per arm; the table shows the median over the runs, the ratios
+predict / bare and HTTP / floor, and "ncood's HTTP extra" = HTTP p50 - floor p50 - predict p50 (what serving adds
+beyond MLflow's floor and the in-process work). The images are the model's own input example (an ID validation
+image) repeated, or, with --image-size S, random S x S RGB PNGs. Only loopback servers are measured, and the
+request counts are capped (--requests <= 5000, --batch-requests <= 1000).
 
-    python bench/serve.py --model-uri models:/ncood-ood-scorer@champion            # starts a server itself
-    python bench/serve.py --url http://127.0.0.1:5001 --model-uri models:/ncood-ood-scorer@champion
+    python bench/serve.py --model-uri models:/ncood-ood-scorer@champion            # starts both servers itself
     python bench/serve.py --demo --json     # trains + logs a tiny digits model in a temp store first (~30 s)
-    python bench/serve.py --smoke --json    # the same with a handful of requests
+    python bench/serve.py --smoke --json    # the same with a handful of requests (tests/test_bench.py)
 
-`--json` prints one JSON object as the last line (device, torch, threads, git SHA included: STYLE.md 5).
+The header gives the machine load (os.getloadavg, before and after) and the versions; `--json` prints one JSON
+object as the last line.
 """
 from __future__ import annotations
 
@@ -29,16 +34,24 @@ import sys
 import tempfile
 import time
 import urllib.parse
+import warnings
 from contextlib import ExitStack
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from _common import environment, print_json, side_by_side
-from ncood.serve.scorer import INPUT_COLUMN, Scorer, encode_png
+from ncood.serve import INPUT_COLUMN, Scorer, encode_png
+from ncood.serve.decoding import decode_batch
+from ncood.serve.package import signature
+from ncood.serve.scorer import score_columns
 from ncood.serve.server import local_server
 
+FLOOR_MODEL = Path(__file__).with_name("floor_model.py")
+ARMS = ("bare", "predict", "http", "floor")
 MAX_REQUESTS, MAX_BATCH_REQUESTS, MAX_BATCH = 5000, 1000, 256
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -61,15 +74,28 @@ class Client:
         return data
 
 
-def load_scorer(model_uri: str) -> tuple[Scorer, str]:
-    """The in-process scorer of `model_uri` (through pyfunc, as the server loads it) and its input example."""
+def load_pyfunc(model_uri: str):
+    """(pyfunc model, its Scorer, its input example) as the server loads them."""
     import mlflow.artifacts
     import mlflow.pyfunc
 
     model = mlflow.pyfunc.load_model(model_uri)
     local = Path(mlflow.artifacts.download_artifacts(model_uri))
     example = json.loads((local / "serving_input_example.json").read_text())["dataframe_split"]["data"][0][0]
-    return model.unwrap_python_model().scorer, example
+    return model, model.unwrap_python_model().scorer, example
+
+
+def save_floor_model(path: Path, scorer: Scorer) -> str:
+    """The trivial pyfunc with the scorer's signature, saved at `path` (a local model directory, no store)."""
+    import mlflow.pyfunc
+
+    scores = tuple(scorer.spec.scores)
+    with warnings.catch_warnings():  # "no input example": on purpose, it would load the floor model once more
+        warnings.simplefilter("ignore", UserWarning)
+        mlflow.pyfunc.save_model(str(path), python_model=str(FLOOR_MODEL), signature=signature(scores),
+                                 model_config={"doubles": list(score_columns(scores))},
+                                 pip_requirements=[f"mlflow=={version('mlflow')}"])
+    return str(path)
 
 
 def demo_model(root: Path) -> tuple[str, str]:
@@ -100,60 +126,100 @@ def percentile_ms(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values) * 1e3, q))
 
 
-def measure(client: Client, scorer: Scorer, images: list[str], repeats: int) -> dict[str, float]:
+def measure_once(arms: dict, repeats: int) -> dict[str, dict[str, float]]:
+    """One run: every arm `repeats` times, interleaved -> {arm: {p50_ms, p99_ms}}."""
+    times, _ = side_by_side(arms, torch.device("cpu"), repeats)
+    return {k: {"p50_ms": percentile_ms(t["all_s"], 50), "p99_ms": percentile_ms(t["all_s"], 99)}
+            for k, t in times.items()}
+
+
+def measure(clients: dict[str, Client], pyfunc, scorer: Scorer, images: list[str], repeats: int,
+            runs: int) -> dict:
+    """`runs` runs of the four arms on one request of `images`; medians over the runs, and every run."""
     body = json.dumps({"dataframe_split": {"columns": [INPUT_COLUMN], "data": [[s] for s in images]}}).encode()
-    for _ in range(3):  # warm-up: connection, first-call allocations on both sides
-        client.post(body)
-        scorer.score_base64(images)
-    times, _ = side_by_side({"in_process": lambda: scorer.score_base64(images), "http": lambda: client.post(body)},
-                            torch.device("cpu"), repeats)
+    df = pd.DataFrame({INPUT_COLUMN: images})
+    x = scorer.prepare(decode_batch(images, scorer.limits))  # (N, C, H, W) the network's input
+
+    def bare():
+        with torch.inference_mode():
+            return scorer.model(x)
+
+    arms = {"bare": bare, "predict": lambda: pyfunc.predict(df), "http": lambda: clients["http"].post(body),
+            "floor": lambda: clients["floor"].post(body)}
+    for fn in arms.values():  # warm-up: connections, first-call allocations
+        for _ in range(3):
+            fn()
+    every = [measure_once(arms, repeats) for _ in range(runs)]
+    med = {arm: {q: statistics.median(r[arm][q] for r in every) for q in ("p50_ms", "p99_ms")} for arm in ARMS}
     n = len(images)
-    out = {"images_per_request": n, "requests": repeats, "request_bytes": len(body)}
-    for name, t in times.items():
-        out[f"{name}_p50_ms"] = percentile_ms(t["all_s"], 50)
-        out[f"{name}_p99_ms"] = percentile_ms(t["all_s"], 99)
-        out[f"{name}_images_per_s"] = n / statistics.median(t["all_s"])
-    out["overhead"] = out["http_p50_ms"] / out["in_process_p50_ms"]
-    return out
+    return {"images_per_request": n, "requests_per_run": repeats, "runs": runs, "request_bytes": len(body),
+            **{f"{arm}_{q}": v for arm, d in med.items() for q, v in d.items()},
+            "predict_over_bare": med["predict"]["p50_ms"] / med["bare"]["p50_ms"],
+            "http_over_floor": med["http"]["p50_ms"] / med["floor"]["p50_ms"],
+            "http_extra_ms": med["http"]["p50_ms"] - med["floor"]["p50_ms"] - med["predict"]["p50_ms"],
+            "http_images_per_s": n / med["http"]["p50_ms"] * 1e3, "every_run": every}
+
+
+def versions() -> dict[str, str]:
+    return {name: version(name) for name in ("mlflow", "torch", "pandas", "numpy", "pillow", "uvicorn")}
+
+
+def report(args, result: dict) -> None:
+    env, single, batch = result["environment"], result["single"], result["batch"]
+    print(f"serving benchmark: {result['model_uri']} at {result['url']}; images: {result['images']}")
+    print(f"device {env['device']} ({env['cpu_count']} cores, {env['cpu_threads']} torch thread(s) in process and per "
+          f"server worker), git {env['git']}, load average before {result['load_before']} after {result['load_after']}")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()))
+    print(f"median over {single['runs']} runs of each run's p50 (p99) in ms, interleaved arms")
+    print(f"{'':10s} {'bare':>8s} {'predict':>8s} {'HTTP p50':>9s} {'HTTP p99':>9s} {'floor p50':>10s} "
+          f"{'floor p99':>10s} {'pred/bare':>10s} {'HTTP/floor':>11s} {'HTTP extra':>11s} {'HTTP img/s':>11s}")
+    for name, r in (("1 image", single), (f"{args.batch} images", batch)):
+        print(f"{name:10s} {r['bare_p50_ms']:8.2f} {r['predict_p50_ms']:8.2f} {r['http_p50_ms']:9.2f} "
+              f"{r['http_p99_ms']:9.2f} {r['floor_p50_ms']:10.2f} {r['floor_p99_ms']:10.2f} "
+              f"{r['predict_over_bare']:9.2f}x {r['http_over_floor']:10.2f}x {r['http_extra_ms']:9.2f}ms "
+              f"{r['http_images_per_s']:11.0f}")
+    print(f"HTTP extra = HTTP p50 - floor p50 - predict p50; targets for 1 image: predict <= 1.5x bare "
+          f"({single['predict_over_bare']:.2f}x), HTTP extra <= 2 ms ({single['http_extra_ms']:.2f} ms)")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model-uri", help="model to score in process (and to serve unless --url is given)")
-    p.add_argument("--url", help="a running server on this machine (loopback), e.g. http://127.0.0.1:5001")
+    p.add_argument("--model-uri", help="model to score in process and to serve")
     p.add_argument("--tracking-uri", default=None, help="store for models:/ URIs (default $MLFLOW_TRACKING_URI)")
     p.add_argument("--demo", action="store_true", help="train and log a tiny digits model in a temp store first")
-    p.add_argument("--smoke", action="store_true", help="--demo with 20 single and 5 batch requests of 16 (tests)")
-    p.add_argument("--requests", type=int, default=200, help=f"single-image requests (<= {MAX_REQUESTS})")
+    p.add_argument("--smoke", action="store_true", help="--demo with 3 runs of 5 single and 2 batch requests of 16")
+    p.add_argument("--runs", type=int, default=3, help="runs; the table shows the median over them (>= 3)")
+    p.add_argument("--requests", type=int, default=200, help=f"single-image requests per run (<= {MAX_REQUESTS})")
     p.add_argument("--batch", type=int, default=64, help=f"images per batch request (<= {MAX_BATCH})")
-    p.add_argument("--batch-requests", type=int, default=30, help=f"batch requests (<= {MAX_BATCH_REQUESTS})")
+    p.add_argument("--batch-requests", type=int, default=30, help=f"batch requests per run (<= {MAX_BATCH_REQUESTS})")
     p.add_argument("--image-size", type=int, default=None, help="send random S x S RGB PNGs instead of the example")
-    p.add_argument("--workers", type=int, default=1, help="uvicorn workers of a server started here")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn workers of each server")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch threads in process and per server worker started here (OMP_NUM_THREADS); default 1: "
-                        "client and server share the cores, and OpenMP spin-waits stall when they are oversubscribed")
+                   help="torch threads in process and per server worker (OMP_NUM_THREADS); default 1: client and "
+                        "servers share the cores, and OpenMP spin-waits stall when they are oversubscribed")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = p.parse_args(argv)
     if args.smoke:
-        args.demo, args.requests, args.batch_requests, args.batch = True, 20, 5, 16
+        args.demo, args.requests, args.batch_requests, args.batch = True, 5, 2, 16
     if not (1 <= args.requests <= MAX_REQUESTS and 1 <= args.batch_requests <= MAX_BATCH_REQUESTS
-            and 1 <= args.batch <= MAX_BATCH):
+            and 1 <= args.batch <= MAX_BATCH and args.runs >= 1):
         p.error(f"bounded runs only: --requests <= {MAX_REQUESTS}, --batch-requests <= {MAX_BATCH_REQUESTS}, "
-                f"--batch <= {MAX_BATCH}")
+                f"--batch <= {MAX_BATCH}, --runs >= 1")
     if not (args.model_uri or args.demo):
         p.error("pass --model-uri (or --demo): in-process scoring needs the model")
 
+    load_before = [round(v, 2) for v in os.getloadavg()]
     with ExitStack() as stack:
+        root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ncood-bench-serve-")))
         tracking_uri = args.tracking_uri
         if args.demo:
-            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ncood-bench-serve-")))
             t0 = time.perf_counter()
             args.model_uri, tracking_uri = demo_model(root)
             print(f"demo model logged in {time.perf_counter() - t0:.1f} s: {args.model_uri}", file=sys.stderr)
         if tracking_uri:
             os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # models:/ URIs, here and in the server
         torch.set_num_threads(args.threads)
-        scorer, example = load_scorer(args.model_uri)
+        pyfunc, scorer, example = load_pyfunc(args.model_uri)
         if args.image_size:
             rng = np.random.default_rng(0)
             pool = [encode_png(rng.integers(0, 256, (args.image_size, args.image_size, 3), dtype=np.uint8))
@@ -162,35 +228,23 @@ def main(argv: list[str] | None = None) -> int:
         else:
             pool = [example] * args.batch
             what = "the model's input example (an ID validation image)"
-        started = args.url is None
-        url = args.url
-        if started:
-            t0 = time.perf_counter()
-            url = stack.enter_context(local_server(args.model_uri, tracking_uri=tracking_uri, workers=args.workers,
-                                                   extra_env={"OMP_NUM_THREADS": str(args.threads)}))
-            startup_s = time.perf_counter() - t0
-        client = Client(url)
-        single = measure(client, scorer, pool[:1], args.requests)
-        batch = measure(client, scorer, pool, args.batch_requests)
+        env = {"OMP_NUM_THREADS": str(args.threads)}
+        floor_uri = save_floor_model(root / "floor", scorer)
+        t0 = time.perf_counter()
+        urls = {"http": stack.enter_context(local_server(args.model_uri, tracking_uri=tracking_uri,
+                                                         workers=args.workers, extra_env=env)),
+                "floor": stack.enter_context(local_server(floor_uri, workers=args.workers, extra_env=env))}
+        startup_s = time.perf_counter() - t0
+        clients = {k: Client(u) for k, u in urls.items()}
+        single = measure(clients, pyfunc, scorer, pool[:1], args.requests, args.runs)
+        batch = measure(clients, pyfunc, scorer, pool, args.batch_requests, args.runs)
 
-    env = environment(torch.device("cpu"))
-    result = {"bench": "serve", "model_uri": args.model_uri, "url": url, "server_started_here": started,
-              "server_startup_s": startup_s if started else None, "workers": args.workers if started else None,
-              "server_threads": args.threads if started else None,
-              "images": what, "single": single, "batch": batch, "environment": env}
-    print(f"serving benchmark: {args.model_uri} at {url} ({'started here' if started else 'running server'}); "
-          f"images: {what}")
-    print(f"device {env['device']} ({env['cpu_count']} cores, torch {env['torch']}, {env['cpu_threads']} threads "
-          f"in process), git {env['git']}"
-          + (f"; server: {args.workers} worker(s) x {args.threads} thread(s), start-up {startup_s:.1f} s" if started else ""))
-    print(f"{'':10s} {'HTTP p50':>10s} {'HTTP p99':>10s} {'in-proc p50':>12s} {'in-proc p99':>12s} "
-          f"{'HTTP img/s':>11s} {'in-proc img/s':>14s} {'overhead':>9s}")
-    for name, r in (("1 image", single), (f"{args.batch} images", batch)):
-        print(f"{name:10s} {r['http_p50_ms']:8.2f}ms {r['http_p99_ms']:8.2f}ms {r['in_process_p50_ms']:10.2f}ms "
-              f"{r['in_process_p99_ms']:10.2f}ms {r['http_images_per_s']:11.0f} {r['in_process_images_per_s']:14.0f} "
-              f"{r['overhead']:8.2f}x")
-    print(f"({single['requests']} single and {batch['requests']} batch requests, interleaved with the in-process "
-          f"calls; overhead = HTTP p50 / in-process p50)")
+    result = {"bench": "serve", "model_uri": args.model_uri, "url": urls["http"], "floor_url": urls["floor"],
+              "servers_startup_s": startup_s, "workers": args.workers, "threads": args.threads, "images": what,
+              "single": single, "batch": batch, "load_before": load_before,
+              "load_after": [round(v, 2) for v in os.getloadavg()], "versions": versions(),
+              "environment": environment(torch.device("cpu"))}
+    report(args, result)
     if args.json:
         print_json(result)
     return 0

@@ -32,7 +32,7 @@ from ncood.collapse import nc_metrics
 from ncood.ood import (SCORES, Head, ScoreFit, ScoreInputs, compute_scores, detection_metrics, fit_diagnostics,
                        fit_scores)
 
-__all__ = ["exact_fp32", "extract", "evaluate", "feature_pass", "classifier_inputs", "format_results"]
+__all__ = ["eval_mode", "exact_fp32", "extract", "evaluate", "feature_pass", "classifier_inputs", "format_results"]
 
 
 @contextlib.contextmanager
@@ -52,32 +52,46 @@ def exact_fp32(device: torch.device) -> Iterator[None]:
             conv.fp32_precision, matmul.fp32_precision = saved
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """The model in eval mode inside; the submodules that were training are put back afterwards (frozen BN and the
+    like survive), even under an eval parent (tests/test_evaluate.py). A model all in eval mode (the served scorer's
+    network, put in eval mode once at load) costs one walk over its submodules and no flag writes."""
+    training = [m for m in model.modules() if m.training]
+    if not training:
+        yield
+        return
+    model.eval()
+    try:
+        yield
+    finally:
+        for m in training:
+            m.training = True
+
+
 @torch.no_grad()
 def extract(model: nn.Module, x: Tensor, batch_size: int = 1024) -> tuple[Tensor, Tensor]:
     """Eval-mode forward of x (N, C, H, W) in batches -> (features (N, d) pre-normalization, logits (N, C)), fp32.
 
-    `model(x)` must return (logits, features). Runs on the model's device (batches are moved there) in IEEE fp32
-    (`exact_fp32`: no autocast even inside a caller's autocast region, no TF32), whatever precision training used:
-    these features and logits feed the NC metrics, the float64 class Gaussians and every score, and DDU extracts
-    its embeddings in fp32 too (DDU `utils/gmm_utils.py` get_embeddings: a plain forward). Every submodule's
-    train/eval flag is restored.
+    The one batched forward of ncood: the evaluation's feature passes and the served scorer (under
+    torch.inference_mode there) both call it. `model(x)` must return (logits, features). Runs on the model's
+    device (batches are moved there) in IEEE fp32 (`exact_fp32`: no autocast even inside a caller's autocast region,
+    no TF32), whatever precision training used: these features and logits feed the NC metrics, the float64 class
+    Gaussians and every score, and DDU extracts its embeddings in fp32 too (DDU `utils/gmm_utils.py`
+    get_embeddings: a plain forward). Train/eval flags: `eval_mode`.
     """
-    modes = [(m, m.training) for m in model.modules()]  # restore per module: frozen BN etc. survive
     param = next(model.parameters(), None)
     device = param.device if param is not None else x.device
     feats, logits = [], []
-    model.eval()
-    try:
-        with exact_fp32(device):
-            for start in range(0, x.shape[0], batch_size):
-                lg, ft = model(x[start:start + batch_size].to(device, non_blocking=True))
-                feats.append(ft.float())
-                logits.append(lg.float())
-    finally:
-        for m, was_training in modes:
-            m.training = was_training
+    with eval_mode(model), exact_fp32(device):
+        for start in range(0, x.shape[0], batch_size):
+            lg, ft = model(x[start:start + batch_size].to(device, non_blocking=True))
+            feats.append(ft.float())
+            logits.append(lg.float())
     if not feats:
         raise ValueError("extract() got an empty image set")
+    if len(feats) == 1:  # one batch (a served request): no copy
+        return feats[0], logits[0]
     return torch.cat(feats), torch.cat(logits)
 
 

@@ -92,13 +92,38 @@ def model_kwargs(cfg: TrialConfig, info: DatasetInfo) -> dict[str, Any]:
                 **({"etf_projector": True} if cfg.etf_projector else {}))  # absent when off: old packages load
 
 
-def build_trial(cfg: TrialConfig, callbacks: Sequence[EpochCallback] = (), progress: bool = True) -> Trial:
-    """Load the data onto the device, build the model with the trial's seed, wire the evaluation callback."""
-    device = resolve_device(cfg.device)
+_DATA_CACHE: dict[tuple, tuple[IDData, dict[str, torch.Tensor]]] = {}  # at most one entry (load_trial_data)
+
+
+def load_trial_data(cfg: TrialConfig, device: torch.device, reuse: bool = False
+                    ) -> tuple[IDData, dict[str, torch.Tensor]]:
+    """The trial's ID data and OoD sets on `device` (normalized, split with DATA_SEED).
+
+    reuse: keep them for the next trial of this process with the same data settings. A reused Ray worker runs trial
+    after trial of one grid, whose seeds differ but whose data does not; nothing mutates the loaded tensors (the
+    trainer gathers its batches from them). One entry only: a trial with other data settings drops it before
+    loading, so a worker holds one data set at a time and its memory stays flat (ncood.tune.worker_memory).
+    """
+    key = (cfg.dataset, str(Path(cfg.data_root).expanduser().absolute()), str(device), cfg.download,
+           cfg.train_subset, tuple(cfg.ood_sets), DATA_SEED)
+    if reuse and key in _DATA_CACHE:
+        return _DATA_CACHE[key]
+    _DATA_CACHE.clear()  # before loading: the old set's memory is free for the new one
     data = load_id(cfg.dataset, cfg.data_root, device=device, download=cfg.download, split_seed=DATA_SEED,
                    train_subset=cfg.train_subset)
     ood_sets = {name: load_ood(name, cfg.data_root, like=data, device=device, download=cfg.download, seed=DATA_SEED)
                 for name in cfg.ood_sets}
+    if reuse:
+        _DATA_CACHE[key] = (data, ood_sets)
+    return data, ood_sets
+
+
+def build_trial(cfg: TrialConfig, callbacks: Sequence[EpochCallback] = (), progress: bool = True, *,
+                reuse_data: bool = False) -> Trial:
+    """Load the data onto the device, build the model with the trial's seed, wire the evaluation callback.
+    reuse_data: keep the loaded data for the next trial of this process (load_trial_data; the Ray trainable)."""
+    device = resolve_device(cfg.device)
+    data, ood_sets = load_trial_data(cfg, device, reuse_data)
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.arch, **model_kwargs(cfg, data.info))
     evaluation = Evaluation(ood_sets, cfg)

@@ -13,9 +13,9 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
-def run_json(script: str, *args: str) -> dict:
+def run_json(script: str, *args: str, timeout: float = 120) -> dict:
     proc = subprocess.run([sys.executable, str(BENCH / script), "--smoke", "--json", *args], capture_output=True,
-                          text=True, timeout=120, cwd=BENCH.parent)
+                          text=True, timeout=timeout, cwd=BENCH.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])  # the JSON object is the last line
 
@@ -56,3 +56,30 @@ def test_bf16_extract_smoke_compares_both_precisions():
     # CPU bf16 autocast really rounds: the two arms' features differ (by about bf16's 2^-8 relative precision)
     assert 0 < out["feature_max_rel_diff"]["test"] < 0.2
     assert set(out["gmm_jitter"]) == {"fp32", "bf16"} and out["env"]["device_type"] == "cpu"
+
+
+@pytest.mark.slow  # trains a tiny model and starts two real `mlflow models serve` processes (~80 s on 2 cores)
+def test_serve_smoke_reports_every_arm_and_the_floor():
+    out = run_json("serve.py", timeout=400)
+    assert out["bench"] == "serve" and out["versions"]["mlflow"] and len(out["load_before"]) == 3
+    for what, n in (("single", 1), ("batch", 16)):
+        r = out[what]
+        assert r["images_per_request"] == n and r["runs"] == 3 and len(r["every_run"]) == 3
+        for arm in ("bare", "predict", "http", "floor"):
+            assert 0 < r[f"{arm}_p50_ms"] <= r[f"{arm}_p99_ms"]
+        assert r["predict_over_bare"] == pytest.approx(r["predict_p50_ms"] / r["bare_p50_ms"])
+        assert r["http_extra_ms"] == pytest.approx(r["http_p50_ms"] - r["floor_p50_ms"] - r["predict_p50_ms"])
+
+
+@pytest.mark.slow  # a real local Ray sweep of 2 one-epoch trials, profiled, plus one bare trial (~2-3 min on 2 cores)
+def test_grid_smoke_compares_sweep_and_bare_trials():
+    out = run_json("grid.py", timeout=600)
+    assert out["bench"] == "grid" and out["trials"] == 2 and len(out["runs"]) == 1 and out["runs"][0]["errors"] == 0
+    run = out["runs"][0]
+    assert run["sweep_s"] > 0 and len(run["bare_trial_s"]) == 1 and run["bare_trial_s"][0] > 0
+    assert run["bare_compute_s"] == pytest.approx(run["bare_trial_s"][0] * 2 / out["concurrency"])
+    assert out["median_ratio"] == pytest.approx(run["sweep_s"] / run["bare_compute_s"])
+    comp = out["components_s"]
+    assert out["profiled_trials"] == 2 and comp["trial total"] > 0
+    for what in ("model logging", "evaluation", "mlflow run creation", "ray reporting", "data + model set-up"):
+        assert 0 < comp[what] < comp["trial total"], what  # each found in the trials' profiles

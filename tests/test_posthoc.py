@@ -197,3 +197,10 @@ def test_every_score_on_cuda_equals_cpu(feats):
             out += [compute_scores(ScoreInputs(z.to(dev), h(z.to(dev))), fit)[name].cpu().numpy()
                     for z in (test_x, ood_x)]
         assert_same(got, want, rtol=1e-6, of_scale=True)
+
+
+def test_ash_variants_are_pytorch_oods():
+    """posthoc.ASH_VARIANTS pins pytorch-ood's ASH.variants (imported lazily there, not at registry import)."""
+    from ncood.ood import posthoc
+
+    assert sorted(posthoc.ASH_VARIANTS) == sorted(ASH.variants)

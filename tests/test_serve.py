@@ -34,7 +34,8 @@ from ncood.ood import SCORES, compute_scores, fpr_at_tpr, served_scores
 from ncood.pipeline import build_trial
 from ncood.serve import InputError, Scorer, ScorerSpec, ServingLimits, encode_png, log_ood_scorer, threshold_at_tpr
 from ncood.serve.register import Candidate, choose, format_registration, metric_mode, register_best
-from ncood.serve.scorer import OUTPUT_COLUMNS, decode_batch, decode_image, score_columns
+from ncood.serve.decoding import decode_batch, decode_image
+from ncood.serve.scorer import OUTPUT_COLUMNS, score_columns
 from ncood.serve.server import free_port, local_server, ping
 
 EXPERIMENT = "serve-test"
@@ -139,6 +140,15 @@ def test_logged_model(trained, store):
     client = MlflowClient(uri)
     logged = client.get_logged_model(info.model_id)
     assert logged.name == "ood_scorer" and logged.source_run_id == run_id and str(logged.status).endswith("READY")
+    # linked to its run (link_to_run): a run output at the last epoch, the run's latest metrics as model metrics
+    run = client.get_run(run_id)
+    assert [(o.model_id, o.step) for o in run.outputs.model_outputs] == [(info.model_id, trial.cfg.epochs)]
+    model_metrics = {m.key: m.value for m in logged.metrics}
+    assert model_metrics == {m.key: m.value for m in run.data._metric_objs if m.step == trial.cfg.epochs}
+    assert keys.ACC_TEST in model_metrics and all(m.step == trial.cfg.epochs for m in logged.metrics)
+    history = client.get_metric_history(run_id, keys.ACC_TEST)  # the link adds no second entry at that step
+    steps = [m.step for m in history]
+    assert trial.cfg.epochs in steps and len(steps) == len(set(steps)), steps
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{info.model_id}", tracking_uri=uri))
     spec = ScorerSpec.load(local / "artifacts" / "scorer.json")
     assert spec.image_shape == (1, 8, 8) and spec.class_names == tuple(str(i) for i in range(10))
@@ -170,6 +180,19 @@ def test_logged_model(trained, store):
     assert [c.name for c in meta.signature.outputs.inputs] == list(OUTPUT_COLUMNS)
     with pytest.raises(mlflow.exceptions.MlflowException, match="row 0: not valid base64"):
         model.predict(pd.DataFrame({"image": ["%%%"]}))
+
+
+def test_prepare_batches_same_sized_images_in_request_order(trained, store):
+    """Scorer.prepare runs to_model_input once per group of same-sized images; the rows come back in request order
+    and equal the image-by-image preparation."""
+    _, _, _, info = trained
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{info.model_id}", tracking_uri=store[0])) / "artifacts"
+    scorer = Scorer.from_files(local / "scorer.json", local / "weights.pt", local / "gaussians.pt", local / "scores.pt")
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(1, c, s, s, generator=g) for c, s in ((1, 8), (3, 20), (1, 8), (3, 5), (3, 20), (1, 12))]
+    want = torch.cat([to_model_input(x, scorer.info) for x in images])
+    torch.testing.assert_close(scorer.prepare(images), want)
+    torch.testing.assert_close(scorer.prepare(images[:1] * 3), want[:1].expand(3, -1, -1, -1))
 
 
 def test_format1_package_still_serves_its_four_columns(trained, store, tmp_path):

@@ -163,3 +163,18 @@ def test_cli_trains_cct_with_adamw_cosine_and_logitnorm(tmp_path):
     assert (c["lr"], c["weight_decay"], c["betas"], c["logitnorm_temperature"]) == (5.5e-4, 0.06, [0.9, 0.98], 0.05)
     assert summary["condition"] == "cct_7_3x1-w4-l2-logitnormloss-t0.05-adamw-cos-e2"
     assert all(math.isfinite(e[keys.LOSS_TRAIN]) for e in summary["epochs"]) and summary["test_accuracy"] > 0
+
+
+def test_reused_data_is_one_entry_shared_across_seeds(tmp_path):
+    """A reused Ray worker keeps one trial's data for the next trial with the same data settings (seeds differ),
+    and drops it for other settings: never more than one data set held."""
+    from ncood import pipeline
+
+    a = build_trial(_cfg(tmp_path, epochs=1, seed=0), progress=False, reuse_data=True)
+    b = build_trial(_cfg(tmp_path, epochs=1, seed=1), progress=False, reuse_data=True)
+    assert b.data is a.data and b.ood_sets is a.ood_sets and len(pipeline._DATA_CACHE) == 1
+    fewer = build_trial(_cfg(tmp_path, epochs=1, ood_sets=["noise"]), progress=False, reuse_data=True)
+    assert fewer.data is not a.data and list(fewer.ood_sets) == ["noise"] and len(pipeline._DATA_CACHE) == 1
+    torch.testing.assert_close(fewer.data.train.x, a.data.train.x)  # the same images, loaded again
+    plain = build_trial(_cfg(tmp_path, epochs=1), progress=False)  # `ncood train`: loads its own, keeps nothing
+    assert plain.data is not fewer.data and not pipeline._DATA_CACHE

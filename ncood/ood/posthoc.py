@@ -56,7 +56,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from pytorch_ood.detector import ASH, ReAct
 from torch import Tensor
 
 from ncood.ood.scores import FitData, Fitted, ScoreInputs, register_score
@@ -70,6 +69,12 @@ def _fraction(name: str, value: float) -> None:
     if not 0.0 < value < 1.0:
         hint = f"; use {value / 100:g} instead of {value:g}" if 1.0 < value <= 100.0 else ""
         raise ValueError(f"{name} must be a fraction in (0, 1), got {value!r}{hint}")
+
+
+# pytorch-ood 0.4.0's ASH.variants (tests/test_posthoc.py checks they match). The detectors are imported where they
+# run: importing pytorch_ood loads torchvision's model zoo and torch._dynamo (~3 s), which a sweep's driver, which
+# imports this registry for the score parameters it logs, never needs.
+ASH_VARIANTS = ("ash-b", "ash-p", "ash-s")
 
 
 def _energy_of_pytorch_ood(outlier_score: Tensor) -> Tensor:
@@ -207,6 +212,8 @@ class ReActParams:
 
 
 def _fit_react(data: FitData, params: ReActParams) -> dict:
+    from pytorch_ood.detector import ReAct
+
     x = data.train.space("input")
     detector = ReAct(backbone=None, head=None, percentile=params.percentile)
     detector.fit_feature_maps(x.detach().float().cpu(), data.labels.cpu())  # np.percentile over all N x d values
@@ -216,6 +223,8 @@ def _fit_react(data: FitData, params: ReActParams) -> dict:
 @register_score("react", space="input", params=ReActParams(), fit=_fit_react,
                 diagnostics=lambda s: {"threshold": s["threshold"]})
 def react(inputs: ScoreInputs, fitted: Fitted) -> Tensor:
+    from pytorch_ood.detector import ReAct
+
     x = inputs.space("input").double()
     detector = ReAct(backbone=None, head=_head_on_maps(fitted, "react"), threshold=float(fitted.state["threshold"]))
     return _energy_of_pytorch_ood(detector.predict_feature_maps(x[:, :, None, None]))
@@ -227,13 +236,15 @@ class ASHParams:
     percentile: float = 0.9  # fraction of each sample's activations set to zero
 
     def __post_init__(self) -> None:
-        if self.variant not in ASH.variants:
-            raise ValueError(f"ash variant must be one of {sorted(ASH.variants)}, got {self.variant!r}")
+        if self.variant not in ASH_VARIANTS:
+            raise ValueError(f"ash variant must be one of {sorted(ASH_VARIANTS)}, got {self.variant!r}")
         _fraction("ash percentile", self.percentile)
 
 
 @register_score("ash", space="input", params=ASHParams())
 def ash(inputs: ScoreInputs, fitted: Fitted) -> Tensor:
+    from pytorch_ood.detector import ASH
+
     x = inputs.space("input").double()
     p = fitted.params
     detector = ASH(backbone=None, head=_head_on_maps(fitted, "ash"), variant=p.variant, percentile=p.percentile)

@@ -1,6 +1,6 @@
 """Package a finished trial as the MLflow pyfunc model `ood_scorer` and log it into the trial's own run.
 
-The model directory holds (artifacts of the pyfunc `ncood.serve.scorer.OODScorerModel`):
+The model directory holds (artifacts of the pyfunc `ncood.serve.pyfunc.OODScorerModel`):
 
     scorer.json    create_model arguments, preprocessing (dataset, C x H x W, mean/std), class names, the served
                    scores and their params, the decision threshold, request limits, the trial's config (ScorerSpec)
@@ -22,9 +22,15 @@ computed with the same fp32 forward the server uses (no autocast, no TF32), on t
 
 MLflow 3 notes: `mlflow.pyfunc.log_model` logs into the *active fluent* run only; a trial owns its run through
 an MlflowClient (ncood.tracking), so this module creates the LoggedModel in that run's experiment with
-`MlflowClient.create_logged_model(source_run_id=...)` and writes it with `mlflow.models.Model.log(run_id=...,
-model_id=...)`. Model.log resolves its client from the process-wide tracking URI, which is set for the duration
-of the call only (and sys.path, which MLflow's input-example check extends with the model's code dir, restored).
+`MlflowClient.create_logged_model(source_run_id=...)`, writes it with `mlflow.models.Model.log(model_id=...)` and
+links it to the run (`link_to_run`: run output + the run's metrics as model metrics). Model.log resolves its client
+from the process-wide tracking URI, which is set for the duration of the call only (sys.path restored too).
+
+Per-trial cost (a trial logs one model): the requirements are given (no inference, which would load the model in
+a subprocess) and the metric link is two calls instead of MLflow's one query per metric key. MLflow still
+validates the serving input example (it loads the saved model in process and predicts one image: pyfunc
+save_model takes no switch for it in MLflow 3.17) and checks the given requirements against the installed
+packages, mapping every installed distribution once per process (a reused Ray worker pays that at its first trial).
 """
 from __future__ import annotations
 
@@ -42,6 +48,7 @@ import mlflow
 import mlflow.pyfunc
 import pandas as pd
 import torch
+from mlflow.entities import LoggedModelOutput, Metric
 from mlflow.models import Model, ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
@@ -56,8 +63,9 @@ from ncood.data import IDData
 from ncood.evaluate import exact_fp32
 from ncood.pipeline import model_kwargs
 from ncood.ood import SCORES, ScoreFit, pack_states, served_scores
-from ncood.serve.scorer import (INPUT_COLUMN, Scorer, ScorerSpec, ServingLimits, encode_png, output_columns,
-                                score_columns, score_model_input, threshold_at_tpr)
+from ncood.ood.metrics import threshold_at_tpr
+from ncood.serve.decoding import INPUT_COLUMN, ServingLimits, encode_png
+from ncood.serve.scorer import Scorer, ScorerSpec, output_columns, score_columns, score_model_input
 
 SCORER_NAME = "ood_scorer"  # the LoggedModel's name in every trial run
 THRESHOLD_TPR_PERCENT = 95  # is_ood threshold: accepts this % of ID validation images
@@ -224,12 +232,29 @@ def log_ood_scorer(trial: Any, run_id: str, tracking_uri: str, *, name: str = SC
         saved_path = list(sys.path)
         try:
             with process_tracking_uri(tracking_uri):
-                return Model.log(
-                    None, name=name, flavor=mlflow.pyfunc, run_id=run_id, model_id=logged.model_id,
+                info = Model.log(  # run_id=None: the run link and its metrics follow below, in two calls
+                    None, name=name, flavor=mlflow.pyfunc, model_id=logged.model_id,
                     python_model=str(PYFUNC_ENTRY), artifacts=files,
                     signature=signature(spec.scores), input_example=pd.DataFrame({INPUT_COLUMN: [example]}),
                     pip_requirements=pip_requirements(), code_paths=[str(Path(ncood.__file__).parent)],
-                    metadata={"ncood": summary}, step=cfg.epochs, await_registration_for=0,
+                    metadata={"ncood": summary}, await_registration_for=0,
                 )
         finally:
             sys.path[:] = saved_path
+    link_to_run(client, run_id, logged.model_id, cfg.epochs)
+    return info
+
+
+def link_to_run(client: MlflowClient, run_id: str, model_id: str, step: int) -> None:
+    """The model as an output of its run at `step`, with the run's metrics at `step` as the model's metrics.
+
+    What Model.log(run_id=...) does itself, in two calls: MLflow's version reads the whole history of every metric
+    key (one query per key: ~200 keys per trial with the post-hoc scores, seconds on a sqlite store) to pick the
+    values at `step`; a finished trial's latest values are its last epoch's. The run's latest Metric objects
+    (RunData._metric_objs: MLflow 3.17 exposes their timestamps nowhere else) are logged again with model_id and
+    their own timestamps, so the run's history keeps one entry per step (the store skips exact duplicates) and the
+    model gets its metrics."""
+    client.log_outputs(run_id, [LoggedModelOutput(model_id, step=step)])
+    latest = [m for m in client.get_run(run_id).data._metric_objs if m.step == step]
+    client.log_batch(run_id, metrics=[Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id, run_id=run_id)
+                                      for m in latest])

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from ncood.serve.guard import PROTOCOL
-from ncood.serve.scorer import LIMITS_ENV
+from ncood.serve.decoding import LIMITS_ENV
 
 LOOPBACK = "127.0.0.1"
 

@@ -25,7 +25,6 @@ from ncood.config import TrialConfig
 from ncood.evaluate import extract
 from ncood.pipeline import Trial, build_trial, save_artifacts, write_summary
 from ncood.train import EpochCallback
-from ncood.serve import log_ood_scorer
 from ncood.tune.grid import config_from_tune, run_name
 from ncood.tune import trainable
 from ncood.tune.outbox import STORE_ERRORS, Outbox, TrackingUnavailable
@@ -90,6 +89,8 @@ def log_trial_outputs(tracker: tracking.TrialTracker, trial: Trial, out_dir: Pat
     """End-of-trial artifacts: checkpoint.pt (weights + optimizer + config), config.json, summary.json, and the MLflow
     pyfunc model `ood_scorer` that `ncood register` / `mlflow models serve` use. The fitted Gaussians are logged
     once, inside that model (artifacts/gaussians.pt): a second run-level copy cost 335 MB per trial at d = 2048."""
+    from ncood.serve import log_ood_scorer  # here: the sweep's driver imports this module but logs no model
+
     tracker.log_artifacts(sorted(p for p in out_dir.iterdir() if p.name not in (RUN_ID_FILE, GAUSSIANS_FILE)))
     log_ood_scorer(trial, tracker.run_id, tracker.ref.tracking_uri)
 
@@ -129,7 +130,7 @@ def _run_trial(config: dict[str, Any], runtime: TrialRuntime, cfg: TrialConfig, 
         outbox.flush(tracker)
         callbacks = [val_accuracy] if runtime.val_every_epoch else []
         reporter = EpochReporter(tracker, runtime, outbox)
-        trial = build_trial(cfg, callbacks=[*callbacks, *epoch_callbacks, reporter], progress=False)
+        trial = build_trial(cfg, callbacks=[*callbacks, *epoch_callbacks, reporter], progress=False, reuse_data=True)
         tracker.log_inputs(trial.data, trial.ood_sets)  # MLflow dataset inputs: name, source, digest
         if state is not None:
             trial.trainer.load_state_dict(state)

@@ -47,9 +47,25 @@ def _malloc_trim():
         return None
 
 
+FULL_COLLECTION_EVERY = 8  # release() calls; a trial makes one or two
+_releases = 0
+
+
 def release() -> None:
-    """Give back what a finished trial left behind: garbage, cached CUDA blocks, free malloc pages."""
+    """Give back what a finished trial left behind: garbage, cached CUDA blocks, free malloc pages.
+
+    The collection is cheap because of gc.freeze(): what survives it (modules, caches: ~700k objects in a worker
+    that imported Ray, MLflow and torch) moves to the permanent generation, so the next collection scans only what
+    was allocated since. A full collection over every object took 0.5-3.5 s on a loaded 2-core machine, and a trial
+    made two. Frozen objects are still freed by reference counting; a cycle among them that dies later (e.g. Tune's
+    bookkeeping of a finished trial) waits for the next full collection: every FULL_COLLECTION_EVERY-th call
+    unfreezes everything first, so such garbage stays bounded."""
+    global _releases
+    _releases += 1
+    if _releases % FULL_COLLECTION_EVERY == 0:
+        gc.unfreeze()
     gc.collect()
+    gc.freeze()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
     trim = _malloc_trim()

@@ -1,0 +1,171 @@
+"""Grid benchmark: the sweep's wall time next to the compute its trials need, and where a trial's extra time goes.
+
+    bare compute = (mean bare trial time) x trials / concurrency
+    ratio        = sweep wall time / bare compute        (1.0: the sweep costs only its trials' own compute)
+
+A bare trial is `ncood train`'s in-process run of the same config (ncood.pipeline.run_trial: data, model, every
+epoch with its evaluation, the final artifacts), timed here for --sample trials (or all) with the trial's torch
+threads. The sweep is ncood's own (run_sweep with the ablation's param space, a local Ray started first and timed
+apart); with --profile one more sweep runs each trial under cProfile inside its Ray worker (not counted in the
+ratio: the profiler slows Python code) and the table splits the trials' time into MLflow run creation, model
+logging, run artifacts, checkpoint writes, Ray reporting, evaluation and data + model set-up (cumulative seconds of
+those functions, summed over the trials).
+
+    python bench/grid.py                       # the default grid (30 trials), 3 runs: takes about 15 minutes
+    python bench/grid.py --seeds 2 --epochs 3 --runs 3 --profile
+    python bench/grid.py --smoke --json        # 2 trials of 1 epoch, one run (tests/test_bench.py)
+
+Every figure is the median over --runs runs; the header gives the load (os.getloadavg) and the versions.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from _common import environment, print_json
+from ncood.pipeline import run_trial
+from ncood.tune import SweepSettings, make_param_space, run_sweep
+from ncood.tune.cluster import init_ray
+from ncood.tune.grid import config_from_tune
+from ncood.tune.trial import TrialRuntime, train_trial
+
+PROFILE_DIR_ENV = "NCOOD_BENCH_PROFILE_DIR"
+# component -> (a path fragment of the function's file, its name): cumulative time inside the trial's thread
+COMPONENTS = {
+    "mlflow run creation": ("ncood/tracking.py", "start"),
+    "model logging": ("ncood/serve/package.py", "log_ood_scorer"),
+    "run artifacts": ("ncood/tracking.py", "log_artifacts"),
+    "checkpoint writes": ("ncood/train.py", "save_checkpoint"),
+    "ray reporting": ("ray/tune/trainable/trainable_fn_utils.py", "report"),
+    "evaluation": ("ncood/evaluate.py", "evaluate"),
+    "data + model set-up": ("ncood/pipeline.py", "build_trial"),
+    "trial total": ("ncood/tune/trial.py", "train_trial"),
+}
+
+
+def profiled_trial(config: dict[str, Any], runtime: TrialRuntime) -> None:
+    """ncood's trainable under cProfile (this thread), its stats written to $NCOOD_BENCH_PROFILE_DIR."""
+    prof = cProfile.Profile()
+    try:
+        prof.runcall(train_trial, config, runtime)
+    finally:
+        prof.dump_stats(Path(os.environ[PROFILE_DIR_ENV]) / f"{config['seed']}-{time.time_ns()}.prof")
+
+
+def components(prof_dir: Path) -> dict[str, float]:
+    """{component: cumulative seconds summed over the trials' profiles}."""
+    out = dict.fromkeys(COMPONENTS, 0.0)
+    for path in sorted(prof_dir.glob("*.prof")):
+        stats = pstats.Stats(str(path)).stats  # {(file, line, name): (cc, nc, tottime, cumtime, callers)}
+        for what, (frag, name) in COMPONENTS.items():
+            out[what] += sum(v[3] for (f, _, n), v in stats.items() if n == name and frag in f)
+    return out
+
+
+def bare_times(space: dict[str, Any], sample: int, threads: int, root: Path) -> list[float]:
+    """Seconds of `sample` bare trials (run_trial), the grid's trials in order: conditions alternate."""
+    conds, seeds = space["condition"]["grid_search"], space["seed"]["grid_search"]
+    configs = [config_from_tune({**space, "condition": c, "seed": s}) for s in seeds for c in conds][:sample]
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    out = []
+    try:
+        for i, cfg in enumerate(configs):
+            cfg = cfg.replace(device="cpu") if cfg.device == "auto" and not torch.cuda.is_available() else cfg
+            t0 = time.perf_counter()
+            run_trial(cfg, root / f"bare-{i}", progress=False)
+            out.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(saved)
+    return out
+
+
+def one_sweep(space: dict[str, Any], root: Path, args, run: int | str, profile: bool = False) -> dict[str, Any]:
+    settings = SweepSettings(experiment=f"bench-grid-{run}", tracking_uri=f"sqlite:///{root}/mlflow-{run}.db",
+                             storage_path=str(root / f"ray-{run}"), cpus_per_trial=args.cpus_per_trial,
+                             max_concurrent=args.max_concurrent, progress=False)
+    t0 = time.perf_counter()
+    result = run_sweep(settings, space, trainable=profiled_trial if profile else train_trial)
+    return {"sweep_s": time.perf_counter() - t0, "trials": result.num_trials, "errors": result.num_errors}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="default")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per condition (default: the preset's)")
+    p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    p.add_argument("--sample", type=int, default=4, help="bare trials timed per run (the first N of the grid)")
+    p.add_argument("--runs", type=int, default=3, help="runs; every figure is the median over them")
+    p.add_argument("--cpus-per-trial", type=float, default=1)
+    p.add_argument("--max-concurrent", type=int, default=None)
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--profile", action="store_true", help="cProfile every trial inside Ray; component table")
+    p.add_argument("--smoke", action="store_true", help="2 trials of 1 epoch, one run, profiled (tests)")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.seeds, args.epochs, args.sample, args.runs, args.profile = 1, 1, 1, 1, True
+    overrides = {"epochs": [args.epochs]} if args.epochs else {}
+    space = make_param_space(args.preset, overrides, args.seeds)
+    n_trials = len(space["condition"]["grid_search"]) * len(space["seed"]["grid_search"])
+    root = Path(tempfile.mkdtemp(prefix="ncood-bench-grid-"))
+    prof_dir = root / "profiles"
+    prof_dir.mkdir()
+    os.environ[PROFILE_DIR_ENV] = str(prof_dir)  # before Ray starts: its workers inherit it
+    os.environ.pop("RAY_ADDRESS", None)
+    load_before = [round(v, 2) for v in os.getloadavg()]
+    t0 = time.perf_counter()
+    init_ray(args.num_cpus)
+    ray_start_s = time.perf_counter() - t0
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 1)
+    concurrency = min(n_trials, args.max_concurrent or n_trials, max(1, int(cpus // args.cpus_per_trial)))
+    runs = []
+    for run in range(args.runs):
+        bare = bare_times(space, min(args.sample, n_trials), max(1, int(args.cpus_per_trial)), root / f"bare-{run}")
+        sweep = one_sweep(space, root, args, run)
+        bare_compute = statistics.mean(bare) * n_trials / concurrency
+        runs.append({**sweep, "bare_trial_s": bare, "bare_compute_s": bare_compute,
+                     "ratio": sweep["sweep_s"] / bare_compute})
+        print(f"run {run + 1}: sweep {sweep['sweep_s']:.1f} s, bare trial {statistics.mean(bare):.1f} s "
+              f"(x {n_trials} / {concurrency} = {bare_compute:.1f} s), ratio {runs[-1]['ratio']:.3f}", flush=True)
+    profiled = one_sweep(space, root, args, "profiled", profile=True) if args.profile else None
+    ray.shutdown()
+    med = {k: statistics.median(r[k] for r in runs) for k in ("sweep_s", "bare_compute_s", "ratio")}
+    comp = components(prof_dir) if args.profile else {}
+    result = {"bench": "grid", "preset": args.preset, "trials": n_trials, "concurrency": concurrency,
+              "ray_start_s": ray_start_s, "runs": runs, **{f"median_{k}": v for k, v in med.items()},
+              "components_s": comp, "profiled_trials": len(list(prof_dir.glob("*.prof"))), "profiled_sweep": profiled,
+              "load_before": load_before, "load_after": [round(v, 2) for v in os.getloadavg()],
+              "versions": {n: version(n) for n in ("ray", "mlflow", "torch")}, "environment": environment(
+                  torch.device("cpu"))}
+    print(f"grid benchmark: preset {args.preset}, {n_trials} trials, {concurrency} at a time; load average before "
+          f"{load_before} after {result['load_after']}; ray {result['versions']['ray']}, mlflow "
+          f"{result['versions']['mlflow']}, torch {result['versions']['torch']}; local Ray start {ray_start_s:.1f} s")
+    print(f"median of {args.runs} run(s): sweep wall {med['sweep_s']:.1f} s, sum of bare trials / concurrency "
+          f"{med['bare_compute_s']:.1f} s, ratio {med['ratio']:.3f} (target <= 1.15)")
+    if comp:
+        total = comp["trial total"] or 1.0
+        print(f"inside the trials of one more sweep under cProfile ({profiled['sweep_s']:.1f} s; not in the ratio: "
+              f"the profiler slows Python code), {result['profiled_trials']} trials, cumulative s summed:")
+        for what, s in comp.items():
+            print(f"  {what:22s} {s:9.2f} s  {100 * s / total:5.1f}%")
+    if args.json:
+        print_json(result)
+    return 0 if all(r["errors"] == 0 for r in runs + ([profiled] if profiled else [])) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
