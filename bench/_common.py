@@ -1,6 +1,6 @@
 """Shared helpers of the benchmarks in bench/: side-by-side timing, the environment line, the JSON result line.
 
-Every figure says where it was measured (STYLE.md 5): `environment()` gives device, torch and CPU-thread count.
+Every figure says where it was measured (docs/architecture.md#provenance): `environment()` gives device, torch and CPU-thread count.
 Timings compare implementations in the same process, interleaved (A, B, A, B, ...), so a shared or throttled
 machine slows both alike; the ratio of medians is the reported speedup (reference time / ncood time).
 """

@@ -2,7 +2,7 @@
 
 Two comparisons per feature dimension d (default 45,000 x 512 and 45,000 x 2048 float32 features, 10 classes):
 
-  nc        ncood.collapse.nc_metrics (NC1 in the (C-1)-dim span of the class means, REFERENCE.md 4) vs the
+  nc        ncood.collapse.nc_metrics (NC1 in the (C-1)-dim span of the class means, docs/method.md#nc1) vs the
             usual full formula: Sigma_W (d x d) from the class-centred features, Sigma_B = M M^T / C and
             nc1 = trace(Sigma_W @ pinv(Sigma_B)) / C (Zhu et al. 2021's `compute_info`; torch float64, pinv via
             eigh since Sigma_B is symmetric), NC2/NC3 from their definitions, NC4 with torch.cdist.

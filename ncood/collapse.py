@@ -1,7 +1,7 @@
 """Neural Collapse (NC) metrics and the differentiable NC loss.
 
 Definitions follow Papyan, Han & Donoho (2020) as restated in the seed paper (early NC with L2 feature
-normalization, Sec. 3.2, Eqs. 3-8) and the DNC slides (Eqs. 1-5, 15, 19); REFERENCE.md section 4 fixes
+normalization, Sec. 3.2, Eqs. 3-8) and the DNC slides (Eqs. 1-5, 15, 19); docs/method.md#nc-metrics fixes
 the conventions used here. With h_i the features, y_i the labels, C classes and N samples:
 
     mu_c = mean of class c,  mu_G = mean_c mu_c  (mean of class means, not of samples),

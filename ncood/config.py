@@ -1,6 +1,6 @@
 """One typed, frozen configuration per trial, built from a named preset plus validated overrides.
 
-The papers' training recipe (REFERENCE.md section 3): SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 1024,
+The papers' training recipe (docs/method.md#training): SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 1024,
 cross-entropy, LR x0.1 at two milestones that depend on the epoch budget. The TMLR 2024 paper ("Exploring Simple,
 High Quality Out-of-Distribution Detection with L2 Normalization", appendix A.1) adds AdamW + cosine annealing
 (ConvNeXt, CCT) and the LogitNorm loss (Wei et al. 2022); lr and weight decay default to the chosen optimizer's
@@ -72,7 +72,7 @@ class TrialConfig:
     download: bool = _f(False, "download missing torchvision datasets (needs a network)")
     train_subset: int | None = _f(None, "train on a stratified random subset of N images of the train part "
                                         "(fixed seed; validation and test sets stay whole); default: all")
-    # model (REFERENCE.md section 2)
+    # model (docs/method.md#models)
     arch: str = _f("resnet18", "architecture from the model registry")
     width: int = _f(64, "size: 64 builds the papers' networks (ResNet/VGG base channels; WRN-28-10 and ConvNeXt-Tiny "
                         "channels scale by width/64; CCT embedding = 4 * width); 8 is a CPU-sized variant")
@@ -84,7 +84,7 @@ class TrialConfig:
                                       "architectures that take it (the papers' models), off for the others")
     etf_projector: bool = _f(False, "ICML 2025 NC control: fixed simplex-ETF projector whose L2-normalized output "
                                     "feeds the classifier")
-    # optimisation (REFERENCE.md section 3)
+    # optimisation (docs/method.md#training)
     epochs: int = _f(60, "training epochs; LR x0.1 at 40/50 (60), 75/90 (100), 150/250 (350), else 2/3 and 5/6")
     batch_size: int | None = _f(None, "batch size; default: the dataset's (1024 for CIFAR as in the papers)")
     lr: float | None = _f(None, "learning rate; default: the optimizer's (SGD 0.1 as in the papers, AdamW 1e-3)")

@@ -31,7 +31,7 @@ LR = "lr"
 EPOCH_TIME = "time/epoch_s"
 EVAL_TIME = "time/eval_s"
 
-# NC metric names returned by ncood.collapse.nc_metrics (REFERENCE.md section 4).
+# NC metric names returned by ncood.collapse.nc_metrics (docs/method.md#nc-metrics).
 NC_METRICS = (
     "nc1",
     "nc2_equinorm_means",
@@ -42,7 +42,7 @@ NC_METRICS = (
     "nc3_self_duality",
     "nc4_ncc_mismatch",
 )
-# Detection metrics returned by ncood.ood.detection_metrics (REFERENCE.md section 5). fpr95 is the papers' FPR95
+# Detection metrics returned by ncood.ood.detection_metrics (docs/method.md#detection). fpr95 is the papers' FPR95
 # (OoD accepted at 95% ID accepted); fpr95_id_rejected is OpenOOD's number of the same name (ID rejected at 95% OoD
 # caught): see ncood/ood/metrics.py.
 DETECTION_METRICS = ("auroc", "fpr95", "aupr_in", "aupr_out", "fpr95_id_rejected")

@@ -1,6 +1,6 @@
 """MLflow tracking for sweeps: the store, one parent run per sweep, one child run per trial.
 
-Layout (REFERENCE.md section 7 has the traps this avoids):
+Layout (docs/method.md#trap-mlflow has the traps this avoids):
 - Store: `sqlite:///<repo>/mlruns/mlflow.db`, artifacts in `<repo>/mlruns/artifacts/<experiment>`, both absolute
   (Ray trials run in temporary working dirs); `--tracking-uri` or MLFLOW_TRACKING_URI override it. Concurrent
   writers (every trial of one or several sweeps): the database is in WAL mode (set once, persistent in the file);
@@ -17,7 +17,7 @@ Layout (REFERENCE.md section 7 has the traps this avoids):
   `reuse_actors` one Ray worker runs many trials in turn.
 - A resumed trial continues its own run (the id lives in its Ray checkpoint; without one it is found by its Ray
   trial id). Each step is logged at most once, so a retry never duplicates a metric value.
-Measurement modules never import this one (STYLE.md 8): they return dicts, tracking logs them.
+Measurement modules never import this one (docs/architecture.md#dependencies): they return dicts, tracking logs them.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ The loss (`training_loss`) is cross-entropy by default; `cfg.loss="nc"` is the s
 nearest-neighbour entropy regularizer on the L2-normalized encoder features;
 `cfg.label_smoothing` smooths the cross-entropy targets (the ICML 2025 code's 0.1).
 
-Recipe from the papers (REFERENCE.md section 3). The trainer receives built objects (model, data, config); it does
+Recipe from the papers (docs/method.md#training). The trainer receives built objects (model, data, config); it does
 not construct them from strings. Systems choices follow airbench: the training set lives on the device, batches
 are cropped/flipped there, and nothing synchronises with the host inside an epoch (loss, accuracy and the
 non-finite-loss check are accumulated on the device and read once per epoch).

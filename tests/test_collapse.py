@@ -1,4 +1,4 @@
-"""NC metrics and the NC loss against a plain numpy transcription of REFERENCE.md section 4."""
+"""NC metrics and the NC loss against a plain numpy transcription of docs/method.md#nc-metrics."""
 import math
 
 import numpy as np

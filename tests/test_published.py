@@ -34,7 +34,7 @@ def test_transcription_is_consistent():
         t2 = [r for r in _rows(paper="seed", table="Table 2") if r.condition["l2"] == l2
               and r.condition["spectral_norm"] and r.condition["leaky_gap"]]
         assert sorted((r.key, r.min, r.max, r.mean) for r in t1) == sorted((r.key, r.min, r.max, r.mean) for r in t2)
-    # the headline numbers of REFERENCE-style summaries, spot-checked
+    # the headline numbers of docs/method.md#published, spot-checked
     assert _one(paper="seed", table="Table 1", row="ResNet18 No L2 350", ood_set="svhn").mean == 0.915
     nc1 = _rows(paper="seed", table="Table 3", metric="nc1")
     assert {(r.condition["spectral_norm"], r.condition["leaky_gap"], r.condition["l2"]): r.mean for r in nc1}[

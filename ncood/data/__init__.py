@@ -1,6 +1,6 @@
 """Datasets (one registry: digits, photos, letters, scrambled, noise, fashion_mnist, cifar10/100, svhn, tinyimagenet,
 gtsrb), the one prepare
-function `to_model_input`, and the device-resident loader with batched crop/flip (STYLE.md 4 and 6)."""
+function `to_model_input`, and the device-resident loader with batched crop/flip (docs/architecture.md#device-data and #registries)."""
 from ncood.data.registry import (
     DATASETS, DatasetInfo, DatasetNotFoundError, IDData, RawImages, Split, get_info, list_datasets, load_id,
     load_ood, register_dataset, stratified_holdout, to_model_input,

@@ -2,15 +2,15 @@
 `scrambled`, `noise`.
 
 - digits: scikit-learn's copy of the UCI optical hand-written digits test set (1797 images, 8x8, values 0..16),
-  `sklearn.datasets.load_digits`; small enough to train a width-reduced ResNet on 2 CPU cores (REFERENCE.md 8).
+  `sklearn.datasets.load_digits`; small enough to train a width-reduced ResNet on 2 CPU cores (bench/ measures it).
 - photos: crops of scikit-learn's two sample photographs (`load_sample_images`: china.jpg, flower.jpg), real
   natural images that ship offline: the near-OoD set of the embedded setup.
 - letters: the letters A-J (notMNIST's ten classes, Bulatov 2011) rendered with the scalable font built into
   Pillow >= 10.1 (`ImageFont.load_default(size=...)`, Aileron Regular: no font file needed), each in its own random
   size, stroke weight, slant, rotation, position and ink level, white on black (the polarity of MNIST-like sets):
   a notMNIST-like far-OoD set for grey ID sets. Deterministic by seed for a given Pillow (it bundles its FreeType).
-- scrambled: the ID test images with their pixel positions randomly permuted (REFERENCE.md 5, "pixel-scrambled").
-- noise: Gaussian noise in pixel space (REFERENCE.md 5).
+- scrambled: the ID test images with their pixel positions randomly permuted (docs/method.md#ood-sets, "pixel-scrambled").
+- noise: Gaussian noise in pixel space (docs/method.md#ood-sets).
 All randomness comes from a CPU torch.Generator seeded with `seed`, so a set is the same on every device.
 """
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Device-resident batches and batched crop/flip augmentation, after airbench's `CifarLoader` (Keller Jordan).
 
-The whole split already lives on the training device (STYLE.md 4): an epoch is one permutation, and each batch is
+The whole split already lives on the training device (docs/architecture.md#device-data): an epoch is one permutation, and each batch is
 gathered and augmented there with a few vectorized tensor ops (no torch DataLoader, no loop over images).
-The papers' augmentation (REFERENCE.md 3) is a random 32x32 crop of the image zero-padded by 4 pixels plus a random
+The papers' augmentation (docs/method.md#augmentation) is a random 32x32 crop of the image zero-padded by 4 pixels plus a random
 horizontal flip; the images here are already normalized, so "zero" padding is the normalized zero (0 - mean) / std.
 
 Reproducibility: every random draw (epoch permutation, crop offsets, flips) comes from the `torch.Generator` passed

@@ -1,13 +1,13 @@
 """The dataset registry, the one "prepare" function, and the two entry points `load_id` / `load_ood`.
 
-Every dataset (ID or OoD) is one loader function decorated with `register_dataset(info)` (STYLE.md 6, after timm's
+Every dataset (ID or OoD) is one loader function decorated with `register_dataset(info)` (docs/architecture.md#registries, after timm's
 `register_model`). A loader returns images in pixel space (uint8 0..255 or float in [0, 1], its native size); this
 module turns them into model input exactly one way, `to_model_input`: resize (antialiased bilinear) to the ID
-set's H x W, match its channels, then normalize with the ID set's mean/std (REFERENCE.md section 3: CIFAR-10
+set's H x W, match its channels, then normalize with the ID set's mean/std (docs/method.md#normalization: CIFAR-10
 statistics, also for the OoD sets of a CIFAR-10 model). The REST server uses the same function on uploaded images.
 
-The validation split is a fixed-seed stratified hold-out of the training set (REFERENCE.md section 3: 10% of
-CIFAR-10 train -> 45k train / 5k val). The whole set is moved to `device` once (STYLE.md 4, airbench).
+The validation split is a fixed-seed stratified hold-out of the training set (docs/method.md#val-split: 10% of
+CIFAR-10 train -> 45k train / 5k val). The whole set is moved to `device` once (docs/architecture.md#device-data, as airbench).
 """
 from __future__ import annotations
 

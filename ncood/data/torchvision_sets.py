@@ -26,10 +26,10 @@ from ncood.data.registry import (
     DatasetInfo, DatasetNotFoundError, IDData, RawImages, register_dataset, resize_images,
 )
 
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # REFERENCE.md 3: used for every dataset of the CIFAR benchmark
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # docs/method.md#normalization: used for every dataset of the CIFAR benchmark
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 _NETWORK_ERRORS = (URLError, ConnectionError, TimeoutError)
-# The papers' CIFAR recipe (REFERENCE.md 3): batch 1024, 4-pixel zero padding (in pixel space) + crop, h-flip.
+# The papers' CIFAR recipe (docs/method.md#augmentation): batch 1024, 4-pixel zero padding (in pixel space) + crop, h-flip.
 CIFAR_RECIPE = dict(  # also Tiny ImageNet's and GTSRB's (TMLR A.1 gives no other)
     mean=CIFAR10_MEAN, std=CIFAR10_STD, default_batch_size=1024, crop_pad=4)
 _GENERATED = ("noise", "scrambled")

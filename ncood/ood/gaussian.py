@@ -1,6 +1,6 @@
 """Class-conditional Gaussians of DDU (Mukhoti et al., "Deep Deterministic Uncertainty", CVPR 2023, Sec. 4).
 
-One full-covariance Gaussian per class, fitted on the train-set features in float64 (REFERENCE.md sec. 5):
+One full-covariance Gaussian per class, fitted on the train-set features in float64 (docs/method.md#gmm):
 
     mu_c = mean of class-c features,  Sigma_c = X_c^T X_c / (n_c - 1)  with X_c the centred class features
     log p(z) = logsumexp_c log N(z; mu_c, Sigma_c)          (DDU's score: no class priors, higher = more ID)

@@ -9,7 +9,7 @@
    --mode). Ties go to the condition with more runs, then to the name.
 3. Its median seed: runs sorted by the metric (ties by seed); the one at index (n - 1) // 2, i.e. the median for
    an odd count and the lower of the two middle values for an even count. Not the best seed: a champion that is
-   typical of its condition, not a lucky draw (the papers report 15 seeds for that reason, REFERENCE.md 6).
+   typical of its condition, not a lucky draw (the papers report 15 seeds for that reason, docs/method.md#seeds).
 4. Its logged model `ood_scorer` becomes a new version of the registered model `ncood-ood-scorer` (tagged with the
    reason) and gets the alias, which `mlflow models serve -m models:/ncood-ood-scorer@champion` then serves.
 """

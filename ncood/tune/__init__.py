@@ -7,7 +7,7 @@
     sweep.py   Ray start-up, MLflow parent run, Tuner / Tuner.restore, run-status sweep
     jobs.py    flags and end-of-sweep summary shared by tune_jobs/ablation.py and tune_jobs/search.py
 
-Jobs only assemble these (STYLE.md 8): `python tune_jobs/ablation.py --help`. The names below load their module on
+Jobs only assemble these (docs/architecture.md#dependencies): `python tune_jobs/ablation.py --help`. The names below load their module on
 first use (PEP 562): `--dry-run` and `--help` list a grid without importing Ray or MLflow.
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Every preset trains the papers' model (spectral norm + leaky/GAP) except `table2`, the seed paper's ablation of them;
 each preset's help names the table and rows it reproduces. A grid is a union of product grids over the condition
 axes arch x l2 x spectral_norm x leaky_gap x epochs (seed paper Table 1 gives ResNet18 and ResNet50 different epoch
-budgets, so one `grid_search` runs over whole "condition" dicts), times a `grid_search` over seeds (REFERENCE.md 7:
+budgets, so one `grid_search` runs over whole "condition" dicts), times a `grid_search` over seeds (docs/method.md#trap-ray:
 `num_samples` would repeat the whole grid).
 A product may also set any other TrialConfig field for its conditions (TMLR 2024 A.1: batch 768 for ResNet50,
 128 for LogitNorm and CCT, AdamW + cosine for ConvNeXt and CCT). Every condition is resolved to a full config; what
@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 from ncood.config import CONDITION_FIELDS, ConfigError, TrialConfig, make_config
 
-# What a condition varies (the seed is separate); etf_projector / entropy_reg: ICML 2025 NC control (REFERENCE.md 2).
+# What a condition varies (the seed is separate); etf_projector / entropy_reg: ICML 2025 NC control (docs/method.md#etf-projector).
 AXES = ("arch", "l2", "spectral_norm", "leaky_gap", "epochs", "etf_projector", "entropy_reg")
 assert set(AXES) <= set(CONDITION_FIELDS), "a grid axis that is not part of the condition name would merge runs"
 NAME_PARAMS_KEY = "_name_params"  # param_space key: config fields that also go into run names (search)

@@ -1,6 +1,6 @@
 """Driver side of a sweep: Ray start-up, the MLflow parent run, the Tuner (or Tuner.restore), run statuses.
 
-Order matters (REFERENCE.md 7): the MLflow database, experiment and parent run exist before any trial starts;
+Order matters (docs/method.md#trap-mlflow): the MLflow database, experiment and parent run exist before any trial starts;
 trials get absolute URIs and ids. After the Tuner returns no child run is left RUNNING: `SweepStatusCallback`
 closes what a trial's own process could not (killed actor, ASHA stop, Ctrl+C), `tracking.close_orphans` checks.
 """
