@@ -13,9 +13,10 @@ Entry points: `aggregate(...)` (library), `after_sweep(...)` (the end of tune_jo
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
-from typing import Any, Sequence
+from typing import Sequence
+
+from ncood.lazy import lazy_getattr
 
 DEFAULT_EXPERIMENT = "ablation-default"  # what tune_jobs/ablation.py names its experiment without flags
 
@@ -30,12 +31,7 @@ _EXPORTS = {
 __all__ = sorted([*_EXPORTS, "DEFAULT_EXPERIMENT", "add_arguments", "after_sweep", "main", "run"])
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())  # PEP 562: ncood.lazy
 
 
 def after_sweep(tracking_uri: str, experiment_id: str, parent_run_id: str,

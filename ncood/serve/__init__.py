@@ -5,8 +5,7 @@ on first use (PEP 562): `ncood register --help` and `ncood serve --help` answer 
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ncood.lazy import lazy_getattr
 
 _EXPORTS = {
     "SCORER_NAME": "package", "ScorerParts": "package", "log_ood_scorer": "package", "write_scorer": "package",
@@ -16,11 +15,4 @@ _EXPORTS = {
     "OODScorerModel": "pyfunc",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())  # PEP 562: ncood.lazy

@@ -12,8 +12,7 @@ first use (PEP 562): `--dry-run` and `--help` list a grid without importing Ray 
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ncood.lazy import lazy_getattr
 
 _EXPORTS = {
     "AXES": "grid", "GRIDS": "grid", "GridPreset": "grid", "config_from_tune": "grid", "grid_conditions": "grid",
@@ -23,14 +22,7 @@ _EXPORTS = {
     "TrialRuntime": "trainable", "train_trial": "trial",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())  # PEP 562: ncood.lazy
 
 
 def __dir__() -> list[str]:
