@@ -26,8 +26,9 @@ import torch
 
 from _common import environment, print_json
 from ncood.config import TrialConfig, make_config
-from ncood.evaluate import extract
-from ncood.ood import ScoreInputs, compute_scores, detection_metrics, fit_scores
+from ncood import checkpoint
+from ncood.evaluate import classifier_inputs, extract
+from ncood.ood import Head, ScoreInputs, compute_scores, detection_metrics, fit_scores
 from ncood.pipeline import Trial, build_trial
 
 
@@ -55,19 +56,24 @@ Extractor = Callable[[torch.nn.Module, torch.Tensor, int], tuple[torch.Tensor, t
 def measure(trial: Trial, extractor: Extractor, batch_size: int = 1024) -> dict[str, Any]:
     """Accuracy, GMM jitter and every score's AUROC / FPR95 per OoD set, with one extractor for every image set."""
     model, data = trial.trainer.model, trial.data
-    feature_space = "l2" if trial.cfg.l2 else "raw"
-    train_f, train_lg = extractor(model, data.train.x, batch_size)
-    fit = fit_scores(train_f, data.train.y.to(train_f.device), feature_space=feature_space, train_logits=train_lg,
-                     num_classes=model.classifier.weight.shape[0])
-    test_f, test_lg = extractor(model, data.test.x, batch_size)
-    id_scores = compute_scores(ScoreInputs(test_f, test_lg), fit)
+    head = Head.of(model.classifier)
+
+    def inputs(x: torch.Tensor) -> ScoreInputs:  # raw features, logits and the classifier's input, as evaluate()
+        f, lg = extractor(model, x, batch_size)
+        return ScoreInputs(f, lg, classifier_inputs(model, f))
+
+    train = inputs(data.train.x)
+    train_f = train.features
+    fit = fit_scores(train, data.train.y.to(train_f.device), num_classes=head.weight.shape[0], head=head)
+    test = inputs(data.test.x)
+    test_f, test_lg = test.features, test.logits
+    id_scores = compute_scores(test, fit)
     out: dict[str, Any] = {
         "accuracy_test": float((test_lg.argmax(1) == data.test.y.to(test_lg.device)).double().mean()),
         "gmm_jitter": fit.gaussians.jitter if "gmm" in fit.state else None,
         "features": {"train": train_f, "test": test_f}, "ood": {}}
     for name, images in trial.ood_sets.items():
-        ood_f, ood_lg = extractor(model, images, batch_size)
-        ood_scores = compute_scores(ScoreInputs(ood_f, ood_lg), fit)
+        ood_scores = compute_scores(inputs(images), fit)
         out["ood"][name] = {s: detection_metrics(id_scores[s], ood_scores[s]) for s in id_scores}
     return out
 
@@ -99,7 +105,7 @@ def compare(trial: Trial, batch_size: int = 1024) -> dict[str, Any]:
 def load_trial(args: argparse.Namespace) -> Trial:
     """The checkpoint's trial (its config, weights) on --device, or a freshly trained one from --preset."""
     if args.checkpoint:
-        state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+        state = checkpoint.load(args.checkpoint)  # weights_only: a checkpoint cannot run code
         cfg = TrialConfig.from_dict(state["config"]).replace(device=args.device)
         if args.data_root:
             cfg = cfg.replace(data_root=args.data_root)

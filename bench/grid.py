@@ -35,10 +35,11 @@ import torch
 
 from _common import environment, print_json
 from ncood.pipeline import run_trial
-from ncood.tune import SweepSettings, make_param_space, run_sweep
+from ncood.tune import SweepSettings, SweepSpec, make_param_space, run_sweep
 from ncood.tune.cluster import init_ray
 from ncood.tune.grid import config_from_tune
-from ncood.tune.trial import TrialRuntime, train_trial
+from ncood.tune.trainable import TrialRuntime
+from ncood.tune.trial import train_trial
 
 PROFILE_DIR_ENV = "NCOOD_BENCH_PROFILE_DIR"
 # component -> (a path fragment of the function's file, its name): cumulative time inside the trial's thread
@@ -96,7 +97,7 @@ def one_sweep(space: dict[str, Any], root: Path, args, run: int | str, profile: 
                              storage_path=str(root / f"ray-{run}"), cpus_per_trial=args.cpus_per_trial,
                              max_concurrent=args.max_concurrent, progress=False)
     t0 = time.perf_counter()
-    result = run_sweep(settings, space, trainable=profiled_trial if profile else train_trial)
+    result = run_sweep(settings, SweepSpec(param_space=space, trainable=profiled_trial if profile else train_trial))
     return {"sweep_s": time.perf_counter() - t0, "trials": result.num_trials, "errors": result.num_errors}
 
 
