@@ -158,8 +158,8 @@ GRIDS: dict[str, GridPreset] = {
                               "rows: SN + leaky/GAP, width 64, 60 epochs, LR x0.1 at 40/50, batch 1024, all 54k "
                               "train images), L2 off/on x 15 seeds = 30 trials (GPU)",
                          keep_checkpoint_epochs=(50,)),  # as table1: tune_jobs/nc_intervention.py --from-epoch 50
-    # Sized to finish 3 seeds x L2 off/on in under 20 minutes on 2 CPU cores (two 1-core trials at a time, three
-    # rounds; measured on 2 quiet cores: ~12.5 s per epoch, ~28 s for the evaluation): width 8 on a 10k-image
+    # Sized for 3 seeds x L2 off/on on 2 CPU cores (two 1-core trials at a time, three rounds). Measured on 2 quiet
+    # cores with the final evaluation of all 13 scores on 5 OoD sets: 7.5 min per round, ~23 min in all: width 8 on a 10k-image
     # subset reaches 84-87% test accuracy in 15 epochs and 88% in 20 (L2 on, seeds 0 and 2); batch 128 gives 79
     # steps per epoch (1024 would give 10); one full evaluation (NC + GMM + every score, every OoD set) at the end.
     "fmnist_cpu": GridPreset("fmnist", {**_PAPERS_MODEL, "width": 8, "arch": "resnet18", "epochs": 20,
@@ -167,7 +167,7 @@ GRIDS: dict[str, GridPreset] = {
                              ({"l2": _OFF_ON},), seeds=3,
                              help="Fashion-MNIST on 2 CPU cores: the fmnist recipe (seed paper Table 1 ResNet18 rows) (SN + leaky/GAP) at width 8, "
                                   "20 epochs (LR x0.1 at 13/17), batch 128, a stratified 10k-image train subset, one evaluation at "
-                                  "the end, L2 off/on x 3 seeds = 6 trials (< 20 min)"),
+                                  "the end, L2 off/on x 3 seeds = 6 trials (~23 min on 2 CPU cores)"),
 }
 
 
