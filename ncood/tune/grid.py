@@ -160,9 +160,8 @@ GRIDS: dict[str, GridPreset] = {
                          keep_checkpoint_epochs=(50,)),  # as table1: tune_jobs/nc_intervention.py --from-epoch 50
     # Sized for 3 seeds x L2 off/on on 2 CPU cores (two 1-core trials at a time, three rounds). Measured on 2 quiet
     # cores with the final evaluation of all 13 scores on 5 OoD sets: 7.5 min per round, ~23 min in all.
-    # Width 8 on a 10k-image
-    # subset reaches 84-87% test accuracy in 15 epochs and 88% in 20 (L2 on, seeds 0 and 2); batch 128 gives 79
-    # steps per epoch (1024 would give 10); one full evaluation (NC + GMM + every score, every OoD set) at the end.
+    # Width 8 on a 10k-image subset reaches 84-87% test accuracy in 15 epochs and 88% in 20 (L2 on, seeds 0 and 2);
+    # batch 128 gives 79 steps per epoch (1024 would give 10); one full evaluation (NC + GMM + every score, every OoD set) at the end.
     "fmnist_cpu": GridPreset("fmnist", {**_PAPERS_MODEL, "width": 8, "arch": "resnet18", "epochs": 20,
                                         "train_subset": 10000, "batch_size": 128, "eval_every": 0},
                              ({"l2": _OFF_ON},), seeds=3,
