@@ -3,7 +3,10 @@ at once, a driver that outlives a tracking server, or a worker to kill: the comm
 Ray worker processes it started."""
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -53,3 +56,14 @@ def stop_tree(proc) -> None:
         except psutil.Error:
             pass
     proc.wait(timeout=30)
+
+
+def stop_group(proc, grace_s: float = 20) -> None:
+    """SIGTERM the process group a server was started in (start_new_session=True), SIGKILL it after `grace_s`."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)

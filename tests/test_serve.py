@@ -9,7 +9,6 @@ import base64
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from ncood.serve.register import Candidate, choose, format_registration, metric_
 from ncood.serve.decoding import decode_batch, decode_image
 from ncood.serve.scorer import OUTPUT_COLUMNS, score_columns
 from ncood.serve.server import free_port, local_server, ping
+from sweep_procs import stop_group
 
 EXPERIMENT = "serve-test"
 LIMITS = {"max_images": 40, "max_image_bytes": 60_000, "max_pixels": 100_000}  # NCOOD_SERVING_LIMITS override
@@ -438,9 +438,4 @@ def test_ncood_serve_without_an_activated_venv(registered, images, tmp_path):
         assert len(json.loads(text)["predictions"]) == 2
         assert "ncood serve: models:/ncood-ood-scorer@champion" in log.read_text()
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_group(proc, grace_s=30)
