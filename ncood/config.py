@@ -109,6 +109,8 @@ class TrialConfig:
                                      "NC-control code uses 0.1)")
     # measurement and runtime
     eval_every: int = _f(10, "evaluate NC + OoD every k epochs and at the last one (0 = last only)")
+    nc_every: int = _f(0, "between those evaluations, NC metrics and test accuracy alone (no OoD scores: a train- and "
+                          "a test-set forward) every k epochs (0 = off)")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     compile: bool = _f(False, "torch.compile the model (CUDA only)")
 
@@ -164,6 +166,7 @@ class TrialConfig:
             (0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1) (0 = off; the ICML 2025 code: 0.1)"),
             (self.lr_steps is None or all(e >= 1 for e in self.lr_steps), "lr_steps", "epochs must be >= 1"),
             (self.eval_every >= 0, "eval_every", "must be >= 0 (0 = evaluate only after the last epoch)"),
+            (self.nc_every >= 0, "nc_every", "must be >= 0 (0 = NC metrics only with the full evaluations)"),
             (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
              "must be auto, cpu, cuda or cuda:N"),
         ]

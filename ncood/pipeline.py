@@ -48,7 +48,9 @@ def warn_degenerate_fit(cfg: TrialConfig, epoch: int, results: dict[str, float])
 
 @dataclass
 class Evaluation:
-    """Epoch callback: the full measurement (NC + GMM + every score on every OoD set) every `eval_every` epochs.
+    """Epoch callback: the full measurement (NC + GMM + every score on every OoD set) every `eval_every` epochs, and
+    NC metrics with the accuracies alone every `nc_every` epochs in between (the same evaluate() without OoD sets
+    or scores: one train-set and one test-set forward, about a third of a full evaluation on digits).
 
     Adds the flat results dict (ncood.keys schema) to the epoch's metrics and keeps the latest fitted scores
     (the class Gaussians go into the checkpoint).
@@ -62,12 +64,18 @@ class Evaluation:
 
     def __post_init__(self) -> None:
         self.due = every_epochs(self.cfg.eval_every, self.cfg.epochs)
+        self.nc_due = lambda epoch: self.cfg.nc_every > 0 and epoch % self.cfg.nc_every == 0
 
     def __call__(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
+        batch_size = max(self.cfg.batch_size, 1024)  # no grads: big batches are cheaper
         if not self.due(epoch):
+            if self.nc_due(epoch):
+                results, _ = evaluate(trainer.model, trainer.data, {}, l2=self.cfg.l2, batch_size=batch_size,
+                                      scores=())
+                results.pop(keys.EVAL_TIME)  # time/eval_s is the full evaluation's cost
+                metrics.update(results)
             return
-        results, fit = evaluate(trainer.model, trainer.data, self.ood_sets, l2=self.cfg.l2,
-                                batch_size=max(self.cfg.batch_size, 1024))  # no grads: big batches are cheaper
+        results, fit = evaluate(trainer.model, trainer.data, self.ood_sets, l2=self.cfg.l2, batch_size=batch_size)
         metrics.update(results)
         self.last_fit, self.last_results = fit, results
         if not self.warned or epoch == self.cfg.epochs:

@@ -73,7 +73,7 @@ GRID_PRESETS = {
                              **MODEL) for etf in (False, True) for ent in (0.0, 0.05)]),
     # Table 1's ResNet18 60-epoch L2 off/on recipe on Fashion-MNIST (GPU) and its 2-core variant
     "fmnist": (15, [_row(dict(CIFAR, dataset="fashion_mnist"), "resnet18", 60, l2, **MODEL) for l2 in (False, True)]),
-    "fmnist_cpu": (3, [dict(DIGITS, dataset="fashion_mnist", arch="resnet18", epochs=20, milestones=(13, 17), l2=l2,
+    "fmnist_cpu": (3, [dict(DIGITS, dataset="fashion_mnist", arch="resnet18", epochs=15, milestones=(10, 12), l2=l2,
                             train_subset=10000, **MODEL) for l2 in (False, True)]),
 }
 OOD_SETS = {"table1": SEED_OOD}  # presets that fix the OoD sets (the others keep the dataset's default list)

@@ -178,3 +178,27 @@ def test_reused_data_is_one_entry_shared_across_seeds(tmp_path):
     torch.testing.assert_close(fewer.data.train.x, a.data.train.x)  # the same images, loaded again
     plain = build_trial(_cfg(tmp_path, epochs=1), progress=False)  # `ncood train`: loads its own, keeps nothing
     assert plain.data is not fewer.data and not pipeline._DATA_CACHE
+
+
+def test_nc_every_logs_nc_between_full_evaluations(tmp_path):
+    """eval_every 3 + nc_every 1: NC metrics and test accuracy at every epoch, OoD scores and time/eval_s only at the
+    full evaluation (epoch 3), whose fitted scores the trial keeps; its NC values and accuracy equal a direct
+    evaluate() of the final weights."""
+    cfg = _cfg(tmp_path, epochs=3, eval_every=3, nc_every=1)
+    trial = build_trial(cfg, progress=False)
+    trial.trainer.fit()
+    h = trial.trainer.history
+    nc1 = keys.nc_key(keys.NC_METRICS[0])
+    assert all(nc1 in e and keys.ACC_TEST in e for e in h)
+    ood = [[k for k in e if keys.parse_ood_key(k)] for e in h]
+    assert not ood[0] and not ood[1] and ood[2]
+    assert keys.EVAL_TIME not in h[0] and keys.EVAL_TIME in h[2]
+    assert trial.evaluation.last_fit is not None
+    from ncood.evaluate import evaluate
+    full, _ = evaluate(trial.trainer.model, trial.data, trial.ood_sets)
+    assert full[nc1] == pytest.approx(h[2][nc1], rel=1e-6) and full[keys.ACC_TEST] == h[2][keys.ACC_TEST]
+
+
+def test_nc_every_must_not_be_negative(tmp_path):
+    with pytest.raises(ValueError, match="nc_every"):
+        _cfg(tmp_path, nc_every=-1)
