@@ -31,7 +31,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -366,13 +366,17 @@ class TrialTracker:
         return True
 
     def log_metrics(self, step: int, metrics: Mapping[str, float], timestamp_ms: int) -> None:
-        """Write `metrics` at `step` (batches of MLflow's 1000-metric cap). Sending the same entry again is a no-op
-        in MLflow's store (a metric is stored once per key, step, timestamp and value): ncood.tune.outbox relies
-        on that."""
-        items = [Metric(k, float(v), timestamp_ms, step) for k, v in metrics.items()]
+        """Write `metrics` at `step`. Sending the same entry again is a no-op in MLflow's store (a metric is stored
+        once per key, step, timestamp and value): ncood.tune.outbox relies on that."""
+        self.log_epochs([(step, metrics, timestamp_ms)])
+
+    def log_epochs(self, entries: Sequence[tuple[int, Mapping[str, float], int]]) -> None:
+        """Write several epochs [(step, metrics, timestamp_ms)] in as few log_batch calls as MLflow's 1000-metric cap
+        allows (one sqlite transaction or HTTP request each, whatever the number of epochs)."""
+        items = [Metric(k, float(v), ts, step) for step, metrics, ts in entries for k, v in metrics.items()]
         for i in range(0, len(items), MAX_METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=items[i:i + MAX_METRICS_PER_BATCH])
-        self.last_step = max(self.last_step, step)
+        self.last_step = max([self.last_step, *(step for step, _, _ in entries)])
 
     def log_inputs(self, data: Any, ood_sets: Mapping[str, Any]) -> None:
         """The trial's datasets as MLflow dataset inputs (ncood.run_fields.dataset_inputs); data: IDData."""

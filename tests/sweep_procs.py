@@ -23,6 +23,16 @@ def sweep_command(tracking_uri: str, storage: Path, experiment: str, *flags: str
             "--tracking-uri", tracking_uri, "--storage-path", str(storage), "--quiet", "--no-aggregate", *flags]
 
 
+def logged_steps(epochs: int) -> tuple[list[int], list[int]]:
+    """(every epoch, the full-evaluation epochs) of a trial of sweep_command's preset ("default": NC metrics every
+    epoch, OoD scores every eval_every epochs and at the last): each metric key is logged at exactly one of them."""
+    from ncood.train import every_epochs
+    from ncood.tune.grid import GRIDS
+
+    due = every_epochs(GRIDS["default"].fixed["eval_every"], epochs)
+    return list(range(1, epochs + 1)), [e for e in range(1, epochs + 1) if due(e)]
+
+
 def job_env(**extra: str) -> dict[str, str]:
     """This environment without a Ray address or tracking URI of its own, ncood importable, one torch thread."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}

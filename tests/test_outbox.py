@@ -73,3 +73,34 @@ def test_checkpoint_round_trip_then_written_once(store, tmp_path):
         assert sorted(m.step for m in client.get_metric_history(run_id, key)) == [1, 2], key
     assert [a.path for a in client.list_artifacts(run_id, "checkpoints")] == ["checkpoints/epoch_002.pt"]
     assert list((tmp_path / "spool2").iterdir()) == []  # sent files leave the spool
+
+
+def test_epochs_over_the_batch_cap_are_written_in_chunks(store, tmp_path):
+    """Epochs flushed together share log_batch calls of at most MLflow's 1000 metrics; an epoch larger than the cap
+    still goes (split); every (key, step) is stored once with its own timestamp."""
+    tracker = tracking.TrialTracker(store, make_config("digits", seed=2), "t_chunks")
+    run_id = tracker.start()
+    (tmp_path / "spool").mkdir()
+    outbox = Outbox(tmp_path / "spool")
+    sizes = {1: 10, 2: 600, 3: 600, 4: 1500, 5: 10}  # epoch -> metrics: chunks [1, 2], [3], [4] (split), [5]
+    for step, n in sizes.items():
+        outbox.add_epoch(step, {f"m/{i:04d}": float(step * 10000 + i) for i in range(n)})
+    assert [len(c) for c in _chunks(outbox)] == [2, 1, 1, 1]
+    outbox.flush(tracker)
+    assert len(outbox) == 0 and tracker.last_step == 5
+    client = MlflowClient(store.tracking_uri)
+    for key, steps in (("m/0000", [1, 2, 3, 4, 5]), ("m/0599", [2, 3, 4]), ("m/1499", [4])):
+        hist = client.get_metric_history(run_id, key)
+        assert sorted(m.step for m in hist) == steps, key
+        assert all(m.value == m.step * 10000 + int(key[2:]) for m in hist)
+
+
+def _chunks(outbox: Outbox) -> list[list[dict]]:
+    """The log_batch chunks a flush would send, without sending them."""
+    pending, out = list(outbox.metrics), []
+    while outbox.metrics:
+        chunk = outbox._next_chunk()
+        out.append(chunk)
+        del outbox.metrics[:len(chunk)]
+    outbox.metrics[:] = pending
+    return out

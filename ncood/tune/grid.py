@@ -34,6 +34,7 @@ class GridPreset:
     seeds: int = 15
     help: str = ""
     keep_checkpoint_epochs: tuple[int, ...] = ()  # logged as MLflow artifacts (the NC intervention restarts there)
+    checkpoint_every: int = 1  # Ray checkpoint every k epochs and at the end (the ablation's --checkpoint-every default)
 
 
 _OFF_ON = (False, True)
@@ -129,7 +130,9 @@ GRIDS: dict[str, GridPreset] = {
                           help="embedded digits (CPU): the seed paper's Table 1 ResNet18 recipe (SN coeff 3 + leaky/GAP, "
                                "SGD 0.1, L2 off/on) width-reduced: width 8, 15 epochs, batch 128, LR x0.1 at 10/12; "
                                "15 seeds = 30 trials",
-                          keep_checkpoint_epochs=(10,)),  # tune_jobs/nc_intervention.py --from-epoch 10
+                          keep_checkpoint_epochs=(10,),  # tune_jobs/nc_intervention.py --from-epoch 10
+                          # a 0.6-s epoch: a Ray checkpoint per full evaluation (a retry re-runs at most 2 epochs)
+                          checkpoint_every=3),
     "table1": GridPreset("cifar10", {**_PAPERS_MODEL, "width": 64, "batch_size": 1024, "ood_sets": _CIFAR_OOD},
                          ({"arch": ("resnet18",), "epochs": (60, 350), "l2": _OFF_ON},
                           {"arch": ("resnet50",), "epochs": (100, 350), "l2": _OFF_ON}),

@@ -74,8 +74,11 @@ def add_run_flags(parser: argparse.ArgumentParser, job: str = "ablation") -> Non
     r.add_argument("--max-failures", dest="retries", metavar="N", type=int, default=1,
                    help="retries of a failing trial from its last checkpoint (default 1)")
     if job != "nc_intervention":
-        r.add_argument("--checkpoint-every", type=int, default=1,
-                       help="Ray checkpoint every K epochs, and at the end (default 1)")
+        every_default = ("the preset's: " + ", ".join(f"{k} {g.checkpoint_every}" for k, g in GRIDS.items()
+                                                      if g.checkpoint_every != 1) + ", the others 1"
+                         if job == "ablation" else "1")
+        r.add_argument("--checkpoint-every", type=int, default=None,
+                       help=f"Ray checkpoint every K epochs, and at the end (default: {every_default})")
         keep_default = ("the preset's (" + ", ".join(f"{k}: {','.join(map(str, g.keep_checkpoint_epochs))}"
                                                      for k, g in GRIDS.items() if g.keep_checkpoint_epochs)
                         + "; other presets: none), where tune_jobs/nc_intervention.py starts") if job == "ablation" \
@@ -119,10 +122,12 @@ def settings_from_args(args: argparse.Namespace, job: str) -> SweepSettings:
 
     keep = (tuple(int(e) for e in _split(args.keep_checkpoint_epochs)) if args.keep_checkpoint_epochs
             else GRIDS[args.preset].keep_checkpoint_epochs if job == "ablation" else ())
+    every = (args.checkpoint_every if getattr(args, "checkpoint_every", None) is not None
+             else GRIDS[args.preset].checkpoint_every if job == "ablation" else 1)
     return SweepSettings(
         experiment=args.experiment or f"{job}-{args.preset}", tracking_uri=args.tracking_uri,
         storage_path=args.storage_path, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-        max_concurrent=args.max_concurrent, retries=args.retries, checkpoint_every=args.checkpoint_every,
+        max_concurrent=args.max_concurrent, retries=args.retries, checkpoint_every=every,
         keep_checkpoint_epochs=keep, num_cpus=args.num_cpus, progress=not args.quiet, dashboard=args.dashboard,
     )
 

@@ -24,6 +24,7 @@ from typing import Mapping
 
 import requests
 from mlflow.exceptions import MlflowException
+from mlflow.utils.validation import MAX_METRICS_PER_BATCH
 
 from ncood import tracking
 
@@ -79,10 +80,10 @@ class Outbox:
     def flush(self, tracker: tracking.TrialTracker) -> None:
         """Send everything, oldest first; what was sent leaves the outbox. On failure: TrackingUnavailable."""
         try:
-            while self.metrics:
-                entry = self.metrics[0]
-                tracker.log_metrics(entry["step"], entry["metrics"], entry["timestamp"])
-                self.metrics.pop(0)
+            while self.metrics:  # oldest first, as many epochs per log_batch call as the metric cap allows
+                chunk = self._next_chunk()
+                tracker.log_epochs([(e["step"], e["metrics"], e["timestamp"]) for e in chunk])
+                del self.metrics[:len(chunk)]
             while self.artifacts:
                 entry = self.artifacts[0]
                 path = self.spool / entry["file"]
@@ -91,6 +92,16 @@ class Outbox:
                 self.artifacts.pop(0)
         except STORE_ERRORS as e:  # the entries not sent stay for the next attempt
             raise TrackingUnavailable(self.describe(tracker.ref.tracking_uri, e)) from e
+
+    def _next_chunk(self) -> list[dict]:
+        """The oldest pending epochs whose metrics fit one MLflow log_batch call (at least one epoch)."""
+        chunk, n = [], 0
+        for entry in self.metrics:
+            n += len(entry["metrics"])
+            if chunk and n > MAX_METRICS_PER_BATCH:
+                break
+            chunk.append(entry)
+        return chunk
 
     def describe(self, tracking_uri: str, error: BaseException) -> str:
         first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
