@@ -172,6 +172,11 @@ def test_logged_model(trained, store):
     example = json.loads((local / "serving_input_example.json").read_text())["dataframe_split"]["data"][0][0]
     out = model.predict(pd.DataFrame({"image": [example]}))
     assert list(out.columns) == list(OUTPUT_COLUMNS) and len(out) == 1
+    # The response frame: the scorer's arrays as pandas frames them by default, value for value, dtype for dtype.
+    request = [example, encode_png(np.zeros((8, 8), np.uint8)), example]
+    want = pd.DataFrame(scorer.score_base64(request), columns=list(OUTPUT_COLUMNS))
+    pd.testing.assert_frame_equal(model.predict(pd.DataFrame({"image": request})), want, check_exact=True)
+    assert (want.dtypes.iloc[:-2] == np.float64).all() and want.dtypes.iloc[-1] == bool
     assert OUTPUT_COLUMNS[:2] == ("gmm_log_density", "feature_norm") and OUTPUT_COLUMNS[-2:] == ("predicted_class",
                                                                                                  "is_ood")
     assert {"mahalanobis", "vim", "react", "ash", "neco", "energy"} <= set(OUTPUT_COLUMNS)
