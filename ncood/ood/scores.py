@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 import torch
@@ -95,8 +96,13 @@ class Head:
     def __call__(self, x: Tensor) -> Tensor:
         """(N, d') -> (N, C) float64 logits."""
         x = x.double()
-        w = self.weight.to(x.device, torch.float64)
-        return torch.nn.functional.linear(x, w, None if self.bias is None else self.bias.to(x.device, torch.float64))
+        w, b = self._float64
+        return torch.nn.functional.linear(x, w.to(x.device), None if b is None else b.to(x.device))
+
+    @cached_property  # frozen dataclass: cached_property writes the instance __dict__ directly
+    def _float64(self) -> tuple[Tensor, Tensor | None]:
+        """(W, b) in float64, converted once (ViM, ReAct and ASH call the head on every scored batch)."""
+        return self.weight.double(), None if self.bias is None else self.bias.double()
 
     def to(self, device: torch.device | str) -> Head:
         return Head(self.weight.to(device), None if self.bias is None else self.bias.to(device))
