@@ -119,8 +119,10 @@ def _fit_mahalanobis(data: FitData, params: None) -> dict:
 def mahalanobis(inputs: ScoreInputs, fitted: Fitted) -> Tensor:
     st = fitted.state
     w = (inputs.space("input").double() - st["centre"]) @ st["whiten"]  # (N, r) whitened features
-    d2 = torch.stack([(w - m).square().sum(dim=1) for m in st["means"]], dim=1)  # (N, C), no cancellation
-    return -d2.amin(dim=1)
+    means = st["means"]  # (C, r) whitened class means
+    rows = max(1, _CHUNK_ELEMENTS // means.numel())  # (rows, C, r) float64 differences per block: <= 256 MiB
+    # (N, C) squared distances as sums of squared differences (no cancellation), one broadcast per block of rows
+    return torch.cat([-(wc[:, None] - means).square_().sum(dim=2).amin(dim=1) for wc in w.split(rows)])
 
 
 # ---- KNN (Sun et al. 2022) ------------------------------------------------------------------------------------------
