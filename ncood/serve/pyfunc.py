@@ -8,20 +8,43 @@ bodies (scoring_server `_parse_json_data`): the request format would change. So 
 wrapper only reads the column out of it (ncood.serve.decoding.request_column); the response stays a DataFrame
 (one record per image in the JSON).
 
-The response frame is built from a dict of the scorer's arrays in response order (no `columns=` reindexing) with the
-class names already in the string dtype pandas infers for them (computed once at load): the same frame as
-`pd.DataFrame(cols, columns=...)`, column for column and dtype for dtype (tests/test_serve.py), at about half the
-cost for one image.
+The response frame (`response_frame`) is the frame `pd.DataFrame(cols, columns=...)` gives, column for column and
+dtype for dtype (tests/test_serve.py), built without pandas' per-column inference, which cost as much as the scores
+for a one-image request (~1,300 Python calls): the class names get the dtype pandas infers for them once at load
+(pandas 3: its string dtype), and on pandas >= 3 the frame is assembled from its three blocks (the (S, N) float64
+scores, the class names, is_ood) with pandas' public `pandas.api.internals.create_dataframe_from_blocks` (~300
+calls); older pandas build it from the dict of columns in response order.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import mlflow.pyfunc
+import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 
 from ncood.serve.decoding import InputError, limits_from_env, request_column
 from ncood.serve.scorer import Scorer
+
+try:  # pandas >= 3.0
+    from pandas.api.internals import create_dataframe_from_blocks
+except ImportError:  # pandas 2.x: the dict constructor
+    create_dataframe_from_blocks = None
+
+
+def response_frame(cols: Mapping[str, np.ndarray], columns: Sequence[str], class_dtype) -> pd.DataFrame:
+    """{column: (N,) array}: the float64 scores, then predicted_class (class names) and is_ood (bool), as `columns`
+    orders them -> the response DataFrame; class_dtype: the dtype pandas infers for the class names."""
+    *scores, classes_col, ood_col = columns
+    classes = pd.array(cols[classes_col], dtype=class_dtype)
+    if create_dataframe_from_blocks is None or isinstance(classes, np.ndarray):
+        return pd.DataFrame({**{c: cols[c] for c in scores}, classes_col: classes, ood_col: cols[ood_col]}, copy=False)
+    s = len(scores)
+    blocks = [(np.stack([cols[c] for c in scores]), np.arange(s)),  # (S, N) float64: one block, columns 0..S-1
+              (classes, np.array([s])), (cols[ood_col].reshape(1, -1), np.array([s + 1]))]  # 1D extension, (1, N)
+    return create_dataframe_from_blocks(blocks, index=pd.RangeIndex(len(classes)), columns=pd.Index(columns))
 
 
 class OODScorerModel(mlflow.pyfunc.PythonModel):
@@ -44,5 +67,4 @@ class OODScorerModel(mlflow.pyfunc.PythonModel):
             raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
         except ValueError as e:  # e.g. non-finite scores: a model problem, not the client's
             raise MlflowException(f"scoring failed: {e}", error_code=INTERNAL_ERROR) from None
-        cols["predicted_class"] = pd.array(cols["predicted_class"], dtype=self.class_dtype)
-        return pd.DataFrame({c: cols[c] for c in self.scorer.columns}, copy=False)
+        return response_frame(cols, self.scorer.columns, self.class_dtype)
