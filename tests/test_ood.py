@@ -472,3 +472,17 @@ def test_the_two_fpr95_conventions_differ():
     t = np.sort(ood_s)[94]  # 95 of 100 OoD scored <= t = 6.44: ID rejected are the 5 far ones and those <= t
     assert m["fpr95_id_rejected"] == pytest.approx(np.mean(id_s <= t)) == pytest.approx(0.33)
     assert m["fpr95_id_rejected"] == openood_fpr(id_s, ood_s)
+
+
+def test_score_inputs_share_intermediates_per_fitted_state():
+    """ScoreInputs.shared computes once per (key, state) on the same inputs; another state (same key) recomputes."""
+    inputs = ScoreInputs(torch.randn(4, 3), torch.randn(4, 2))
+    calls = []
+    st_a, st_b = {"w": 1.0}, {"w": 2.0}
+    for st in (st_a, st_a, st_b, st_a):
+        got = inputs.shared("ratio", lambda st=st: calls.append(st["w"]) or torch.full((4,), st["w"]), of=st)
+        assert torch.equal(got, torch.full((4,), st["w"]))
+    assert calls == [1.0, 2.0]
+    assert inputs.space64("logits") is inputs.space64("logits") and inputs.space64("logits").dtype == torch.float64
+    assert torch.equal(inputs.space64("raw"), inputs.features.double())
+    assert ScoreInputs(inputs.features, inputs.logits).shared("ratio", lambda: torch.zeros(4), of=st_a).eq(0).all()

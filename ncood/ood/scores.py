@@ -37,7 +37,7 @@ Every score returns float64 and compute_scores refuses non-finite values (never 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
@@ -59,11 +59,26 @@ SPACES: tuple[str, ...] = ("raw", "input", "logits")
 
 @dataclass(frozen=True)
 class ScoreInputs:
-    """What one feature pass gives for an image set."""
+    """What one feature pass gives for an image set, and what the scores computed on it share (`shared`)."""
 
     features: Tensor  # (N, d) raw z, before any normalization
     logits: Tensor | None = None  # (N, C); None only when fitting scores that need none
     classifier_input: Tensor | None = None  # (N, d') what the classifier multiplies; None: z itself
+    _shared: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def shared(self, key: Hashable, compute: Callable[[], Tensor], of: Any = None) -> Tensor:
+        """compute() once per (key, `of`) for these inputs: an intermediate several scores read (the float64 spaces,
+        NECO's ratio for neco and neco_maxlogit), made once per compute_scores call. `of`: the fitted state it
+        depends on, matched by identity and kept alive with the value (its id cannot be reused while the value is
+        kept). Treat the value as read-only."""
+        memo_key = (key, id(of))
+        if memo_key not in self._shared:
+            self._shared[memo_key] = (of, compute())
+        return self._shared[memo_key][1]
+
+    def space64(self, name: str) -> Tensor:
+        """space(name) in float64, converted once for all the scores that read it."""
+        return self.shared(("float64", name), lambda: self.space(name).double())
 
     def space(self, name: str) -> Tensor:
         """The (N, .) tensor of feature space `name` ("raw", "input", "logits")."""
@@ -365,24 +380,24 @@ def gmm(inputs: ScoreInputs, fitted: Fitted) -> Tensor:
 
 @register_score("feature_norm", space="raw")
 def feature_norm(inputs: ScoreInputs, fitted: Fitted) -> Tensor:
-    return inputs.space("raw").double().norm(dim=1)  # raw z whatever the model: the TMLR 2024 score
+    return inputs.space64("raw").norm(dim=1)  # raw z whatever the model: the TMLR 2024 score
 
 
 @register_score("msp", space="logits")
 def msp(inputs: ScoreInputs, fitted: Fitted) -> Tensor:
-    return torch.softmax(inputs.space("logits").double(), dim=1).amax(dim=1)  # float64: fewer ties at ~1.0
+    return torch.softmax(inputs.space64("logits"), dim=1).amax(dim=1)  # float64: fewer ties at ~1.0
 
 
 @register_score("max_logit", space="logits")
 def max_logit(inputs: ScoreInputs, fitted: Fitted) -> Tensor:
-    return inputs.space("logits").double().amax(dim=1)
+    return inputs.space64("logits").amax(dim=1)
 
 
 @register_score("energy", space="logits")
 def energy(inputs: ScoreInputs, fitted: Fitted) -> Tensor:
-    return torch.logsumexp(inputs.space("logits").double(), dim=1)
+    return torch.logsumexp(inputs.space64("logits"), dim=1)
 
 
 @register_score("logit_norm", space="logits")
 def logit_norm(inputs: ScoreInputs, fitted: Fitted) -> Tensor:
-    return inputs.space("logits").double().norm(dim=1)
+    return inputs.space64("logits").norm(dim=1)
