@@ -26,8 +26,10 @@ max_logit, with the Gaussians in the feature space they were fitted in (spec.fea
 
 Decoding and validation of the request are ncood.serve.decoding; the MLflow pyfunc wrapper is ncood.serve.pyfunc.
 The network is put in eval mode once, when the scorer is built, and every request runs under
-torch.inference_mode: one batched forward (ncood.evaluate.extract, the function that feeds the evaluation) gives
-z and the logits, and every served score reads that one pass.
+torch.inference_mode: one batched forward (ncood.evaluate.extract, the function that feeds the evaluation, with
+in_eval=True: no per-request walk over the submodules' flags) gives z and the logits, and every served score reads
+that one pass through compute_scores, the evaluation's function (the float64 spaces and shared intermediates made
+once per request: ScoreInputs.shared).
 """
 from __future__ import annotations
 
