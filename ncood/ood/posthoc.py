@@ -120,7 +120,7 @@ def mahalanobis(inputs: ScoreInputs, fitted: Fitted) -> Tensor:
     st = fitted.state
     w = (inputs.space64("input") - st["centre"]) @ st["whiten"]  # (N, r) whitened features
     means = st["means"]  # (C, r) whitened class means
-    rows = max(1, _CHUNK_ELEMENTS // means.numel())  # (rows, C, r) float64 differences per block: <= 256 MiB
+    rows = max(1, _CHUNK_ELEMENTS // max(1, means.numel()))  # (rows, C, r) float64 differences per block: <= 256 MiB
     # (N, C) squared distances as sums of squared differences (no cancellation), one broadcast per block of rows
     return torch.cat([-(wc[:, None] - means).square_().sum(dim=2).amin(dim=1) for wc in w.split(rows)])
 

@@ -313,6 +313,7 @@ def compute_scores(inputs: ScoreInputs, fit: ScoreFit, scores: Iterable[str] | N
     if inputs.logits is not None and inputs.logits.shape[0] != n:
         raise ValueError(f"features ({n} rows) and logits ({inputs.logits.shape[0]} rows) must describe the same "
                          "images")
+    inputs = dataclasses.replace(inputs)  # a fresh `shared` memo: its float64 copies live for this call only
     out = {}
     for name in names:
         s = SCORES[name](inputs, fit.fitted(name)).double()

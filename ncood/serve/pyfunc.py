@@ -39,7 +39,7 @@ def response_frame(cols: Mapping[str, np.ndarray], columns: Sequence[str], class
     orders them -> the response DataFrame; class_dtype: the dtype pandas infers for the class names."""
     *scores, classes_col, ood_col = columns
     classes = pd.array(cols[classes_col], dtype=class_dtype)
-    if create_dataframe_from_blocks is None or isinstance(classes, np.ndarray):
+    if create_dataframe_from_blocks is None or isinstance(class_dtype, np.dtype):  # pandas 2, or object dtype
         return pd.DataFrame({**{c: cols[c] for c in scores}, classes_col: classes, ood_col: cols[ood_col]}, copy=False)
     s = len(scores)
     blocks = [(np.stack([cols[c] for c in scores]), np.arange(s)),  # (S, N) float64: one block, columns 0..S-1
