@@ -317,6 +317,9 @@ def test_grey_to_rgb_repeats_the_channel(digits):
 
 
 @pytest.mark.parametrize("bad", [torch.full((1, 3, 8, 8), 1.5), torch.full((1, 3, 8, 8), float("nan")),
+                                 torch.zeros(1, 3, 8, 8).index_fill_(3, torch.tensor([5]), float("nan")),  # one NaN
+                                 torch.full((2, 1, 8, 8), 0.5).index_fill_(0, torch.tensor([1]), -1e-3),
+                                 torch.full((1, 1, 8, 8), float("inf")),
                                  torch.zeros(1, 4, 8, 8), torch.zeros(3, 8, 8)])
 def test_to_model_input_rejects_bad_images(bad):
     with pytest.raises(ValueError):

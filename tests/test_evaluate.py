@@ -105,6 +105,10 @@ def test_extract_restores_mixed_modes_and_batches(data):
     assert f_small.shape == (80, D) and l_small.shape == (80, C) and f_small.dtype == torch.float32
     torch.testing.assert_close(f_small, f_big)
     torch.testing.assert_close(l_small, l_big)
+    f_eval, l_eval = extract(model, data.test.x, batch_size=1000, in_eval=True)  # no walk: the same pass
+    assert torch.equal(f_eval, f_big) and torch.equal(l_eval, l_big) and not model.training
+    with pytest.raises(ValueError, match="training mode"):
+        extract(model.train(), data.test.x, in_eval=True)
 
 
 def test_evaluate_with_real_model(data):

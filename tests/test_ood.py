@@ -182,12 +182,33 @@ def test_pruned_log_density_equals_full_logsumexp(layout, monkeypatch):
         assert solved == c * len(near)
 
 
-def test_log_density_one_class():
-    """One class: the bound's basis is empty and the class is solved in full."""
+@pytest.mark.parametrize("direct_work", [0, 2**40], ids=["bound", "direct"])
+def test_log_density_one_class(direct_work, monkeypatch):
+    """One class: the bound's basis is empty and the class is solved in full (either path)."""
+    from ncood.ood import gaussian
+    monkeypatch.setattr(gaussian, "_DIRECT_WORK", direct_work)
     x = torch.randn(50, 6, generator=torch.Generator().manual_seed(4))
     gm = fit_class_gaussians(x, torch.zeros(50, dtype=torch.long))
     z = 3 * torch.randn(7, 6)
     torch.testing.assert_close(gm.log_density(z), gm.per_class_log_density(z)[:, 0], rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("c, d", [(10, 16), (12, 4)], ids=["C<=d", "C-1>d"])
+def test_log_density_small_batches_and_more_classes_than_dims(c, d, monkeypatch):
+    """A small batch (a served request) is solved for every class; the result equals the bound path's, and both
+    work when C - 1 > d (the bound's basis then has d columns per class, not C - 1)."""
+    from ncood.ood import gaussian
+    g = torch.Generator().manual_seed(5)
+    y = torch.arange(c).repeat_interleave(30)
+    x = 2 * torch.randn(c, d, generator=g)[y] + torch.randn(c * 30, d, generator=g)
+    gm = fit_class_gaussians(x, y)
+    z = torch.cat([x[::37], torch.randn(3, d, generator=g)])
+    assert z.shape[0] * c * d * d <= gaussian._DIRECT_WORK  # the direct path
+    full = torch.logsumexp(gm.per_class_log_density(z), dim=1)
+    direct = gm.log_density(z)
+    torch.testing.assert_close(direct, full, rtol=1e-14, atol=0)
+    monkeypatch.setattr(gaussian, "_DIRECT_WORK", 0)  # the bound path on the same points
+    torch.testing.assert_close(gm.log_density(z), direct, rtol=1e-13, atol=0)
 
 
 def test_gram_lower_triangle():
@@ -451,3 +472,17 @@ def test_the_two_fpr95_conventions_differ():
     t = np.sort(ood_s)[94]  # 95 of 100 OoD scored <= t = 6.44: ID rejected are the 5 far ones and those <= t
     assert m["fpr95_id_rejected"] == pytest.approx(np.mean(id_s <= t)) == pytest.approx(0.33)
     assert m["fpr95_id_rejected"] == openood_fpr(id_s, ood_s)
+
+
+def test_score_inputs_share_intermediates_per_fitted_state():
+    """ScoreInputs.shared computes once per (key, state) on the same inputs; another state (same key) recomputes."""
+    inputs = ScoreInputs(torch.randn(4, 3), torch.randn(4, 2))
+    calls = []
+    st_a, st_b = {"w": 1.0}, {"w": 2.0}
+    for st in (st_a, st_a, st_b, st_a):
+        got = inputs.shared("ratio", lambda st=st: calls.append(st["w"]) or torch.full((4,), st["w"]), of=st)
+        assert torch.equal(got, torch.full((4,), st["w"]))
+    assert calls == [1.0, 2.0]
+    assert inputs.space64("logits") is inputs.space64("logits") and inputs.space64("logits").dtype == torch.float64
+    assert torch.equal(inputs.space64("raw"), inputs.features.double())
+    assert ScoreInputs(inputs.features, inputs.logits).shared("ratio", lambda: torch.zeros(4), of=st_a).eq(0).all()

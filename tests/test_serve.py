@@ -69,6 +69,27 @@ def test_choose_best_mean_then_median_seed():
     assert metric_mode("loss/train") == "min" and metric_mode("accuracy/test") == "max"
 
 
+@pytest.mark.parametrize("from_blocks", [True, False], ids=["blocks", "dict"])
+@pytest.mark.parametrize("n", [1, 5])
+def test_response_frame_is_pandas_default_frame(n, from_blocks, monkeypatch):
+    """response_frame (pandas' block constructor, or the dict one on pandas 2) = pd.DataFrame(cols, columns=...):
+    values, column order, dtypes (the class names in the dtype pandas infers), index; and the same JSON records."""
+    from ncood.serve import pyfunc
+    if not from_blocks:
+        monkeypatch.setattr(pyfunc, "create_dataframe_from_blocks", None)
+    elif pyfunc.create_dataframe_from_blocks is None:
+        pytest.skip("pandas < 3 has no pandas.api.internals.create_dataframe_from_blocks")
+    g = np.random.default_rng(n)
+    columns = list(OUTPUT_COLUMNS)
+    scores = g.standard_normal((len(columns) - 2, n))
+    names = np.array(["zero", "1", "two"], dtype=object)
+    cols = {**dict(zip(columns, scores)), "predicted_class": names[g.integers(0, 3, n)], "is_ood": scores[0] < 0}
+    want = pd.DataFrame(cols, columns=columns)
+    got = pyfunc.response_frame(cols, columns, pd.Series(names).dtype)
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    assert got.to_json(orient="records") == want.to_json(orient="records")
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -172,6 +193,11 @@ def test_logged_model(trained, store):
     example = json.loads((local / "serving_input_example.json").read_text())["dataframe_split"]["data"][0][0]
     out = model.predict(pd.DataFrame({"image": [example]}))
     assert list(out.columns) == list(OUTPUT_COLUMNS) and len(out) == 1
+    # The response frame: the scorer's arrays as pandas frames them by default, value for value, dtype for dtype.
+    request = [example, encode_png(np.zeros((8, 8), np.uint8)), example]
+    want = pd.DataFrame(scorer.score_base64(request), columns=list(OUTPUT_COLUMNS))
+    pd.testing.assert_frame_equal(model.predict(pd.DataFrame({"image": request})), want, check_exact=True)
+    assert (want.dtypes.iloc[:-2] == np.float64).all() and want.dtypes.iloc[-1] == bool
     assert OUTPUT_COLUMNS[:2] == ("gmm_log_density", "feature_norm") and OUTPUT_COLUMNS[-2:] == ("predicted_class",
                                                                                                  "is_ood")
     assert {"mahalanobis", "vim", "react", "ash", "neco", "energy"} <= set(OUTPUT_COLUMNS)

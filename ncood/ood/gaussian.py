@@ -41,6 +41,10 @@ __all__ = ["JITTERS", "PRUNE_NATS", "ClassGaussians", "GaussianFitError", "fit_c
 JITTERS: tuple[float, ...] = (0.0, torch.finfo(torch.float64).tiny) + tuple(10 ** k for k in range(-308, 0))
 _CHUNK_ELEMENTS = 2**25  # float64 elements of the (C, d, chunk) residual tensor: 256 MiB
 PRUNE_NATS = 50.0  # log_density drops a class once its log density provably stays this far below the best one
+# log_density solves every class directly when N * C * d^2 (the solves' multiply-adds) is at most this: below it the
+# bound's fixed cost (~2C + 10 small ops) exceeds the solves it saves (1-thread CPU, C = 10: equal at d = 512, N = 1
+# and at d = 64, N = 64; the served scorer's one-image request at d = 64 takes 1/4 of the bound path's time).
+_DIRECT_WORK = 2**21
 
 
 class GaussianFitError(RuntimeError):
@@ -74,7 +78,7 @@ class ClassGaussians:
         self._check(z)
         c, d = self.num_classes, self.dim
         chunk = chunk_size or max(1, _CHUNK_ELEMENTS // (c * d))
-        const = self._log_const()  # (C,)
+        const = self._log_const  # (C,)
         out = []
         for start in range(0, z.shape[0], chunk):
             zc = z[start:start + chunk].to(device=self.device, dtype=torch.float64)  # (n, d)
@@ -91,25 +95,28 @@ class ClassGaussians:
         Equal to logsumexp of `per_class_log_density` to float64 rounding, at a fraction of its cost when the
         classes are apart (an exact bound, not an approximation). In class c's whitened space w = L_c^-1 (z - mu_c)
         the Mahalanobis distance is ||w||^2 >= ||Q_c^T w||^2 = ||V_c^T (z - mu_c)||^2 for any orthonormal Q_c
-        (d, C-1) and V_c = L_c^-T Q_c; Q_c spans the whitened mean differences L_c^-1 (mu_j - mu_c), the part of
+        (d, min(C-1, d)) and V_c = L_c^-T Q_c; Q_c spans the whitened mean differences L_c^-1 (mu_j - mu_c), the part of
         the distance that separates the classes. So const_c - ||V_c^T (z - mu_c)||^2 / 2 bounds log N_c(z) from
         above for all C classes in one (N, d) x (d, C (C-1)) product. Each point then gets in full the class with
         the best bound, whose exact log density l bounds the logsumexp from below, and in full every other class
         whose bound reaches l - PRUNE_NATS. A class left out adds less than e^-PRUNE_NATS relative to the sum
         (C - 1 of them: < 1e-20 for C < 10^6), below float64's 2^-53 = 1.1e-16 resolution: the result is the
         full logsumexp to rounding. Class solves per point (the cost; C without the bound), digits features of
-        ResNet18 widths 16-64: 1.1-1.4 on ID test images, 1.1-2.5 on OoD sets, of C = 10.
+        ResNet18 widths 16-64: 1.1-1.4 on ID test images, 1.1-2.5 on OoD sets, of C = 10. A batch whose full solves
+        cost little (N C d^2 <= _DIRECT_WORK, e.g. a served request of a few images) is solved for every class.
         """
         self._check(z)
         c = self.num_classes
+        if z.shape[0] * c * self.dim**2 <= _DIRECT_WORK:
+            return torch.logsumexp(self.per_class_log_density(z, chunk_size), dim=1)
         chunk = chunk_size or max(1, _CHUNK_ELEMENTS // (2 * self.dim))  # two (n, d) float64 per solve
-        const = self._log_const()  # (C,)
+        const = self._log_const  # (C,)
         basis, centre, offset = self._bound_basis
         out = []
         for start in range(0, z.shape[0], chunk):
             zc = z[start:start + chunk].to(device=self.device, dtype=torch.float64)  # (n, d)
             n = zc.shape[0]
-            proj = ((zc - centre) @ basis).view(n, c, c - 1) - offset  # (n, C, C-1) V_c^T (z - mu_c)
+            proj = ((zc - centre) @ basis).view(n, c, offset.shape[1]) - offset  # (n, C, k) V_c^T (z - mu_c)
             # (n, C) upper bounds of log N_c(z); the 1e-8 slack keeps rounding from dropping a class that counts.
             bound = const - 0.5 * (1 - 1e-8) * proj.square_().sum(dim=2)
             first = torch.nn.functional.one_hot(bound.argmax(dim=1), c).bool()  # (n, C) best bound: solved first
@@ -129,9 +136,10 @@ class ClassGaussians:
 
     @cached_property  # frozen dataclass: cached_property writes the instance __dict__ directly
     def _bound_basis(self) -> tuple[Tensor, Tensor, Tensor]:
-        """log_density's bound: basis (d, C (C-1)) = [V_0 ... V_C-1], V_c = L_c^-T Q_c with Q_c an orthonormal
-        basis of L_c^-1 (mu_j - mu_c), j != c; centre (d,) the mean of the class means, subtracted from z first
-        so that the product does not lose digits to a large common offset; offset (C, C-1) = V_c^T (mu_c - centre).
+        """log_density's bound: basis (d, C k) = [V_0 ... V_C-1], V_c = L_c^-T Q_c with Q_c (d, k) an orthonormal
+        basis of L_c^-1 (mu_j - mu_c), j != c, k = min(C - 1, d) (QR's reduced Q); centre (d,) the mean of the
+        class means, subtracted from z first so that the product does not lose digits to a large common offset;
+        offset (C, k) = V_c^T (mu_c - centre).
         Cost: 2 (C-1) d^2 per class (two triangular solves with C-1 right-hand sides), once per instance (serving
         scores one image per call). One class: an empty basis, the bound is const and the class is solved."""
         c, d = self.num_classes, self.dim
@@ -139,17 +147,18 @@ class ClassGaussians:
         others = [[j for j in range(c) if j != k] for k in range(c)]
         diffs = torch.stack([(self.means[o] - self.means[k]).T for k, o in enumerate(others)])  # (C, d, C-1)
         # Any orthonormal Q_c gives a valid bound (a zero difference, e.g. two equal means, only weakens it).
-        q = torch.linalg.qr(torch.linalg.solve_triangular(self.chol, diffs, upper=False)).Q  # (C, d, C-1)
-        v = torch.linalg.solve_triangular(self.chol.transpose(1, 2), q, upper=True)  # (C, d, C-1) L_c^-T Q_c
-        offset = torch.einsum("cd,cdk->ck", self.means - centre, v)  # (C, C-1)
-        return v.permute(1, 0, 2).reshape(d, c * (c - 1)), centre, offset
+        q = torch.linalg.qr(torch.linalg.solve_triangular(self.chol, diffs, upper=False)).Q  # (C, d, k)
+        v = torch.linalg.solve_triangular(self.chol.transpose(1, 2), q, upper=True)  # (C, d, k) L_c^-T Q_c
+        offset = torch.einsum("cd,cdk->ck", self.means - centre, v)  # (C, k)
+        return v.permute(1, 0, 2).reshape(d, -1), centre, offset
 
     def _check(self, z: Tensor) -> None:
         if z.ndim != 2 or z.shape[1] != self.dim:
             raise ValueError(f"expected features (N, {self.dim}), got {tuple(z.shape)}")
 
+    @cached_property
     def _log_const(self) -> Tensor:
-        """(C,) -(d log 2pi + log det Sigma_c) / 2, log det from the Cholesky diagonal."""
+        """(C,) -(d log 2pi + log det Sigma_c) / 2, log det from the Cholesky diagonal; once per instance."""
         log_det = 2.0 * self.chol.diagonal(dim1=-2, dim2=-1).log().sum(dim=-1)
         return -0.5 * (self.dim * math.log(2 * math.pi) + log_det)
 

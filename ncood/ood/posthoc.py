@@ -118,9 +118,11 @@ def _fit_mahalanobis(data: FitData, params: None) -> dict:
 @register_score("mahalanobis", space="input", fit=_fit_mahalanobis, diagnostics=lambda s: {"rank": s["rank"]})
 def mahalanobis(inputs: ScoreInputs, fitted: Fitted) -> Tensor:
     st = fitted.state
-    w = (inputs.space("input").double() - st["centre"]) @ st["whiten"]  # (N, r) whitened features
-    d2 = torch.stack([(w - m).square().sum(dim=1) for m in st["means"]], dim=1)  # (N, C), no cancellation
-    return -d2.amin(dim=1)
+    w = (inputs.space64("input") - st["centre"]) @ st["whiten"]  # (N, r) whitened features
+    means = st["means"]  # (C, r) whitened class means
+    rows = max(1, _CHUNK_ELEMENTS // max(1, means.numel()))  # (rows, C, r) float64 differences per block: <= 256 MiB
+    # (N, C) squared distances as sums of squared differences (no cancellation), one broadcast per block of rows
+    return torch.cat([-(wc[:, None] - means).square_().sum(dim=2).amin(dim=1) for wc in w.split(rows)])
 
 
 # ---- KNN (Sun et al. 2022) ------------------------------------------------------------------------------------------
@@ -197,7 +199,7 @@ def _fit_vim(data: FitData, params: ViMParams) -> dict:
                 diagnostics=lambda s: {"alpha": s["alpha"], "dim": s["dim"]})
 def vim(inputs: ScoreInputs, fitted: Fitted) -> Tensor:
     st = fitted.state
-    x = inputs.space("input").double()
+    x = inputs.space64("input")
     energy = torch.logsumexp(fitted.need_head("vim")(x), dim=1)
     return energy - st["alpha"] * ((x - st["u"]) @ st["null"]).norm(dim=1)
 
@@ -225,7 +227,7 @@ def _fit_react(data: FitData, params: ReActParams) -> dict:
 def react(inputs: ScoreInputs, fitted: Fitted) -> Tensor:
     from pytorch_ood.detector import ReAct
 
-    x = inputs.space("input").double()
+    x = inputs.space64("input")
     detector = ReAct(backbone=None, head=_head_on_maps(fitted, "react"), threshold=float(fitted.state["threshold"]))
     return _energy_of_pytorch_ood(detector.predict_feature_maps(x[:, :, None, None]))
 
@@ -245,7 +247,7 @@ class ASHParams:
 def ash(inputs: ScoreInputs, fitted: Fitted) -> Tensor:
     from pytorch_ood.detector import ASH
 
-    x = inputs.space("input").double()
+    x = inputs.space64("input")
     p = fitted.params
     detector = ASH(backbone=None, head=_head_on_maps(fitted, "ash"), variant=p.variant, percentile=p.percentile)
     return _energy_of_pytorch_ood(detector.predict_feature_maps(x[:, :, None, None]))
@@ -279,8 +281,11 @@ def _fit_neco(data: FitData, params: NECOParams) -> dict:
 
 
 def _neco_ratio(inputs: ScoreInputs, st: dict) -> Tensor:
-    xs = (inputs.space("input").double() - st["mean"]) / st["scale"]  # (N, D) scaled
-    return ((xs - st["pca_mean"]) @ st["components"].T).norm(dim=1) / xs.norm(dim=1).clamp_min(1e-12)
+    """(N,) ||PCA projection|| / ||x|| of the scaled inputs, made once per inputs for neco and neco_maxlogit."""
+    def compute() -> Tensor:
+        xs = (inputs.space64("input") - st["mean"]) / st["scale"]  # (N, D) scaled
+        return ((xs - st["pca_mean"]) @ st["components"].T).norm(dim=1) / xs.norm(dim=1).clamp_min(1e-12)
+    return inputs.shared("neco_ratio", compute, of=st)  # st: the one fitted state both scores share
 
 
 @register_score("neco", space="input", params=NECOParams(), fit=_fit_neco, diagnostics=lambda s: {"dim": s["dim"]})
@@ -290,4 +295,4 @@ def neco(inputs: ScoreInputs, fitted: Fitted) -> Tensor:
 
 @register_score("neco_maxlogit", space="input", logits=True, shares="neco")
 def neco_maxlogit(inputs: ScoreInputs, fitted: Fitted) -> Tensor:
-    return _neco_ratio(inputs, fitted.state) * inputs.space("logits").double().amax(dim=1)
+    return _neco_ratio(inputs, fitted.state) * inputs.space64("logits").amax(dim=1)

@@ -37,8 +37,9 @@ Every score returns float64 and compute_scores refuses non-finite values (never 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 import torch
@@ -58,11 +59,26 @@ SPACES: tuple[str, ...] = ("raw", "input", "logits")
 
 @dataclass(frozen=True)
 class ScoreInputs:
-    """What one feature pass gives for an image set."""
+    """What one feature pass gives for an image set, and what the scores computed on it share (`shared`)."""
 
     features: Tensor  # (N, d) raw z, before any normalization
     logits: Tensor | None = None  # (N, C); None only when fitting scores that need none
     classifier_input: Tensor | None = None  # (N, d') what the classifier multiplies; None: z itself
+    _shared: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def shared(self, key: Hashable, compute: Callable[[], Tensor], of: Any = None) -> Tensor:
+        """compute() once per (key, `of`) for these inputs: an intermediate several scores read (the float64 spaces,
+        NECO's ratio for neco and neco_maxlogit), made once per compute_scores call. `of`: the fitted state it
+        depends on, matched by identity and kept alive with the value (its id cannot be reused while the value is
+        kept). Treat the value as read-only."""
+        memo_key = (key, id(of))
+        if memo_key not in self._shared:
+            self._shared[memo_key] = (of, compute())
+        return self._shared[memo_key][1]
+
+    def space64(self, name: str) -> Tensor:
+        """space(name) in float64, converted once for all the scores that read it."""
+        return self.shared(("float64", name), lambda: self.space(name).double())
 
     def space(self, name: str) -> Tensor:
         """The (N, .) tensor of feature space `name` ("raw", "input", "logits")."""
@@ -95,8 +111,13 @@ class Head:
     def __call__(self, x: Tensor) -> Tensor:
         """(N, d') -> (N, C) float64 logits."""
         x = x.double()
-        w = self.weight.to(x.device, torch.float64)
-        return torch.nn.functional.linear(x, w, None if self.bias is None else self.bias.to(x.device, torch.float64))
+        w, b = self._float64
+        return torch.nn.functional.linear(x, w.to(x.device), None if b is None else b.to(x.device))
+
+    @cached_property  # frozen dataclass: cached_property writes the instance __dict__ directly
+    def _float64(self) -> tuple[Tensor, Tensor | None]:
+        """(W, b) in float64, converted once (ViM, ReAct and ASH call the head on every scored batch)."""
+        return self.weight.double(), None if self.bias is None else self.bias.double()
 
     def to(self, device: torch.device | str) -> Head:
         return Head(self.weight.to(device), None if self.bias is None else self.bias.to(device))
@@ -292,15 +313,20 @@ def compute_scores(inputs: ScoreInputs, fit: ScoreFit, scores: Iterable[str] | N
     if inputs.logits is not None and inputs.logits.shape[0] != n:
         raise ValueError(f"features ({n} rows) and logits ({inputs.logits.shape[0]} rows) must describe the same "
                          "images")
+    inputs = dataclasses.replace(inputs)  # a fresh `shared` memo: its float64 copies live for this call only
     out = {}
     for name in names:
         s = SCORES[name](inputs, fit.fitted(name)).double()
         if s.shape != (n,):
             raise ValueError(f"score {name!r} returned shape {tuple(s.shape)}, expected ({n},)")
-        bad = int((~torch.isfinite(s)).sum())
-        if bad:
-            raise ValueError(f"score {name!r}: {bad} of {n} values are non-finite (never dropped silently)")
         out[name] = s
+    # One finiteness check for all scores (S ops fewer per call: the served scorer scores one image per request);
+    # the per-score count runs only when it fires.
+    if out and not bool(torch.isfinite(torch.stack(list(out.values()))).all()):
+        for name, s in out.items():
+            bad = int((~torch.isfinite(s)).sum())
+            if bad:
+                raise ValueError(f"score {name!r}: {bad} of {n} values are non-finite (never dropped silently)")
     return out
 
 
@@ -355,24 +381,24 @@ def gmm(inputs: ScoreInputs, fitted: Fitted) -> Tensor:
 
 @register_score("feature_norm", space="raw")
 def feature_norm(inputs: ScoreInputs, fitted: Fitted) -> Tensor:
-    return inputs.space("raw").double().norm(dim=1)  # raw z whatever the model: the TMLR 2024 score
+    return inputs.space64("raw").norm(dim=1)  # raw z whatever the model: the TMLR 2024 score
 
 
 @register_score("msp", space="logits")
 def msp(inputs: ScoreInputs, fitted: Fitted) -> Tensor:
-    return torch.softmax(inputs.space("logits").double(), dim=1).amax(dim=1)  # float64: fewer ties at ~1.0
+    return torch.softmax(inputs.space64("logits"), dim=1).amax(dim=1)  # float64: fewer ties at ~1.0
 
 
 @register_score("max_logit", space="logits")
 def max_logit(inputs: ScoreInputs, fitted: Fitted) -> Tensor:
-    return inputs.space("logits").double().amax(dim=1)
+    return inputs.space64("logits").amax(dim=1)
 
 
 @register_score("energy", space="logits")
 def energy(inputs: ScoreInputs, fitted: Fitted) -> Tensor:
-    return torch.logsumexp(inputs.space("logits").double(), dim=1)
+    return torch.logsumexp(inputs.space64("logits"), dim=1)
 
 
 @register_score("logit_norm", space="logits")
 def logit_norm(inputs: ScoreInputs, fitted: Fitted) -> Tensor:
-    return inputs.space("logits").double().norm(dim=1)
+    return inputs.space64("logits").norm(dim=1)

@@ -121,11 +121,13 @@ def _pixels01(im) -> Tensor:
     if mode == "F":
         arr = np.clip(np.asarray(im, dtype=np.float32), 0, 1)[..., None]
         return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
-    grey = mode in ("1", "L", "LA", "La")
-    arr = np.asarray(im.convert("L" if grey else "RGB"), dtype=np.uint8)  # (h, w) or (h, w, 3)
-    t = torch.from_numpy(arr.copy())
-    t = t[None] if grey else t.permute(2, 0, 1)  # (C, h, w)
-    return t[None].float().div_(255)  # as ncood.data.registry._prepare widens uint8
+    target = "L" if mode in ("1", "L", "LA", "La") else "RGB"
+    # (h, w) or (h, w, 3) uint8 pixels widened to a new float32 array in one step (an image already in the target
+    # mode is not converted: PIL's convert would copy it)
+    arr = np.asarray(im if mode == target else im.convert(target), dtype=np.float32)
+    t = torch.from_numpy(arr).div_(255)  # as ncood.data.registry._prepare widens uint8: float32(v) / 255
+    t = t[None] if target == "L" else t.permute(2, 0, 1)  # (C, h, w)
+    return t[None]
 
 
 def decode_image(data: bytes, limits: ServingLimits) -> Tensor:

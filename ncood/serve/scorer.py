@@ -26,8 +26,10 @@ max_logit, with the Gaussians in the feature space they were fitted in (spec.fea
 
 Decoding and validation of the request are ncood.serve.decoding; the MLflow pyfunc wrapper is ncood.serve.pyfunc.
 The network is put in eval mode once, when the scorer is built, and every request runs under
-torch.inference_mode: one batched forward (ncood.evaluate.extract, the function that feeds the evaluation) gives
-z and the logits, and every served score reads that one pass.
+torch.inference_mode: one batched forward (ncood.evaluate.extract, the function that feeds the evaluation, with
+in_eval=True: no per-request walk over the submodules' flags) gives z and the logits, and every served score reads
+that one pass through compute_scores, the evaluation's function (the float64 spaces and shared intermediates made
+once per request: ScoreInputs.shared).
 """
 from __future__ import annotations
 
@@ -54,6 +56,7 @@ EXTRA_COLUMNS = ("predicted_class", "is_ood")
 SPEC_FORMAT = 2  # version of scorer.json; bump when its fields change meaning (2: scores, score_params; input space)
 READABLE_FORMATS = (1, 2)
 FORMAT1_SCORES = ("gmm", "feature_norm", "msp", "max_logit")  # what a format-1 package served (frozen: history)
+SERVE_BATCH = 256  # images per forward when scoring (the server's requests are capped at max_images, 256 by default)
 
 
 def score_columns(scores: Sequence[str]) -> dict[str, str]:
@@ -135,7 +138,7 @@ def _input_space(model: nn.Module, z: Tensor, feature_space: str) -> Tensor | No
 
 
 @torch.inference_mode()
-def score_model_input(model: nn.Module, fit: ScoreFit, x: Tensor, batch_size: int = 256, *,
+def score_model_input(model: nn.Module, fit: ScoreFit, x: Tensor, batch_size: int = SERVE_BATCH, *,
                       feature_space: str = "input", scores: Sequence[str] | None = None) -> dict[str, Tensor]:
     """Normalized images x (N, C, H, W) -> {response column: (N,) float64, 'predicted': (N,) int64}, in fp32.
 
@@ -144,7 +147,13 @@ def score_model_input(model: nn.Module, fit: ScoreFit, x: Tensor, batch_size: in
     device; a model already in eval mode (the served one) is left untouched, a training one is restored afterwards.
     """
     z, lg = extract(model, x, batch_size)  # (N, d), (N, C) fp32
-    names = tuple(fit.scores if scores is None else scores)
+    return _score_features(model, fit, (z, lg), feature_space, tuple(fit.scores if scores is None else scores))
+
+
+def _score_features(model: nn.Module, fit: ScoreFit, features_logits: tuple[Tensor, Tensor], feature_space: str,
+                    names: tuple[str, ...]) -> dict[str, Tensor]:
+    """One extract()'s (z, logits) -> {response column: (N,) float64, 'predicted': (N,) int64} (score_model_input)."""
+    z, lg = features_logits
     out = compute_scores(ScoreInputs(z, lg, _input_space(model, z, feature_space)), fit, names)
     return {**{col: out[name] for col, name in score_columns(names).items()}, "predicted": lg.argmax(dim=1)}
 
@@ -200,10 +209,14 @@ class Scorer:
             out[idx] = to_model_input(torch.cat([images01[i] for i in idx]), self.info)
         return out
 
+    @torch.inference_mode()
     def score(self, x: Tensor) -> dict[str, np.ndarray]:
-        """Normalized (N, *image_shape) -> {column: (N,) array} with every response column."""
-        out = score_model_input(self.model, self.fit, x, feature_space=self.spec.feature_space)
-        cols = {col: out[col].numpy(force=True) for col in self.score_columns}
+        """Normalized (N, *image_shape) -> {column: (N,) array} with every response column: score_model_input's
+        computation, with extract's mode walk skipped (the network stays in eval mode from __init__)."""
+        z_lg = extract(self.model, x, SERVE_BATCH, in_eval=True)  # (N, d), (N, C) fp32
+        out = _score_features(self.model, self.fit, z_lg, self.spec.feature_space, self.fit.scores)
+        block = torch.stack([out[col] for col in self.score_columns]).numpy(force=True)  # (S, N): one conversion
+        cols = dict(zip(self.score_columns, block))  # rows: contiguous (N,) float64 views
         cols["predicted_class"] = self.class_names[out["predicted"].numpy(force=True)]
         cols["is_ood"] = cols["gmm_log_density"] < self.spec.threshold
         return cols
