@@ -18,7 +18,7 @@ request counts are capped (--requests <= 5000, --batch-requests <= 1000).
 
     python bench/serve.py --model-uri models:/ncood-ood-scorer@champion            # starts both servers itself
     python bench/serve.py --demo --json     # trains + logs a tiny digits model in a temp store first (~30 s)
-    python bench/serve.py --smoke --json    # the same with a handful of requests (tests/test_bench.py)
+    python bench/serve.py --smoke --json    # a 1-epoch width-4 model, a handful of requests (tests/test_bench.py)
 
 The header gives the machine load (os.getloadavg, before and after) and the versions; `--json` prints one JSON
 object as the last line.
@@ -98,8 +98,9 @@ def save_floor_model(path: Path, scorer: Scorer) -> str:
     return str(path)
 
 
-def demo_model(root: Path) -> tuple[str, str]:
-    """Train a width-8 ResNet18 on digits for 3 epochs (1 thread), log it; returns (models:/ URI, tracking URI)."""
+def demo_model(root: Path, width: int = 8, epochs: int = 3) -> tuple[str, str]:
+    """Train a ResNet18 (width 8, 3 epochs; --smoke: width 4, 1 epoch, enough to exercise every arm) on digits
+    (1 thread), log it; returns (models:/ URI, tracking URI)."""
     from ncood import tracking
     from ncood.config import make_config
     from ncood.pipeline import build_trial
@@ -107,7 +108,7 @@ def demo_model(root: Path) -> tuple[str, str]:
 
     uri = tracking.resolve_tracking_uri(str(root / "mlflow.db"))
     ref = tracking.start_sweep(uri, tracking.prepare_experiment("bench-serve", uri), "bench", {}, {})
-    cfg = make_config("digits", width=8, epochs=3, device="cpu", data_root=str(root / "data"))
+    cfg = make_config("digits", width=width, epochs=epochs, device="cpu", data_root=str(root / "data"))
     tracker = tracking.TrialTracker(ref, cfg, trial_id="bench")
     run_id = tracker.start()
     threads = torch.get_num_threads()
@@ -187,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-uri", help="model to score in process and to serve")
     p.add_argument("--tracking-uri", default=None, help="store for models:/ URIs (default $MLFLOW_TRACKING_URI)")
     p.add_argument("--demo", action="store_true", help="train and log a tiny digits model in a temp store first")
-    p.add_argument("--smoke", action="store_true", help="--demo with 3 runs of 5 single and 2 batch requests of 16")
+    p.add_argument("--smoke", action="store_true",
+                   help="--demo with a width-4, 1-epoch model, 3 runs of 5 single and 2 batch requests of 16")
     p.add_argument("--runs", type=int, default=3, help="runs; the table shows the median over them (>= 3)")
     p.add_argument("--requests", type=int, default=200, help=f"single-image requests per run (<= {MAX_REQUESTS})")
     p.add_argument("--batch", type=int, default=64, help=f"images per batch request (<= {MAX_BATCH})")
@@ -214,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         tracking_uri = args.tracking_uri
         if args.demo:
             t0 = time.perf_counter()
-            args.model_uri, tracking_uri = demo_model(root)
+            args.model_uri, tracking_uri = demo_model(root, *((4, 1) if args.smoke else (8, 3)))
             print(f"demo model logged in {time.perf_counter() - t0:.1f} s: {args.model_uri}", file=sys.stderr)
         if tracking_uri:
             os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # models:/ URIs, here and in the server

@@ -164,6 +164,7 @@ def tiny_grid(local_ray, sqlite_store):
     return result, sqlite_store[0]
 
 
+@pytest.mark.slow  # the first user of tiny_grid: the grid's 4 trials run in its set-up
 @pytest.mark.timeout(300)
 def test_tiny_grid_parent_and_children(tiny_grid):
     result, uri = tiny_grid
@@ -214,6 +215,7 @@ def test_tiny_grid_summary(tiny_grid):
     assert [line.split()[1:3] for line in table.splitlines()[1:]] == [["2", "0"], ["2", "0"]]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_failure_retried_from_checkpoint_and_failed_marked(local_ray, sqlite_store, tmp_path):
     """seed 0 raises once at epoch 2 (retried from its epoch-1 checkpoint), seed 1 raises at every attempt,
@@ -254,6 +256,7 @@ class InterruptOnce(tune.Callback):
             os.kill(os.getpid(), signal.SIGINT)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_interrupt_then_resume(local_ray, sqlite_store, tmp_path):
     """Two trials at a time, one short (2 epochs) beside one long (5): Ctrl+C when the short one finishes cuts
@@ -289,6 +292,7 @@ def test_interrupt_then_resume(local_ray, sqlite_store, tmp_path):
         assert _steps(client, r, keys.LOSS_TRAIN) == list(range(1, epochs + 1))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_search_six_trials(local_ray, sqlite_store):
     search = load_job("search")

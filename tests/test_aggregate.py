@@ -75,10 +75,10 @@ def _make_run(client, exp_id, parent_id, cond, seed, vals, status="FINISHED", ep
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, new_store):
     """The store and the truth: {(condition, seed): {key: {epoch: value}}} for every run that is used."""
     root = tmp_path_factory.mktemp("agg")
-    uri = tracking.resolve_tracking_uri(str(root / "mlflow.db"))
+    uri = new_store(root)
     exp_id = tracking.prepare_experiment(EXP, uri)
     client = MlflowClient(uri)
     rng = np.random.default_rng(123)
@@ -343,10 +343,10 @@ def test_sweep_run_carries_the_headline(store, result):
     assert "new-sweep" in note and all(c in note for c in (A, B, C, D)) and "l2_effect/" in note
 
 
-def test_older_key_layout_reads_the_same(tmp_path):
+def test_older_key_layout_reads_the_same(tmp_store):
     """A store written before the <metric>/<score>/<set> layout (ood/<set>/<score>/<metric>) aggregates unchanged;
     MLflow's system metrics (steps = samples, here more samples than epochs) do not make a run look incomplete."""
-    uri = tracking.resolve_tracking_uri(str(tmp_path / "old.db"))
+    uri = tmp_store
     exp_id = tracking.prepare_experiment("old-layout", uri)
     client = MlflowClient(uri)
     parent = client.create_run(exp_id, run_name="sweep", tags={keys.TAG_ROLE: "sweep"})

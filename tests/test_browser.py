@@ -12,7 +12,7 @@ import re
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ncood import keys, tracking
+from ncood import keys
 from ncood.aggregate import after_sweep
 from ncood.aggregate.summary import headline_url
 from ncood.tune import SweepSettings, init_ray, run_grid
@@ -23,17 +23,18 @@ TINY = {"width": 2, "epochs": [2], "ood_sets": ("noise",)}  # 2 seeds x L2 off/o
 
 
 @pytest.fixture(scope="module")
-def browser():
-    binary = chromium()
+def browser(apt_lock):
+    with apt_lock():  # another xdist worker may be apt-installing too
+        binary = chromium()
     if binary is None:
         pytest.skip("chromium is not installed and installing it needs root and apt-get")
     return binary
 
 
 @pytest.fixture(scope="module")
-def grid_store(tmp_path_factory):
+def grid_store(tmp_path_factory, new_store):
     root = tmp_path_factory.mktemp("browser")
-    uri = tracking.resolve_tracking_uri(str(root / "mlflow.db"))
+    uri = new_store(root)
     init_ray(num_cpus=2)
     settings = SweepSettings(experiment="ui-test", tracking_uri=uri, storage_path=str(root / "ray"), progress=False)
     result = run_grid("default", TINY, seeds=2, settings=settings)

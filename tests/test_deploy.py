@@ -281,10 +281,11 @@ class Postgres:
 
 
 @pytest.fixture(scope="module")
-def postgres():
+def postgres(apt_lock):
     """A throwaway cluster in a temp dir on 127.0.0.1:<free port>, set up with deploy/mlflow/init-db.sh."""
     _require_server_deps()
-    bindir = _postgres_bindir()
+    with apt_lock():  # another xdist worker may be apt-installing too
+        bindir = _postgres_bindir()
     root = Path(tempfile.mkdtemp(prefix="deploy-pg-", dir="/tmp"))  # short: the socket path must fit 107 bytes
     as_owner: list[str] = []
     if os.geteuid() == 0:  # initdb refuses root: the server runs as the `postgres` user the package created

@@ -221,7 +221,7 @@ def test_presets_write_out_the_papers_recipe():
     assert shared["width"] == 64 and conditions[0]["epochs"] == 60 and shared["batch_size"] == 1024
     shared, conditions = grid_conditions("fmnist_cpu")
     assert (shared["width"], shared["train_subset"], shared["batch_size"], conditions[0]["epochs"]) == (
-        8, 10_000, 128, 20)
+        8, 10_000, 128, 15)
 
 
 # ---------------------------------------------------------------- a tiny trial through the real loader

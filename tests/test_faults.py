@@ -11,7 +11,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ncood import keys, tracking
+from ncood import keys
 from ncood.tune.status import failure_kind
 
 from sweep_procs import job_env, logged_steps, ray_workers, stop_tree, sweep_command
@@ -37,8 +37,8 @@ def test_failure_kinds():
 
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-def test_sigkill_mid_training_is_retried_into_the_same_run(tmp_path):
-    uri = tracking.resolve_tracking_uri(str(tmp_path / "mlflow.db"))
+def test_sigkill_mid_training_is_retried_into_the_same_run(tmp_store, tmp_path):
+    uri = tmp_store
     epochs = 12
     cmd = sweep_command(uri, tmp_path / "ray", "sigkill", "--l2", "off", "--epochs", str(epochs), "--width", "4",
                         "--num-cpus", "1", "--max-failures", "1")
@@ -79,11 +79,11 @@ def test_sigkill_mid_training_is_retried_into_the_same_run(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_out_of_memory_kill_is_reported_as_oom(tmp_path):
+def test_out_of_memory_kill_is_reported_as_oom(tmp_store, tmp_path):
     """Ray's memory monitor with its kill threshold at 1% of the node's memory (always exceeded): it kills the
     trial's worker as soon as it runs, as it would a trial that outgrew the node. The trial never got as far as
     creating its MLflow run; the driver creates it, FAILED, with failure_kind "oom" and Ray's account."""
-    uri = tracking.resolve_tracking_uri(str(tmp_path / "mlflow.db"))
+    uri = tmp_store
     cmd = sweep_command(uri, tmp_path / "ray", "oom", "--l2", "off", "--num-cpus", "1", "--max-failures", "0")
     env = job_env(RAY_memory_usage_threshold="0.01", RAY_memory_monitor_refresh_ms="100")
     job = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=280)

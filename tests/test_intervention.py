@@ -149,14 +149,13 @@ def test_nc_loss_training_collapses_faster_than_cross_entropy(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_ablation_then_intervention_end_to_end(local_ray, tmp_path):
+def test_ablation_then_intervention_end_to_end(local_ray, tmp_store, tmp_path):
     """Tiny ablation (2 seeds, 3 epochs, checkpoint at 2) -> intervention (3 epochs) -> tables, figures, MLflow runs."""
     from mlflow.tracking import MlflowClient
 
-    from ncood import tracking
     from ncood.tune import SweepSettings, run_grid
 
-    uri = tracking.resolve_tracking_uri(str(tmp_path / "mlflow.db"))
+    uri = tmp_store
     settings = SweepSettings(experiment="abl", tracking_uri=uri, storage_path=str(tmp_path / "ray"),
                              progress=False, keep_checkpoint_epochs=(2,))
     result = run_grid("default", {"epochs": [3], "width": 4, "eval_every": 1}, seeds=2, settings=settings)

@@ -74,12 +74,12 @@ def test_matching_rule():
 
 
 @pytest.fixture(scope="module")
-def compared(tmp_path_factory):
+def compared(tmp_path_factory, new_store):
     """A sweep of three conditions written as trials write them: the papers' ResNet18 L2 60 (3 seeds, GMM SVHN AUROC
     around the published mean), its No-L2 twin (3 seeds, far below it) and an L2 60 network of width 32 (no paper
     ran that: no comparison)."""
     root = tmp_path_factory.mktemp("published")
-    uri = tracking.resolve_tracking_uri(str(root / "mlflow.db"))
+    uri = new_store(root)
     exp_id = tracking.prepare_experiment("published", uri)
     conds = {L2_60: [0.930, 0.940, 0.950], L2_60.replace(l2=False): [0.70, 0.71, 0.72],
              L2_60.replace(width=32): [0.90, 0.91, 0.92]}

@@ -65,11 +65,11 @@ def s3(tmp_path_factory):
                 os.environ[k] = v
 
 
-def test_unusable_storage_fails_before_any_run(s3, tmp_path, capsys):
+def test_unusable_storage_fails_before_any_run(s3, tmp_store, capsys):
     """A missing bucket or a malformed URI: exit 2 with the problem named, and no MLflow run created."""
     uri, _ = s3
     ablation = load_job("ablation")
-    tracking_uri = tracking.resolve_tracking_uri(str(tmp_path / "mlflow.db"))
+    tracking_uri = tmp_store
     for where, said in [(uri.replace(BUCKET, "no-such-bucket"), "Bucket 'no-such-bucket' not found"),
                         (uri + "&no_such_option=1", "not a storage URI")]:
         rc = ablation.main(["--experiment", "bad-storage", "--tracking-uri", tracking_uri, "--storage-path", where,
@@ -84,10 +84,11 @@ def _keys(client, prefix: str) -> list[str]:
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_sweep_and_resume_on_s3(s3, tmp_path):
+def test_sweep_and_resume_on_s3(s3, tmp_store):
     uri, client = s3
-    tracking_uri = tracking.resolve_tracking_uri(str(tmp_path / "mlflow.db"))
+    tracking_uri = tmp_store
     settings = SweepSettings(experiment="on-s3", tracking_uri=tracking_uri, storage_path=uri, progress=False)
     result = run_grid("default", TINY, seeds=1, settings=settings)
     assert not result.interrupted and result.num_errors == 0
