@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from ncood import keys, tracking
 
-from sweep_procs import job_env, stop_tree, sweep_command
+from sweep_procs import job_env, logged_steps, stop_tree, sweep_command
 
 TRIALS_PER_SWEEP = 4  # 2 seeds x L2 off/on, all at once (--num-cpus 4)
 
@@ -89,9 +89,10 @@ def test_two_sweeps_at_once_into_one_sqlite_experiment(tmp_path):
         mine = [r for r in children if r.data.tags["mlflow.parentRunId"] == parent.info.run_id]
         assert sorted(r.info.run_name for r in mine) == sorted(
             f"resnet18-w2-{l2}-sn-lg-e2-s{s}" for l2 in ("l2", "nol2") for s in (0, 1))
+    every_epoch, full_evaluations = logged_steps(2)  # [1, 2] and [2]: the default preset's OoD scores every 3rd + last
     for r in children:
-        for key in (keys.LOSS_TRAIN, keys.ood_key("noise", "gmm", "auroc")):
-            assert sorted(m.step for m in client.get_metric_history(r.info.run_id, key)) == [1, 2], key
+        for key, steps in ((keys.LOSS_TRAIN, every_epoch), (keys.ood_key("noise", "gmm", "auroc"), full_evaluations)):
+            assert sorted(m.step for m in client.get_metric_history(r.info.run_id, key)) == steps, key
         assert {"checkpoint.pt", "summary.json"} <= {a.path for a in client.list_artifacts(r.info.run_id)}
     print(f"most trial runs RUNNING at once: {max_overlap(children)}")
     assert max_overlap(children) >= 6  # the two sweeps' trials did write at the same time
