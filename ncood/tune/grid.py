@@ -165,15 +165,16 @@ GRIDS: dict[str, GridPreset] = {
                               "train images), L2 off/on x 15 seeds = 30 trials (GPU)",
                          keep_checkpoint_epochs=(50,)),  # as table1: tune_jobs/nc_intervention.py --from-epoch 50
     # Sized for 3 seeds x L2 off/on on 2 CPU cores (two 1-core trials at a time, three rounds): an epoch takes ~16 s
-    # and the final evaluation of all 13 scores on 5 OoD sets ~1 min, so 20 epochs took ~23 min in all and 15 fit in
-    # 20 min. Width 8 on a 10k-image subset reaches 84-87% test accuracy in 15 epochs (88% in 20); batch 128 gives
-    # 79 steps per epoch (1024 would give 10); one full evaluation (NC + GMM + every score, every OoD set) at the end.
+    # and the final evaluation of all 13 scores on 5 OoD sets ~1 min, so 20 epochs took ~23 min in all; 15 took 16 min
+    # 25 s (fresh clone, 2 cores, 2026-11-30). Width 8 on a 10k-image subset reaches 86-89% test accuracy in 15
+    # epochs (88% in 20); batch 128 gives 79 steps per epoch (1024 would give 10); one full evaluation (NC + GMM + every
+    # score, every OoD set) at the end.
     "fmnist_cpu": GridPreset("fmnist", {**_PAPERS_MODEL, "width": 8, "arch": "resnet18", "epochs": 15,
                                         "train_subset": 10000, "batch_size": 128, "eval_every": 0},
                              ({"l2": _OFF_ON},), seeds=3,
                              help="Fashion-MNIST on 2 CPU cores: the fmnist recipe (seed paper Table 1 ResNet18 rows) (SN + leaky/GAP) at width 8, "
                                   "15 epochs (LR x0.1 at 10/12), batch 128, a stratified 10k-image train subset, one evaluation at "
-                                  "the end, L2 off/on x 3 seeds = 6 trials (under 20 min on 2 CPU cores)"),
+                                  "the end, L2 off/on x 3 seeds = 6 trials (~16 min on 2 CPU cores)"),
 }
 
 
