@@ -64,7 +64,8 @@ class Evaluation:
 
     def __post_init__(self) -> None:
         self.due = every_epochs(self.cfg.eval_every, self.cfg.epochs)
-        self.nc_due = lambda epoch: self.cfg.nc_every > 0 and epoch % self.cfg.nc_every == 0
+        # nc_every 0 leaves only the last epoch, which always gets the full evaluation: no NC-only pass then
+        self.nc_due = every_epochs(self.cfg.nc_every, self.cfg.epochs)
 
     def __call__(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
         batch_size = max(self.cfg.batch_size, 1024)  # no grads: big batches are cheaper
