@@ -27,7 +27,6 @@ from typing import Any, Callable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.optim import param_groups_weight_decay
 
 from ncood import checkpoint, keys
 from ncood.collapse import nc_loss
@@ -100,6 +99,8 @@ def make_optimizer(model: torch.nn.Module, cfg: TrialConfig, fused: bool) -> tor
     fused: one kernel for all parameters (CUDA); otherwise foreach batches the update (CPU)."""
     fast = {"fused": True} if fused else {"foreach": True}
     if cfg.optimizer == "adamw":
+        from timm.optim import param_groups_weight_decay  # here: only the AdamW recipes need timm (~0.5 s import)
+
         groups = param_groups_weight_decay(model, cfg.weight_decay)  # no decay on biases and norm weights
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, **fast)
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,

@@ -215,7 +215,9 @@ def test_tinyimagenet_download_uses_the_standard_archive(tmp_path, monkeypatch, 
         calls.append((url, download_root, md5))
         write_tinyimagenet(download_root, n=5)
 
-    monkeypatch.setattr(tiny_imagenet, "download_and_extract_archive", fake_download)
+    import torchvision.datasets.utils
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", fake_download)  # read at call time
     assert load_ood("tinyimagenet", tmp_path, like=digits, download=True).shape == (5, 1, 8, 8)
     assert calls == [(tiny_imagenet.TINY_URL, str(tmp_path), tiny_imagenet.TINY_MD5)]
     load_ood("tinyimagenet", tmp_path, like=digits, download=True)
@@ -419,3 +421,28 @@ def test_loader_on_cuda(gen_device):
     g.set_state(state)
     assert all(xb.is_cuda and torch.equal(xb, xa) for (xb, _), (xa, _) in zip(list(loader), first))
     assert torch.equal(torch.cat([y for _, y in first]).sort().values.cpu(), torch.arange(100))
+
+
+def test_torchvision_names_spelled_in_ncood_are_torchvisions():
+    """ncood.data spells a few torchvision constants so that registering the sets does not import torchvision."""
+    from torchvision import datasets
+
+    from ncood.data.fashion_mnist import FASHION_MNIST_CLASS
+    from ncood.data.torchvision_sets import CIFAR_SOURCES
+
+    for name, (url, folder) in CIFAR_SOURCES.items():
+        assert (getattr(datasets, name).url, getattr(datasets, name).base_folder) == (url, folder)
+    assert datasets.FashionMNIST.__name__ == FASHION_MNIST_CLASS
+
+
+def test_a_trial_worker_does_not_import_torchvision_or_timm_for_digits():
+    """A Ray trial worker and every CLI call import ncood's trainable; torchvision (with torch._dynamo) and timm are
+    ~2.5 s of that import on 2 cores and only the downloadable sets and the AdamW/ConvNeXt/CCT recipes use them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ncood.tune.trial, ncood.cli; from ncood.data import load_id; load_id('digits', '.'); "
+            "print(sorted(m for m in ('torchvision', 'timm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-1] == "[]"

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torchvision import datasets
-from torchvision.datasets.utils import check_integrity, extract_archive
 
-from ncood.data.registry import DatasetInfo, DatasetNotFoundError, IDData, RawImages, register_dataset
+from ncood.data.registry import (
+    DatasetInfo, DatasetNotFoundError, IDData, RawImages, check_integrity, register_dataset, torchvision_datasets,
+)
 from ncood.data.torchvision_sets import _construct
 
 DEBIAN_PACKAGE = "dataset-fashion-mnist"  # Debian/Ubuntu "science" section, 30 MB installed
@@ -47,11 +47,12 @@ RAW_MD5 = {
 # unpacked train-images-idx3-ubyte; tests/test_fashion_mnist.py recomputes them. They are the values commonly
 # quoted for Fashion-MNIST (0.2860 / 0.3530).
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
+FASHION_MNIST_CLASS = "FashionMNIST"  # torchvision's class name, the folder it reads (tests pin it to torchvision's)
 
 
 def raw_folder(root: str | Path) -> Path:
     """<root>/FashionMNIST/raw: where torchvision's FashionMNIST looks (its `raw_folder` property)."""
-    return Path(root) / datasets.FashionMNIST.__name__ / "raw"
+    return Path(root) / FASHION_MNIST_CLASS / "raw"
 
 
 def expected_files(root: str | Path) -> list[tuple[Path, str]]:
@@ -79,6 +80,8 @@ def _place(src: Path, dest: Path) -> str:
     """Put `src` at `dest` atomically: .gz -> unpacked (torchvision's extract_archive), else symlink or copy."""
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".ncood-link-") as tmp:
         if src.suffix == ".gz":
+            from torchvision.datasets.utils import extract_archive  # lazily: see registry.torchvision_datasets
+
             staged, how = Path(extract_archive(str(src), tmp)), "unpacked"  # tmp/<name without .gz>
         else:
             staged = Path(tmp) / dest.name
@@ -179,7 +182,7 @@ def ensure_files(root: Path, download: bool) -> None:
     for path, md5 in files:  # torchvision only checks that the files exist: clear damaged ones so it fetches anew
         if path.exists() and not check_integrity(path, md5):
             path.unlink()
-    _construct("fashion_mnist", root, files, lambda: datasets.FashionMNIST(str(root), download=True))
+    _construct("fashion_mnist", root, files, lambda: torchvision_datasets().FashionMNIST(str(root), download=True))
     if not is_linked(root):
         raise DatasetNotFoundError.build("fashion_mnist", root, files, detail="The downloaded files fail their md5.")
 
@@ -203,6 +206,6 @@ def ensure_files(root: Path, download: bool) -> None:
 ))
 def load_fashion_mnist(root: Path, split: str, *, download: bool, like: IDData | None, seed: int) -> RawImages:
     ensure_files(root, download)
-    ds = datasets.FashionMNIST(str(root), train=split == "train", download=False)
+    ds = torchvision_datasets().FashionMNIST(str(root), train=split == "train", download=False)
     x = ds.data[:, None].contiguous()  # (N, 28, 28) -> (N, 1, 28, 28) uint8
     return RawImages(x, ds.targets.to(torch.int64), list(ds.classes))

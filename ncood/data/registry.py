@@ -17,11 +17,27 @@ from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
-from torchvision.datasets.utils import check_integrity
 
 # ITU-R 601-2 luma weights, as PIL's convert("L") uses them.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 _CHUNK = 4096  # images converted per step: bounds the float temporaries of a 10k x 3 x 64 x 64 set to ~200 MB
+
+
+# torchvision is imported on first use, not with ncood.data: `import torchvision` loads all of it (models, ops and,
+# through ops, torch._dynamo), about 2 s per process on 2 cores (measured), paid by every Ray trial worker and CLI
+# call although digits, photos, letters and the generated sets never touch it.
+def torchvision_datasets():
+    """The module torchvision.datasets (imported now if it is not yet)."""
+    from torchvision import datasets
+
+    return datasets
+
+
+def check_integrity(path: str | Path, md5: str | None = None) -> bool:
+    """torchvision.datasets.utils.check_integrity: the file exists and, if md5 is given, has that md5."""
+    from torchvision.datasets.utils import check_integrity as check
+
+    return check(str(path), md5)
 
 
 @dataclass(frozen=True, kw_only=True)

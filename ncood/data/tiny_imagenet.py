@@ -23,7 +23,6 @@ from urllib.error import URLError
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.datasets.utils import download_and_extract_archive
 
 from ncood.data.registry import DatasetInfo, DatasetNotFoundError, IDData, RawImages, register_dataset
 from ncood.data.torchvision_sets import CIFAR_RECIPE
@@ -50,6 +49,8 @@ def load_tinyimagenet(root: Path, split: str, *, download: bool, like: IDData | 
     labelled = like is None  # ID use needs the classes; OoD use only the validation images
     files = [(annotations, None)] + ([(wnids_file, None)] if labelled else [])
     if download and not all(path.exists() for path, _ in files):
+        from torchvision.datasets.utils import download_and_extract_archive  # lazily: registry.torchvision_datasets
+
         try:
             download_and_extract_archive(TINY_URL, str(root), md5=TINY_MD5)
         except (URLError, ConnectionError, TimeoutError) as err:

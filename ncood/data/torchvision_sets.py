@@ -19,11 +19,10 @@ from urllib.error import URLError
 
 import numpy as np
 import torch
-from torchvision import datasets
-from torchvision.datasets.utils import check_integrity
 
 from ncood.data.registry import (
-    DatasetInfo, DatasetNotFoundError, IDData, RawImages, register_dataset, resize_images,
+    DatasetInfo, DatasetNotFoundError, IDData, RawImages, check_integrity, register_dataset, resize_images,
+    torchvision_datasets,
 )
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # docs/method.md#normalization: used for every dataset of the CIFAR benchmark
@@ -34,6 +33,12 @@ CIFAR_RECIPE = dict(  # also Tiny ImageNet's and GTSRB's (TMLR A.1 gives no othe
     mean=CIFAR10_MEAN, std=CIFAR10_STD, default_batch_size=1024, crop_pad=4)
 _GENERATED = ("noise", "scrambled")
 _FAR_AND_GENERATED = ("tinyimagenet", *_GENERATED)
+# torchvision's CIFAR10/CIFAR100 `url` and `base_folder`, spelled here so that registering the sets does not import
+# torchvision (registry.torchvision_datasets); tests/test_data.py checks them against torchvision's classes.
+CIFAR_SOURCES = {
+    "CIFAR10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "cifar-10-batches-py"),
+    "CIFAR100": ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "cifar-100-python"),
+}
 
 
 def _construct(name: str, root: Path, files: list[tuple[Path, str | None]], make):
@@ -48,10 +53,11 @@ def _construct(name: str, root: Path, files: list[tuple[Path, str | None]], make
         raise DatasetNotFoundError.build(name, root, files) from err
 
 
-def _cifar_loader(cls: type[datasets.CIFAR10], name: str):
-    """One loader for CIFAR10 and its subclass CIFAR100 (same pickle format, different tables)."""
+def _cifar_loader(class_name: str, name: str):
+    """One loader for torchvision's CIFAR10 and its subclass CIFAR100 (same pickle format, different tables)."""
 
     def load(root: Path, split: str, *, download: bool, like: IDData | None, seed: int) -> RawImages:
+        cls = getattr(torchvision_datasets(), class_name)
         # read the md5 tables at call time: they are torchvision's (tests swap in the md5s of their fake files)
         folder = root / cls.base_folder
         files = [(folder / f, md5) for f, md5 in cls.train_list + cls.test_list]
@@ -66,19 +72,19 @@ def _cifar_loader(cls: type[datasets.CIFAR10], name: str):
 register_dataset(DatasetInfo(
     name="cifar10", num_classes=10, can_be_id=True, image_shape=(3, 32, 32),
     description="CIFAR-10: 50k train (45k/5k train/val, seeded stratified) + 10k test, 32x32 RGB, 10 classes",
-    how_to_get=f"download=True fetches {datasets.CIFAR10.url} into the data root and extracts it to "
-               f"<data-root>/{datasets.CIFAR10.base_folder}/; or download and extract that archive there yourself.",
+    how_to_get=f"download=True fetches {CIFAR_SOURCES['CIFAR10'][0]} into the data root and extracts it to "
+               f"<data-root>/{CIFAR_SOURCES['CIFAR10'][1]}/; or download and extract that archive there yourself.",
     default_ood=("svhn", "cifar100") + _FAR_AND_GENERATED, flip=True, **CIFAR_RECIPE,
-))(_cifar_loader(datasets.CIFAR10, "cifar10"))
+))(_cifar_loader("CIFAR10", "cifar10"))
 
 register_dataset(DatasetInfo(
     name="cifar100", num_classes=100, can_be_id=True, image_shape=(3, 32, 32),
     description="CIFAR-100: 50k train (45k/5k train/val, seeded stratified) + 10k test, 32x32 RGB, 100 fine "
                 "classes; ID in TMLR Table 7, near OoD for CIFAR-10 (test set)",
-    how_to_get=f"download=True fetches {datasets.CIFAR100.url} into the data root and extracts it to "
-               f"<data-root>/{datasets.CIFAR100.base_folder}/; or download and extract that archive there yourself.",
+    how_to_get=f"download=True fetches {CIFAR_SOURCES['CIFAR100'][0]} into the data root and extracts it to "
+               f"<data-root>/{CIFAR_SOURCES['CIFAR100'][1]}/; or download and extract that archive there yourself.",
     default_ood=("svhn", "cifar10") + _FAR_AND_GENERATED, flip=True, **CIFAR_RECIPE,
-))(_cifar_loader(datasets.CIFAR100, "cifar100"))
+))(_cifar_loader("CIFAR100", "cifar100"))
 
 
 @register_dataset(DatasetInfo(
@@ -91,6 +97,7 @@ register_dataset(DatasetInfo(
     **CIFAR_RECIPE,
 ))
 def load_svhn(root: Path, split: str, *, download: bool, like: IDData | None, seed: int) -> RawImages:
+    datasets = torchvision_datasets()
     _, filename, md5 = datasets.SVHN.split_list[split]
     files = [(root / filename, md5)]
     ds = _construct("svhn", root, files, lambda: datasets.SVHN(str(root), split=split, download=download))
@@ -121,7 +128,7 @@ def load_gtsrb(root: Path, split: str, *, download: bool, like: IDData | None, s
     files = [(path, None) for path in needed]
     if not download and not all(path.exists() for path in needed):
         raise DatasetNotFoundError.build("gtsrb", root, files)  # torchvision checks the image folder only
-    ds = _construct("gtsrb", root, files, lambda: datasets.GTSRB(str(root), split=split, download=download))
+    ds = _construct("gtsrb", root, files, lambda: torchvision_datasets().GTSRB(str(root), split=split, download=download))
     if split == "train":  # torchvision numbers the class folders it finds: all 43 must be there
         found = sorted(p.name for p in needed[0].iterdir() if p.is_dir())
         if found != [f"{c:05d}" for c in range(43)]:

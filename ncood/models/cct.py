@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.layers import Attention, DropPath, Mlp
 from torch import Tensor, nn
 
 from ncood.models.layers import FeatureClassifier, LayerSpec, conv_out_size
@@ -41,6 +40,8 @@ class CCTLayer(nn.Module):
     """CCT's encoder layer: residual attention on LN0(x), then LN1 on the stream, then a residual MLP."""
 
     def __init__(self, dim: int, drop_path: float) -> None:
+        from timm.layers import Attention, DropPath, Mlp  # here: importing timm costs every process ~0.5 s
+
         super().__init__()
         self.pre_norm = nn.LayerNorm(dim)
         self.attn = Attention(dim, num_heads=HEADS, qkv_bias=False, attn_drop=ATTN_DROP)

@@ -26,7 +26,6 @@ DDU's spectral norm and leaky/GAP do not apply (LayerNorm/GELU network): the reg
 
 from __future__ import annotations
 
-from timm.models.convnext import ConvNeXt as TimmConvNeXt
 from torch import Tensor, nn
 
 from ncood.models.layers import FeatureClassifier, LayerSpec, conv_out_size
@@ -52,6 +51,8 @@ class ConvNeXtCifar(FeatureClassifier):
 
     def __init__(self, *, num_classes: int, in_channels: int, input_size: int, width: int, l2: bool,
                  spec: LayerSpec) -> None:
+        from timm.models.convnext import ConvNeXt as TimmConvNeXt  # here: importing timm costs every process ~0.5 s
+
         dims = tuple(max(1, d * width // 64) for d in DIMS)
         super().__init__(dims[-1], num_classes, l2)
         # num_classes=0: timm's head keeps pool + LayerNorm and has no Linear (ours is `classifier`)
