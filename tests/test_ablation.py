@@ -1,19 +1,10 @@
 """The ablation and search jobs end to end on a local Ray (2 CPUs) with real MLflow stores in tmp dirs:
 a tiny grid's MLflow contents, retry and FAILED marking, Ctrl+C + --resume, the Optuna/ASHA search, and
-`ray job submit` against a `ray start --head` cluster (slow)."""
+(`ray job submit` to a `ray start --head` cluster: tests/test_deploy.py)."""
 from __future__ import annotations
 
 import os
-import secrets
-import shutil
 import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -86,74 +77,6 @@ def test_ablation_help_and_flags():
     assert jobs.overrides_from_args(args) == {"epochs": [60, 350], "l2": [True], "arch": ["resnet50"],
                                               "ood_sets": ("svhn", "cifar100")}
     assert jobs.settings_from_args(args, "ablation").gpus_per_trial == 0.25
-
-
-# ---- ray job submit (first: before this module starts its own local Ray) ------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _kill_leftovers(marker: str) -> None:
-    """SIGKILL any process still running from our cluster's temp dir (ours alone: the path is unique)."""
-    for pid in os.listdir("/proc"):
-        try:
-            if pid.isdigit() and marker in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="ignore"):
-                os.kill(int(pid), signal.SIGKILL)
-        except (OSError, ProcessLookupError):
-            pass
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(400)
-def test_ray_job_submit_logs_to_the_given_store(sqlite_store):
-    """ray start --head (token auth, as Ray 2.60 defaults to) + ray job submit --working-dir <repo>; the job's
-    driver joins the cluster through RAY_ADDRESS and logs into the absolute store given by --tracking-uri."""
-    uri, root = sqlite_store
-    ray_bin = str(Path(sys.executable).with_name("ray"))
-    temp = tempfile.mkdtemp(prefix="ncood-ray-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
-    dash = _free_port()
-    # Token auth: the head, its job drivers and the submitting CLI all need RAY_AUTH_MODE=token and the token.
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    env.pop("RAY_ADDRESS", None)
-    head = subprocess.Popen(
-        [ray_bin, "start", "--head", "--block", f"--port={_free_port()}", f"--dashboard-port={dash}",
-         "--include-dashboard=true", "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats",
-         f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
-         f"--dashboard-agent-grpc-port={_free_port()}", f"--metrics-export-port={_free_port()}",
-         f"--runtime-env-agent-port={_free_port()}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 90
-        while True:  # the job server is up once the dashboard answers (401 without the token is an answer)
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{dash}/api/version", timeout=2)
-                break
-            except urllib.error.HTTPError:
-                break
-            except OSError:
-                assert head.poll() is None and time.time() < deadline, "ray start --head did not come up"
-                time.sleep(1)
-        job = subprocess.run(
-            [ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(REPO), "--",
-             sys.executable, "tune_jobs/ablation.py", "--seeds", "1", "--epochs", "1", "--width", "4",
-             "--experiment", "job-submit", "--tracking-uri", uri, "--storage-path", str(root / "ray-job"),
-             "--quiet", "--no-aggregate"],
-            env=env, capture_output=True, text=True, timeout=240)
-        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
-    finally:
-        head.send_signal(signal.SIGTERM)  # `ray start --block` drains and stops the processes it started
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            head.kill()
-        _kill_leftovers(temp)
-        shutil.rmtree(temp, ignore_errors=True)
-    parents, children = _runs(uri, "job-submit")
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert sorted(r.info.run_name for r in children) == ["resnet18-w4-l2-sn-lg-e1-s0", "resnet18-w4-nol2-sn-lg-e1-s0"]
-    assert all(r.info.status == "FINISHED" for r in children)
 
 
 # ---- local Ray -----------------------------------------------------------------------------------------------------

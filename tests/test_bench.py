@@ -71,7 +71,7 @@ def test_serve_smoke_reports_every_arm_and_the_floor():
         assert r["http_extra_ms"] == pytest.approx(r["http_p50_ms"] - r["floor_p50_ms"] - r["predict_p50_ms"])
 
 
-@pytest.mark.slow  # a real local Ray sweep of 2 one-epoch trials, profiled, plus one bare trial (~2-3 min on 2 cores)
+@pytest.mark.slow  # a real local Ray sweep of 2 one-epoch trials (profiled) and one bare trial (~1 min on 2 cores)
 def test_grid_smoke_compares_sweep_and_bare_trials():
     out = run_json("grid.py", timeout=600)
     assert out["bench"] == "grid" and out["trials"] == 2 and len(out["runs"]) == 1 and out["runs"][0]["errors"] == 0

@@ -9,7 +9,7 @@ Integration (slow, about 1 min on 2 idle cores): a throwaway PostgreSQL cluster 
 (deploy/mlflow/install-postgres.sh apt-installs PostgreSQL when it is missing and we are root), the tracking
 server from deploy/mlflow/start-server.sh against it with basic-auth on and a random admin password,
 `ray start --head` with token auth, and `ray job submit` of a tiny ablation grid that tracks into the server as a
-non-admin user. Every run, param, metric and artifact is read back with credentials (and found in PostgreSQL and
+non-admin user (and one into a plain sqlite store, on the same head). Every run, param, metric and artifact is read back with credentials (and found in PostgreSQL and
 the artifact store); anonymous and wrong-password requests get 401. The server fails: it is stopped mid-grid for
 longer than MLflow's (shortened) retry budget and restarted, and `--resume` completes every run with no missing or
 repeated step; two grids started at once into one experiment both finish. Finalizers stop everything started.
@@ -40,7 +40,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ncood import keys, tracking
+from ncood import keys
 from ncood.tune.outbox import retry_budget
 
 from job_scripts import load_job
@@ -523,6 +523,27 @@ def test_ray_job_tracks_into_the_shared_server(postgres, mlflow_server, ray_head
     for secret in (postgres.password, mlflow_server.admin_password, service_password):
         assert secret not in server_text  # neither on the server's command lines nor in its log
 
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_ray_job_submit_logs_to_the_given_sqlite_store(ray_head, tmp_store, tmp_path):
+    """`ray job submit --working-dir <repo>` to the token-auth head, no tracking server: the job's driver joins the
+    cluster through RAY_ADDRESS and logs into the absolute sqlite store given by --tracking-uri (one node)."""
+    address, env = ray_head
+    job = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
+         sys.executable, "tune_jobs/ablation.py", "--seeds", "1", "--epochs", "1", "--width", "4",
+         "--experiment", "job-submit", "--tracking-uri", tmp_store, "--storage-path", str(tmp_path / "ray-job"),
+         "--quiet", "--no-aggregate"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    from mlflow.tracking import MlflowClient
+
+    parents, children = _trial_runs(MlflowClient(tmp_store), "job-submit")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(r.info.run_name for r in children) == ["resnet18-w4-l2-sn-lg-e1-s0", "resnet18-w4-nol2-sn-lg-e1-s0"]
+    assert all(r.info.status == "FINISHED" for r in children)
 
 
 # ---- the server fails: an outage longer than MLflow's retries; two sweeps at once ------------------------------------

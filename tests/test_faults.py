@@ -39,7 +39,7 @@ def test_failure_kinds():
 @pytest.mark.timeout(420)
 def test_sigkill_mid_training_is_retried_into_the_same_run(tmp_store, tmp_path):
     uri = tmp_store
-    epochs = 12
+    epochs = 7  # the first Ray checkpoint is at epoch 3 (the preset checkpoints every 3rd): 4 epochs left to kill in
     cmd = sweep_command(uri, tmp_path / "ray", "sigkill", "--l2", "off", "--epochs", str(epochs), "--width", "4",
                         "--num-cpus", "1", "--max-failures", "1")
     log = tmp_path / "job.log"
