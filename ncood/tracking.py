@@ -40,7 +40,6 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH
 
 from ncood import keys, run_fields, runs_query
-from ncood.ood import score_params
 
 # Tag names live in the schema module (ncood.keys); imported here because tracking writes them.
 from ncood.keys import (ROLE_SWEEP, ROLE_TRIAL, TAG_CONDITION, TAG_ERROR, TAG_FAILURE_KIND, TAG_GIT_DIRTY,
@@ -338,6 +337,9 @@ class TrialTracker:
         """Every TrialConfig field but MACHINE_FIELDS, the effective milestones, and every OoD score's
         hyperparameters as score/<name>/<field> (ncood.ood)."""
         config = {k: v for k, v in self.cfg.to_dict().items() if k not in MACHINE_FIELDS}
+        from ncood.ood import score_params  # here: ncood.ood imports torch, which a driver that only queries or
+        # prepares the store does not need (seconds of start-up on 2 cores)
+
         values = {**config, PARAM_MILESTONES: list(self.cfg.milestones), **score_params()}
         params = [Param(k, _param_value(v)) for k, v in values.items() if k not in present]
         for i in range(0, len(params), MAX_PARAMS_TAGS_PER_BATCH):
