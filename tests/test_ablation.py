@@ -27,6 +27,9 @@ TINY = {"epochs": [2], "width": 4, "eval_every": 1}  # digits, width-4 ResNet18:
 
 def _settings(sqlite_store, name: str, **kw) -> SweepSettings:
     uri, root = sqlite_store
+    kw.setdefault("max_concurrent", 1)  # one trial at a time: with Tune's reuse_actors one worker process then runs them all, and each new worker
+# costs ~10 s of CPU for its imports on 2 cores (torch, torch._dynamo, Ray, MLflow); trials at once are
+# tested by test_interrupt_then_resume (tests/test_ablation.py) and tests/test_concurrency.py
     return SweepSettings(experiment=name, tracking_uri=uri, storage_path=str(root / "ray"), progress=False, **kw)
 
 
@@ -220,8 +223,8 @@ def test_interrupt_then_resume(local_ray, sqlite_store, tmp_path):
 def test_search_six_trials(local_ray, sqlite_store):
     search = load_job("search")
     uri, root = sqlite_store
-    rc = search.main(["--trials", "6", "--epochs", "3", "--width", "4", "--experiment", "search",
-                      "--tracking-uri", uri, "--storage-path", str(root / "ray"), "--quiet"])
+    rc = search.main(["--trials", "6", "--epochs", "3", "--width", "4", "--experiment", "search", "--tracking-uri", uri,
+                      "--storage-path", str(root / "ray"), "--quiet", "--max-concurrent", "1"])  # see _settings
     assert rc == 0
     parents, children = _runs(uri, "search")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
