@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     prof_dir.mkdir()
     os.environ[PROFILE_DIR_ENV] = str(prof_dir)  # before Ray starts: its workers inherit it
     os.environ.pop("RAY_ADDRESS", None)
+    load_before = [round(v, 2) for v in os.getloadavg()]  # before the bench's own work below
     tracking.prepare_experiment("bench-grid-store", store_uri(root))  # the new store's schema, before any timing
-    load_before = [round(v, 2) for v in os.getloadavg()]
     t0 = time.perf_counter()
     init_ray(args.num_cpus)
     ray_start_s = time.perf_counter() - t0
@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                      "ratio": sweep["sweep_s"] / bare_compute})
         print(f"run {run + 1}: sweep {sweep['sweep_s']:.1f} s, bare trial {statistics.mean(bare):.1f} s "
               f"(x {n_trials} / {concurrency} = {bare_compute:.1f} s), ratio {runs[-1]['ratio']:.3f}", flush=True)
-    profiled = runs[0] if args.smoke else one_sweep(space, root, args, "profiled", profile=True) if args.profile else None
+    profiled = (runs[0] if args.smoke  # the smoke's one sweep was the profiled one
+                else one_sweep(space, root, args, "profiled", profile=True) if args.profile else None)
     ray.shutdown()
     med = {k: statistics.median(r[k] for r in runs) for k in ("sweep_s", "bare_compute_s", "ratio")}
     comp = components(prof_dir) if args.profile else {}

@@ -27,9 +27,10 @@ TINY = {"epochs": [2], "width": 4, "eval_every": 1}  # digits, width-4 ResNet18:
 
 def _settings(sqlite_store, name: str, **kw) -> SweepSettings:
     uri, root = sqlite_store
-    kw.setdefault("max_concurrent", 1)  # one trial at a time: with Tune's reuse_actors one worker process then runs them all, and each new worker
-# costs ~10 s of CPU for its imports on 2 cores (torch, torch._dynamo, Ray, MLflow); trials at once are
-# tested by test_interrupt_then_resume (tests/test_ablation.py) and tests/test_concurrency.py
+    # One trial at a time: with Tune's reuse_actors one worker process then runs them all, and each new worker costs
+    # ~10 s of CPU for its imports on 2 cores (torch, torch._dynamo, Ray, MLflow). Trials at once are tested by
+    # test_interrupt_then_resume (max_concurrent=2) and tests/test_concurrency.py.
+    kw.setdefault("max_concurrent", 1)
     return SweepSettings(experiment=name, tracking_uri=uri, storage_path=str(root / "ray"), progress=False, **kw)
 
 

@@ -37,7 +37,7 @@ def grid_store(tmp_path_factory, new_store):
     uri = new_store(root)
     init_ray(num_cpus=2)
     settings = SweepSettings(experiment="ui-test", tracking_uri=uri, storage_path=str(root / "ray"), progress=False,
-                             max_concurrent=1)  # one reused worker process: tests/test_ablation.py::_settings says why
+                             max_concurrent=1)  # one reused worker: tests/test_ablation.py::_settings says why
     result = run_grid("default", TINY, seeds=2, settings=settings)
     agg = after_sweep(uri, result.ref.experiment_id, result.ref.parent_run_id, out=str(root / "agg"))
     assert agg is not None and agg.run_id

@@ -435,9 +435,11 @@ def test_torchvision_names_spelled_in_ncood_are_torchvisions():
     assert datasets.FashionMNIST.__name__ == FASHION_MNIST_CLASS
 
 
-def test_a_trial_worker_does_not_import_torchvision_or_timm_for_digits():
-    """A Ray trial worker and every CLI call import ncood's trainable; torchvision (with torch._dynamo) and timm are
-    ~2.5 s of that import on 2 cores and only the downloadable sets and the AdamW/ConvNeXt/CCT recipes use them."""
+def test_importing_the_trainable_and_loading_digits_needs_neither_torchvision_nor_timm():
+    """Every job driver, Ray trial worker and CLI call imports ncood's trainable; torchvision (with torch._dynamo) and
+    timm are ~2.5 s of that import on 2 cores, and only the downloadable sets, the AdamW/ConvNeXt/CCT recipes and
+    (through pytorch-ood) the ReAct/ASH scores use them: a trial worker loads torchvision at its first OoD
+    evaluation, a driver or `ncood --help` never."""
     import subprocess
     import sys
 

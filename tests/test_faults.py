@@ -49,7 +49,7 @@ def test_sigkill_mid_training_is_retried_into_the_same_run(tmp_store, tmp_path):
     try:
         deadline = time.time() + 300
         while killed is None and job.poll() is None and time.time() < deadline:
-            # kill once the trial has a checkpoint (epoch >= 1) and is training on
+            # kill once the trial has a checkpoint (epoch >= 3) and is training on
             if list((tmp_path / "ray").glob("sigkill_*/*/checkpoint_*")):
                 workers = ray_workers(job.pid, TRAIN_TITLE)
                 if workers:

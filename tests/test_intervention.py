@@ -157,13 +157,14 @@ def test_ablation_then_intervention_end_to_end(local_ray, tmp_store, tmp_path):
 
     uri = tmp_store
     settings = SweepSettings(experiment="abl", tracking_uri=uri, storage_path=str(tmp_path / "ray"),
-                             progress=False, keep_checkpoint_epochs=(2,), max_concurrent=1)  # test_ablation._settings
+                             progress=False, keep_checkpoint_epochs=(2,),
+                             max_concurrent=1)  # one reused worker: tests/test_ablation.py::_settings says why
     result = run_grid("default", {"epochs": [3], "width": 4, "eval_every": 1}, seeds=2, settings=settings)
     assert result.num_errors == 0
     job = load_job("nc_intervention")
     rc = job.main(["--experiment", "abl", "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray"),
-                   "--from-epoch", "3", "--intervention-epochs", "3", "--lr-step", "2", "--quiet", "--max-concurrent", "1",
-                   "--aggregate-out", str(tmp_path / "aggregate")])
+                   "--from-epoch", "3", "--intervention-epochs", "3", "--lr-step", "2", "--quiet",
+                   "--max-concurrent", "1", "--aggregate-out", str(tmp_path / "aggregate")])
     assert rc == 0
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("abl-nc-intervention")

@@ -90,7 +90,7 @@ def test_sweep_and_resume_on_s3(s3, tmp_store):
     uri, client = s3
     tracking_uri = tmp_store
     settings = SweepSettings(experiment="on-s3", tracking_uri=tracking_uri, storage_path=uri, progress=False,
-                             max_concurrent=1)  # one reused worker process: tests/test_ablation.py::_settings says why
+                             max_concurrent=1)  # one reused worker: tests/test_ablation.py::_settings says why
     result = run_grid("default", TINY, seeds=1, settings=settings)
     assert not result.interrupted and result.num_errors == 0
     assert result.experiment_path.startswith(f"s3://{BUCKET}/ray/on-s3_") and "endpoint_override=" in result.experiment_path

@@ -128,7 +128,8 @@ def load_gtsrb(root: Path, split: str, *, download: bool, like: IDData | None, s
     files = [(path, None) for path in needed]
     if not download and not all(path.exists() for path in needed):
         raise DatasetNotFoundError.build("gtsrb", root, files)  # torchvision checks the image folder only
-    ds = _construct("gtsrb", root, files, lambda: torchvision_datasets().GTSRB(str(root), split=split, download=download))
+    ds = _construct("gtsrb", root, files,
+                    lambda: torchvision_datasets().GTSRB(str(root), split=split, download=download))
     if split == "train":  # torchvision numbers the class folders it finds: all 43 must be there
         found = sorted(p.name for p in needed[0].iterdir() if p.is_dir())
         if found != [f"{c:05d}" for c in range(43)]:
