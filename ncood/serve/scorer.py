@@ -138,22 +138,18 @@ def _input_space(model: nn.Module, z: Tensor, feature_space: str) -> Tensor | No
 
 
 @torch.inference_mode()
-def score_model_input(model: nn.Module, fit: ScoreFit, x: Tensor, batch_size: int = SERVE_BATCH, *,
-                      feature_space: str = "input", scores: Sequence[str] | None = None) -> dict[str, Tensor]:
+def score_model_input(model: nn.Module, fit: ScoreFit, x: Tensor, *, feature_space: str = "input",
+                      scores: Sequence[str] | None = None, in_eval: bool = False) -> dict[str, Tensor]:
     """Normalized images x (N, C, H, W) -> {response column: (N,) float64, 'predicted': (N,) int64}, in fp32.
 
     scores: the registry scores to compute (default: those of `fit`). One eval-mode forward (ncood.evaluate.extract:
     IEEE fp32, no autocast: the decision threshold is set at the precision the server scores in) on the model's
-    device; a model already in eval mode (the served one) is left untouched, a training one is restored afterwards.
+    device, SERVE_BATCH images at a time; a model already in eval mode is left untouched, a training one is
+    restored afterwards. in_eval=True (the served scorer, in eval mode from load): extract skips its walk over the
+    submodules' flags.
     """
-    z, lg = extract(model, x, batch_size)  # (N, d), (N, C) fp32
-    return _score_features(model, fit, (z, lg), feature_space, tuple(fit.scores if scores is None else scores))
-
-
-def _score_features(model: nn.Module, fit: ScoreFit, features_logits: tuple[Tensor, Tensor], feature_space: str,
-                    names: tuple[str, ...]) -> dict[str, Tensor]:
-    """One extract()'s (z, logits) -> {response column: (N,) float64, 'predicted': (N,) int64} (score_model_input)."""
-    z, lg = features_logits
+    z, lg = extract(model, x, SERVE_BATCH, in_eval=in_eval)  # (N, d), (N, C) fp32
+    names = tuple(fit.scores if scores is None else scores)
     out = compute_scores(ScoreInputs(z, lg, _input_space(model, z, feature_space)), fit, names)
     return {**{col: out[name] for col, name in score_columns(names).items()}, "predicted": lg.argmax(dim=1)}
 
@@ -211,10 +207,9 @@ class Scorer:
 
     @torch.inference_mode()
     def score(self, x: Tensor) -> dict[str, np.ndarray]:
-        """Normalized (N, *image_shape) -> {column: (N,) array} with every response column: score_model_input's
-        computation, with extract's mode walk skipped (the network stays in eval mode from __init__)."""
-        z_lg = extract(self.model, x, SERVE_BATCH, in_eval=True)  # (N, d), (N, C) fp32
-        out = _score_features(self.model, self.fit, z_lg, self.spec.feature_space, self.fit.scores)
+        """Normalized (N, *image_shape) -> {column: (N,) array} with every response column (the network stays in
+        eval mode from __init__: no per-request mode walk)."""
+        out = score_model_input(self.model, self.fit, x, feature_space=self.spec.feature_space, in_eval=True)
         block = torch.stack([out[col] for col in self.score_columns]).numpy(force=True)  # (S, N): one conversion
         cols = dict(zip(self.score_columns, block))  # rows: contiguous (N,) float64 views
         cols["predicted_class"] = self.class_names[out["predicted"].numpy(force=True)]

@@ -24,7 +24,7 @@ from ncood import keys, tracking
 from ncood.config import TrialConfig
 from ncood.evaluate import extract
 from ncood.pipeline import Trial, build_trial, save_artifacts, write_summary
-from ncood.train import EpochCallback
+from ncood.train import EpochCallback, every_epochs
 from ncood.tune.grid import config_from_tune, run_name
 from ncood.tune import trainable
 from ncood.tune.outbox import STORE_ERRORS, Outbox, TrackingUnavailable
@@ -81,7 +81,7 @@ class EpochReporter:
                 path = trainer.save_checkpoint(self.outbox.spool / f"epoch_{epoch:03d}.pt")
                 self.outbox.add_file(path, "checkpoints")
         last = epoch == trainer.cfg.epochs
-        checkpoint = self.runtime.checkpoint_every > 0 and epoch % self.runtime.checkpoint_every == 0
+        checkpoint = every_epochs(self.runtime.checkpoint_every, trainer.cfg.epochs)(epoch)  # true at `last` too
         if last or checkpoint or time.monotonic() - self.last_flush >= FLUSH_EVERY_S:
             try:
                 self.outbox.flush(self.tracker)  # first: a crash before the report re-runs the epoch, never re-logs
