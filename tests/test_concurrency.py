@@ -4,6 +4,7 @@ experiment. Both finish with every run complete; the store is in WAL mode. The P
 in tests/test_deploy.py."""
 from __future__ import annotations
 
+import re
 import sqlite3
 import subprocess
 import sys
@@ -27,6 +28,17 @@ def max_overlap(runs) -> int:
         running += step
         best = max(best, running)
     return best
+
+
+# Ray's teardown, not an error of the sweep: an idle trial worker SIGTERMed as the driver shuts Ray down, while
+# Python runs a weakref callback, prints "Exception ignored in: ... sigterm_handler ... SystemExit: 1" (Ray's handler
+# raises SystemExit there). Seen once in 5 suite runs, after every trial had finished and the champion was registered.
+_TEARDOWN_NOISE = re.compile(r"Exception ignored in:(?:(?!Exception ignored in:).)*?sigterm_handler.*?SystemExit: 1",
+                             re.S)
+
+
+def _without_teardown_noise(text: str) -> str:
+    return _TEARDOWN_NOISE.sub("", text)
 
 
 RACE = """
@@ -75,7 +87,7 @@ def test_two_sweeps_at_once_into_one_sqlite_experiment(tmp_path):
     texts = [log.read_text(errors="replace") for log in logs]
     for code, text in zip(codes, texts):
         assert code == 0, text[-5000:]
-        assert "database is locked" not in text and "Traceback" not in text, text[-5000:]
+        assert "database is locked" not in text and "Traceback" not in _without_teardown_noise(text), text[-5000:]
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("shared")
