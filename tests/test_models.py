@@ -218,6 +218,52 @@ def test_sn_buffers_update_in_train_only(name):
     assert any(k.endswith("sn_u") and not torch.equal(after[k], before[k]) for k in before)
 
 
+def _fresh_w_eff(conv: SNConv2d) -> torch.Tensor:
+    """W / max(1, u^T W v / coeff) computed here from the layer's current tensors (not through its kept copy)."""
+    with torch.no_grad():
+        sigma = (conv.sn_u * F.conv2d(conv.sn_v, conv.weight, None, conv.stride, conv.padding)).sum()
+        return conv.weight / torch.clamp(sigma / conv.coeff, min=1.0)
+
+
+def test_sn_eval_weight_is_kept_until_weight_or_vectors_change():
+    """Autograd-free eval forwards reuse one W_eff per layer (one conv per layer instead of two); any in-place change of
+    W, u or v (an optimizer step, load_state_dict, power_iteration) gives a new one; outputs equal the uncached ones."""
+    torch.manual_seed(0)
+    model = digits_model("resnet18", spectral_norm=True).eval()
+    conv = next(spectral_norm_layers(model))
+    x = digits_batch(4)
+    with torch.no_grad():
+        first = conv.effective_weight()
+        assert conv.effective_weight() is first  # kept
+        torch.testing.assert_close(first, _fresh_w_eff(conv), rtol=0, atol=0)
+        out = model(x)[0]
+    with torch.inference_mode():  # the served scorer's mode: same kept weight, same logits
+        assert conv.effective_weight() is first
+        torch.testing.assert_close(model(x)[0], out, rtol=0, atol=0)
+    with torch.no_grad():
+        conv.weight.mul_(7.0)  # in place, as an optimizer step: the kept copy is stale now
+        torch.testing.assert_close(conv.effective_weight(), _fresh_w_eff(conv), rtol=0, atol=0)
+        assert conv.effective_weight() is not first
+    other = digits_model("resnet18", spectral_norm=True).eval()
+    with torch.no_grad():
+        other(x)  # keeps its own W_eff ...
+        other.load_state_dict(model.state_dict())  # ... which the loaded weights and u, v replace
+        torch.testing.assert_close(other(x)[0], model(x)[0], rtol=0, atol=0)
+        conv.power_iteration(3)  # u, v moved, W did not
+        torch.testing.assert_close(conv.effective_weight(), _fresh_w_eff(conv), rtol=0, atol=0)
+
+
+def test_sn_eval_forward_with_autograd_still_differentiates_the_weight():
+    """In eval mode with grad enabled (input gradients, fine-tuning a frozen-BN net) W_eff is recomputed each time:
+    the gradient reaches W through sigma, as in the training forward."""
+    model = digits_model("resnet18", spectral_norm=True).eval()
+    with torch.no_grad():
+        model(digits_batch(2))  # an autograd-free forward first: a kept W_eff must not be used below
+    model(digits_batch(2))[0].sum().backward()
+    assert all(conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+               for conv in spectral_norm_layers(model))
+
+
 def test_sn_under_bf16_autocast_keeps_fp32_state():
     model = digits_model("resnet18", spectral_norm=True).train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
