@@ -251,6 +251,8 @@ def test_sn_eval_weight_is_kept_until_weight_or_vectors_change():
         torch.testing.assert_close(other(x)[0], model(x)[0], rtol=0, atol=0)
         conv.power_iteration(3)  # u, v moved, W did not
         torch.testing.assert_close(conv.effective_weight(), _fresh_w_eff(conv), rtol=0, atol=0)
+    model.train()  # back to training: the eval copy is freed
+    assert all(c._kept is None for c in spectral_norm_layers(model))
 
 
 def test_sn_eval_forward_with_autograd_still_differentiates_the_weight():

@@ -148,9 +148,7 @@ class SNConv2d(nn.Conv2d):
         or moves: the same tensor the computation would give, one conv instead of two per layer and batch: a one-image
         forward of a width-8 ResNet18 takes half the time (1.6-2.1 ms instead of 3.3-4.2 ms, 2 CPU cores, bench/serve.py
         model). With autograd on, W_eff is always recomputed, so the gradient reaches W."""
-        if update or torch.is_grad_enabled():
-            if self._kept is not None:
-                self._kept = None  # training: drop the eval copy
+        if update or torch.is_grad_enabled():  # no attribute writes here: torch.compile traces this path
             return self._scaled_weight(update)
         try:
             key = (self.weight._version, self.sn_u._version, self.sn_v._version, self.weight.data_ptr(),
@@ -164,6 +162,11 @@ class SNConv2d(nn.Conv2d):
     def _scaled_weight(self, update: bool) -> Tensor:
         factor = torch.clamp(self.estimate_sigma(update) / self.coeff, min=1.0)  # soft: 1 below coeff
         return self.weight / factor.to(self.weight.dtype)
+
+    def train(self, mode: bool = True) -> SNConv2d:
+        if mode:
+            self._kept = None  # training changes W every step: free the eval copy (train() runs eagerly, per epoch)
+        return super().train(mode)
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(x, self.effective_weight(update=self.training), self.bias)
