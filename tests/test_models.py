@@ -266,6 +266,28 @@ def test_sn_eval_forward_with_autograd_still_differentiates_the_weight():
                for conv in spectral_norm_layers(model))
 
 
+@pytest.mark.parametrize("name", SN_MODELS)
+def test_create_model_from_a_saved_state_skips_the_warmup(name, monkeypatch):
+    """create_model(state_dict=...) loads the state strictly and gives the same network, bit for bit, without the
+    20-step spectral-norm warm-up per conv (the loaded u, v, sigma replace it); a state missing a key is refused."""
+    torch.manual_seed(3)
+    saved = digits_model(name, **all_toggles(name)).state_dict()
+    steps = []
+    original = SNConv2d.power_iteration
+    monkeypatch.setattr(SNConv2d, "power_iteration", lambda self, n_iter=1: steps.append(n_iter) or original(self, n_iter))
+    loaded = digits_model(name, **all_toggles(name), state_dict=saved).eval()
+    assert steps and set(steps) == {0}
+    assert loaded.state_dict().keys() == saved.keys()
+    assert all(torch.equal(loaded.state_dict()[k], saved[k]) for k in saved)
+    rebuilt = digits_model(name, **all_toggles(name)).eval()
+    rebuilt.load_state_dict(saved)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(digits_batch())[0], rebuilt(digits_batch())[0], rtol=0, atol=0)
+    partial = {k: v for k, v in saved.items() if not k.endswith("sn_u")}
+    with pytest.raises(RuntimeError, match="sn_u"):
+        digits_model(name, **all_toggles(name), state_dict=partial)
+
+
 def test_sn_under_bf16_autocast_keeps_fp32_state():
     model = digits_model("resnet18", spectral_norm=True).train()
     with torch.autocast("cpu", dtype=torch.bfloat16):

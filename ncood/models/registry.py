@@ -10,7 +10,9 @@ silently building a different network.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+
+from torch import Tensor
 
 from ncood.models.layers import FeatureClassifier, LayerSpec
 
@@ -55,7 +57,8 @@ def _check_positive_int(name: str, value: int) -> None:
 
 def create_model(name: str, *, num_classes: int, in_channels: int = 3, input_size: int = 32,
                  width: int = 64, l2: bool = False, spectral_norm: bool = False, sn_coeff: float = 3.0,
-                 leaky_gap: bool = False, etf_projector: bool = False) -> FeatureClassifier:
+                 leaky_gap: bool = False, etf_projector: bool = False,
+                 state_dict: Mapping[str, Tensor] | None = None) -> FeatureClassifier:
     """Build model `name` (see list_models()).
 
     width: the size knob; 64 builds the papers' network, smaller values scale every channel count (or CCT's
@@ -64,6 +67,8 @@ def create_model(name: str, *, num_classes: int, in_channels: int = 3, input_siz
     l2: classifier sees z / max(||z||, eps) (seed paper eq. 9); features are returned before it.
     spectral_norm / sn_coeff: DDU soft spectral norm of every conv. leaky_gap: DDU's `mod`.
     etf_projector: the classifier sees the L2-normalized output of a fixed simplex-ETF projector (ICML 2025).
+    state_dict: the saved network to load (strictly, like timm's checkpoint_path): built without the spectral-norm
+           warm-up, whose u, v and sigma the state replaces anyway.
     """
     fn = _MODELS.get(name)
     if fn is None:
@@ -75,7 +80,11 @@ def create_model(name: str, *, num_classes: int, in_channels: int = 3, input_siz
         if on and toggle not in _TOGGLES[name]:
             raise ValueError(f"model {name!r} does not support {toggle} (DDU's toggle for conv/BN networks); "
                              f"models that do: {', '.join(models_supporting(toggle))}")
-    spec = LayerSpec(leaky=bool(leaky_gap), spectral_norm=bool(spectral_norm), sn_coeff=float(sn_coeff))
+    spec = LayerSpec(leaky=bool(leaky_gap), spectral_norm=bool(spectral_norm), sn_coeff=float(sn_coeff),
+                     sn_warmup=0 if state_dict is not None else LayerSpec.sn_warmup)
     model = fn(num_classes=num_classes, in_channels=in_channels, input_size=input_size, width=width,
                l2=bool(l2), spec=spec)
-    return model.attach_etf_projector() if etf_projector else model
+    model = model.attach_etf_projector() if etf_projector else model
+    if state_dict is not None:
+        model.load_state_dict(state_dict)
+    return model

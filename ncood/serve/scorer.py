@@ -186,8 +186,7 @@ class Scorer:
                    limit_overrides: Mapping[str, Any] | None = None) -> Scorer:
         """scores_path: the packed states of the scores besides gmm (scores.pt; format-1 packages have none)."""
         spec = ScorerSpec.load(spec_path)
-        model = create_model(spec.arch, **spec.model_kwargs)
-        model.load_state_dict(checkpoint.load(weights_path))
+        model = create_model(spec.arch, **spec.model_kwargs, state_dict=checkpoint.load(weights_path))
         limits = ServingLimits.from_dict({**spec.limits.to_dict(), **dict(limit_overrides or {})})
         states = unpack_states(checkpoint.load(scores_path)) if scores_path else {}
         return cls(spec, model, {**states, "gmm": ClassGaussians.load(gaussians_path)}, limits)
