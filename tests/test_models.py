@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ncood.config import ConfigError, make_config
-from ncood.models import SNConv2d, create_model, list_models, models_supporting, spectral_norm_layers
+from ncood.models import (SNConv2d, create_model, freeze_spectral_norm, list_models, models_supporting,
+                          spectral_norm_layers)
 from ncood.train import make_optimizer
 
 MODELS = list_models()
@@ -218,52 +219,39 @@ def test_sn_buffers_update_in_train_only(name):
     assert any(k.endswith("sn_u") and not torch.equal(after[k], before[k]) for k in before)
 
 
-def _fresh_w_eff(conv: SNConv2d) -> torch.Tensor:
-    """W / max(1, u^T W v / coeff) computed here from the layer's current tensors (not through its kept copy)."""
-    with torch.no_grad():
-        sigma = (conv.sn_u * F.conv2d(conv.sn_v, conv.weight, None, conv.stride, conv.padding)).sum()
-        return conv.weight / torch.clamp(sigma / conv.coeff, min=1.0)
-
-
-def test_sn_eval_weight_is_kept_until_weight_or_vectors_change():
-    """Autograd-free eval forwards reuse one W_eff per layer (one conv per layer instead of two); any in-place change of
-    W, u or v (an optimizer step, load_state_dict, power_iteration) gives a new one; outputs equal the uncached ones."""
+def test_frozen_spectral_norm_serves_the_same_network_until_train(monkeypatch):
+    """freeze_spectral_norm (the served scorer): every SN conv fixes its W_eff, autograd-free eval forwards use it and
+    give the logits of the unfrozen network bit for bit; the fixed copy is not in the state_dict and follows .to();
+    forwards with autograd on still differentiate W; train() unfreezes."""
     torch.manual_seed(0)
     model = digits_model("resnet18", spectral_norm=True).eval()
-    conv = next(spectral_norm_layers(model))
+    with torch.no_grad():  # the bound is active in some layers (sigma > coeff), so W_eff differs from W
+        for conv in spectral_norm_layers(model):
+            conv.weight.mul_(5.0)
     x = digits_batch(4)
     with torch.no_grad():
-        first = conv.effective_weight()
-        assert conv.effective_weight() is first  # kept
-        torch.testing.assert_close(first, _fresh_w_eff(conv), rtol=0, atol=0)
-        out = model(x)[0]
-    with torch.inference_mode():  # the served scorer's mode: same kept weight, same logits
-        assert conv.effective_weight() is first
-        torch.testing.assert_close(model(x)[0], out, rtol=0, atol=0)
-    with torch.no_grad():
-        conv.weight.mul_(7.0)  # in place, as an optimizer step: the kept copy is stale now
-        torch.testing.assert_close(conv.effective_weight(), _fresh_w_eff(conv), rtol=0, atol=0)
-        assert conv.effective_weight() is not first
-    other = digits_model("resnet18", spectral_norm=True).eval()
-    with torch.no_grad():
-        other(x)  # keeps its own W_eff ...
-        other.load_state_dict(model.state_dict())  # ... which the loaded weights and u, v replace
-        torch.testing.assert_close(other(x)[0], model(x)[0], rtol=0, atol=0)
-        conv.power_iteration(3)  # u, v moved, W did not
-        torch.testing.assert_close(conv.effective_weight(), _fresh_w_eff(conv), rtol=0, atol=0)
-    model.train()  # back to training: the eval copy is freed
-    assert all(c._kept is None for c in spectral_norm_layers(model))
-
-
-def test_sn_eval_forward_with_autograd_still_differentiates_the_weight():
-    """In eval mode with grad enabled (input gradients, fine-tuning a frozen-BN net) W_eff is recomputed each time:
-    the gradient reaches W through sigma, as in the training forward."""
-    model = digits_model("resnet18", spectral_norm=True).eval()
-    with torch.no_grad():
-        model(digits_batch(2))  # an autograd-free forward first: a kept W_eff must not be used below
-    model(digits_batch(2))[0].sum().backward()
-    assert all(conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
-               for conv in spectral_norm_layers(model))
+        expected = model(x)[0]
+    assert freeze_spectral_norm(model) is model
+    convs = list(spectral_norm_layers(model))
+    assert all(c.sn_frozen is not None for c in convs)
+    assert not any(k.endswith("sn_frozen") for k in model.state_dict())
+    calls = []
+    for c in convs:  # a frozen eval forward does not recompute W_eff
+        c.register_forward_pre_hook(lambda mod, inp: calls.append(mod.sn_frozen is not None))
+    original = SNConv2d.effective_weight
+    recomputed = []
+    monkeypatch.setattr(SNConv2d, "effective_weight",
+                        lambda self, update=False: recomputed.append(self) or original(self, update))
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x)[0], expected, rtol=0, atol=0)
+    assert not recomputed and all(calls)
+    model(x)[0].sum().backward()  # eval mode, autograd on: W_eff recomputed, the gradient reaches every W
+    assert len(recomputed) == len(convs)
+    assert all(c.weight.grad is not None and c.weight.grad.abs().sum() > 0 for c in convs)
+    model.double()
+    assert all(c.sn_frozen.dtype == torch.float64 for c in convs)
+    model.train()
+    assert all(c.sn_frozen is None for c in convs)
 
 
 @pytest.mark.parametrize("name", SN_MODELS)

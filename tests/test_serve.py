@@ -29,6 +29,7 @@ from ncood.config import make_config
 from ncood.data import to_model_input
 from ncood.data.builtin import load_photos
 from ncood.evaluate import feature_pass
+from ncood.models import spectral_norm_layers
 from ncood.ood import SCORES, compute_scores, fpr_at_tpr, served_scores
 from ncood.pipeline import build_trial
 from ncood.serve import InputError, Scorer, ScorerSpec, ServingLimits, encode_png, log_ood_scorer, threshold_at_tpr
@@ -187,7 +188,10 @@ def test_logged_model(trained, store):
     scorer = Scorer.from_files(art / "scorer.json", art / "weights.pt", art / "gaussians.pt", art / "scores.pt")
     val_gmm = scorer.score(trial.data.val.x)["gmm_log_density"]
     assert spec.threshold_n_val == len(val_gmm) and np.mean(val_gmm >= spec.threshold) >= 0.95
+    # equal, not close: the served network (spectral norms frozen at load) computes the trial's own scores
     assert spec.threshold == threshold_at_tpr(val_gmm)
+    convs = list(spectral_norm_layers(scorer.model))
+    assert convs and all(c.sn_frozen is not None for c in convs) and not scorer.model.training
     # The pyfunc itself (as the server loads it), in process.
     model = mlflow.pyfunc.load_model(f"models:/{info.model_id}")
     example = json.loads((local / "serving_input_example.json").read_text())["dataframe_split"]["data"][0][0]

@@ -10,8 +10,8 @@ Collapse in Deep Neural Networks for Improved OoD Detection"), which adds L2 fea
 """
 
 from ncood.models import cct, convnext, resnet, vgg, wide_resnet  # noqa: F401  (importing fills the registry)
-from ncood.models.layers import (ETFProjector, FeatureClassifier, LayerSpec, SNConv2d, l2_normalize, simplex_etf,
-                                 spectral_norm_layers)
+from ncood.models.layers import (ETFProjector, FeatureClassifier, LayerSpec, SNConv2d, freeze_spectral_norm,
+                                 l2_normalize, simplex_etf, spectral_norm_layers)
 from ncood.models.registry import create_model, list_models, models_supporting, register_model
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "LayerSpec",
     "SNConv2d",
     "create_model",
+    "freeze_spectral_norm",
     "l2_normalize",
     "list_models",
     "models_supporting",

@@ -81,7 +81,7 @@ class SNConv2d(nn.Conv2d):
     Training forward: one power-iteration step (no grad, fp32, autocast off), then sigma = u^T W v with
     gradient w.r.t. W (u, v fixed, as DDU and Miyato et al. 2018). Eval forward: sigma = u^T W v from the
     stored u, v without touching any buffer (DDU does the same: it stays consistent with W after the last
-    optimizer step); without autograd, W_eff is kept until W, u or v change (effective_weight).
+    optimizer step). freeze() fixes W_eff for a network that no longer changes (the served scorer).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
@@ -99,7 +99,7 @@ class SNConv2d(nn.Conv2d):
         self.register_buffer("sn_u", _unit(torch.randn(1, out_channels, out_size, out_size)))
         self.register_buffer("sn_v", _unit(torch.randn(1, in_channels, input_size, input_size)))
         self.register_buffer("sigma", torch.ones(()))
-        self._kept: tuple[tuple, Tensor] | None = None  # (key, W_eff) of the last autograd-free eval forward
+        self.register_buffer("sn_frozen", None, persistent=False)  # W_eff fixed by freeze(), else None
         self.power_iteration(n_warmup)  # so the first forward already uses a sensible estimate
 
     def _fp32_off(self):
@@ -144,36 +144,31 @@ class SNConv2d(nn.Conv2d):
         return sigma
 
     def effective_weight(self, update: bool = False) -> Tensor:
-        """W / max(1, sigma / coeff), same dtype as W; `update` also advances the power iteration.
-
-        Without `update` and without autograd (an eval forward under no_grad / inference_mode: evaluation, the
-        served scorer) the result depends only on W, u and v, so it is kept and reused until one of them changes
-        (their version counters, bumped by every in-place write: optimizer steps, load_state_dict, power_iteration)
-        or moves: the same tensor the computation would give, one conv instead of two per layer and batch: a one-image
-        forward of a width-8 ResNet18 takes half the time (1.6-2.1 ms instead of 3.3-4.2 ms, 2 CPU cores, bench/serve.py
-        model). With autograd on, W_eff is always recomputed, so the gradient reaches W."""
-        if update or torch.is_grad_enabled():  # no attribute writes here: torch.compile traces this path
-            return self._scaled_weight(update)
-        try:
-            key = (self.weight._version, self.sn_u._version, self.sn_v._version, self.weight.data_ptr(),
-                   self.weight.dtype, self.weight.device)  # (one made under inference_mode serves no_grad too)
-        except RuntimeError:  # inference tensors (a model built inside inference_mode) have no version counter
-            return self._scaled_weight(False)
-        if self._kept is None or self._kept[0] != key:
-            self._kept = (key, self._scaled_weight(False))
-        return self._kept[1]
-
-    def _scaled_weight(self, update: bool) -> Tensor:
+        """W / max(1, sigma / coeff), same dtype as W; `update` also advances the power iteration."""
         factor = torch.clamp(self.estimate_sigma(update) / self.coeff, min=1.0)  # soft: 1 below coeff
         return self.weight / factor.to(self.weight.dtype)
 
+    @torch.no_grad()
+    def freeze(self) -> None:
+        """Fix W_eff as it is now for the eval forwards without autograd (sn_frozen, a non-persistent buffer: it
+        follows .to(), stays out of state_dict): one convolution per forward instead of two, the same values. For a
+        network whose weights no longer change (the served scorer): W, u or v changed afterwards are NOT seen until
+        unfreeze() or train(). Training forwards and forwards with autograd on ignore it (the gradient reaches W)."""
+        self.sn_frozen = self.effective_weight(update=False)
+
+    def unfreeze(self) -> None:
+        self.sn_frozen = None
+
     def train(self, mode: bool = True) -> SNConv2d:
         if mode:
-            self._kept = None  # training changes W every step: free the eval copy (train() runs eagerly, per epoch)
+            self.unfreeze()  # training changes W
         return super().train(mode)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(x, self.effective_weight(update=self.training), self.bias)
+        w = self.sn_frozen
+        if w is None or self.training or torch.is_grad_enabled():
+            w = self.effective_weight(update=self.training)
+        return self._conv_forward(x, w, self.bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, input_size={self.input_size}, coeff={self.coeff}"
@@ -182,6 +177,15 @@ class SNConv2d(nn.Conv2d):
 def spectral_norm_layers(model: nn.Module) -> Iterator[SNConv2d]:
     """Every spectrally normalized conv of `model`, in module order (for tests and logging sigma)."""
     return (m for m in model.modules() if isinstance(m, SNConv2d))
+
+
+def freeze_spectral_norm(model: nn.Module) -> nn.Module:
+    """SNConv2d.freeze() on every spectrally normalized conv of `model` (call after loading its weights, in eval
+    mode: serving). A one-image forward of the served width-8 ResNet18 takes about half the time (bench/README.md,
+    2026-11-30: 1.6-2.3 ms instead of 3.4-4.8 ms on 2 CPU cores). model.train() undoes it."""
+    for conv in spectral_norm_layers(model):
+        conv.freeze()
+    return model
 
 
 def make_activation(leaky: bool) -> nn.Module:

@@ -25,7 +25,8 @@ Packages of spec format 1 (before the post-hoc scores) serve their four columns 
 max_logit, with the Gaussians in the feature space they were fitted in (spec.feature_space "raw" or "l2").
 
 Decoding and validation of the request are ncood.serve.decoding; the MLflow pyfunc wrapper is ncood.serve.pyfunc.
-The network is put in eval mode once, when the scorer is built, and every request runs under
+The network is put in eval mode once, when the scorer is built (its spectral norms frozen: each SN conv's
+W_eff computed once, ncood.models.freeze_spectral_norm), and every request runs under
 torch.inference_mode: one batched forward (ncood.evaluate.extract, the function that feeds the evaluation, with
 in_eval=True: no per-request walk over the submodules' flags) gives z and the logits, and every served score reads
 that one pass through compute_scores, the evaluation's function (the float64 spaces and shared intermediates made
@@ -46,7 +47,7 @@ from torch import Tensor, nn
 from ncood import checkpoint
 from ncood.data import DatasetInfo, to_model_input
 from ncood.evaluate import classifier_inputs, extract
-from ncood.models import create_model
+from ncood.models import create_model, freeze_spectral_norm
 from ncood.ood import (SCORES, ClassGaussians, Head, ScoreFit, ScoreInputs, compute_scores, resolve_params,
                        served_scores, unpack_states)
 from ncood.serve.decoding import ServingLimits, decode_batch
@@ -169,7 +170,9 @@ class Scorer:
         """states: {fit key: state} of the spec's scores (ncood.ood.unpack_states), "gmm" among them."""
         self.spec, self.limits = spec, limits or spec.limits
         self.info = spec.dataset_info()
-        self.model = model.eval()  # once: every request then runs the eval-mode forward without touching the flags
+        # Once: every request then runs the eval-mode forward without touching the flags, and the spectrally
+        # normalized convs use their W_eff fixed here (the served weights never change).
+        self.model = freeze_spectral_norm(model.eval())
         missing = sorted({k for n in spec.scores if (k := _fit_key(n)) is not None} - set(states))
         if missing or "gmm" not in spec.scores:
             raise ValueError(f"the scorer package lacks the fitted states {missing or ['gmm']} of its scores "
