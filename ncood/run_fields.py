@@ -9,7 +9,8 @@ tags, system metrics. ncood.tracking uses only MlflowClient (see its docstring),
   `train`/`validation`/`test`, and each OoD set with context `ood`), as `mlflow.log_input` records them: name, a
   digest of the data, source (the registered dataset and the data root), schema and profile. The digest is
   sha256 over the shape, dtype and at most 1024 evenly spaced samples (and their labels): cheap on a 50k-image set,
-  and it changes with the data, its split or its preprocessing.
+  and it changes with the data, its split or its preprocessing. Trials starting together register the same
+  datasets at once: log_dataset_inputs tries again when MLflow's store reports that race.
 - System metrics: MLflow's SystemMetricsMonitor (system/cpu_utilization_percentage, system/system_memory_usage_megabytes,
   disk, network, GPU when present) on a trial run, when psutil is installed. Sampling every 30 s (MLflow's default
   is 10 s): one psutil sample and one log_batch per interval, negligible next to a trial even on 2 cores;
@@ -21,13 +22,16 @@ import hashlib
 import importlib.util
 import json
 import logging
+import time
 from typing import Any, Mapping
 
 import numpy as np
 from mlflow.entities import Dataset, DatasetInput, InputTag
+from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 SYSTEM_METRICS_INTERVAL_S = 30.0
+DATASET_RACE_ATTEMPTS = 5  # log_dataset_inputs: tries when concurrent trials register the same datasets
 DIGEST_SAMPLES = 1024  # samples hashed per set
 SOURCE_TYPE = "ncood"  # mlflow.data source type: a set of ncood's dataset registry (ncood.data)
 
@@ -76,6 +80,30 @@ def dataset_inputs(cfg: Any, data: Any, ood_sets: Mapping[str, Any]) -> list[Dat
                                                    "like": cfg.dataset})
             for name, x in ood_sets.items()]
     return out
+
+
+def log_dataset_inputs(client: Any, run_id: str, cfg: Any, data: Any, ood_sets: Mapping[str, Any]) -> None:
+    """client.log_inputs(run_id, dataset_inputs(...)), again when another run of the experiment registered the same
+    datasets at the same moment.
+
+    MLflow's SQL store looks the experiment's datasets up by (name, digest), inserts the missing ones and links them
+    to the run, in one transaction. Two trials starting together (every sweep's first round: same data, same digests)
+    can both miss, and the later insert fails on the datasets table's unique key ("UNIQUE constraint failed:
+    datasets..." on sqlite, "duplicate key value ..." on PostgreSQL, also through a tracking server). Its
+    transaction is rolled back, so the next attempt finds the rows and only links them. Seen in a 2-trial sweep on
+    2 busy cores, and in 2 of 3 tries with 6 threads at once (sqlite)."""
+    inputs = dataset_inputs(cfg, data, ood_sets)
+    for attempt in range(DATASET_RACE_ATTEMPTS):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except MlflowException as e:
+            message = str(e)
+            race = ("UNIQUE constraint failed: datasets." in message
+                    or ("duplicate key value" in message and "dataset" in message))
+            if not race or attempt == DATASET_RACE_ATTEMPTS - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 def start_system_metrics(run_id: str, tracking_uri: str, resume: bool):

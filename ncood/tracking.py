@@ -382,7 +382,7 @@ class TrialTracker:
 
     def log_inputs(self, data: Any, ood_sets: Mapping[str, Any]) -> None:
         """The trial's datasets as MLflow dataset inputs (ncood.run_fields.dataset_inputs); data: IDData."""
-        self.client.log_inputs(self.run_id, datasets=run_fields.dataset_inputs(self.cfg, data, ood_sets))
+        run_fields.log_dataset_inputs(self.client, self.run_id, self.cfg, data, ood_sets)
 
     def log_artifacts(self, paths: Iterable[str | Path], artifact_path: str | None = None) -> None:
         for p in paths:

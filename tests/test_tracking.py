@@ -124,3 +124,48 @@ def test_git_state_and_ray_job_copy(tmp_path, monkeypatch):
     assert tracking.git_state(tmp_path) == {"mlflow.source.git.commit": "abc123"}
     copy = tmp_path / "session_1" / "runtime_resources" / "working_dir_files" / "_ray_pkg_x"
     assert tracking.in_ray_job_copy(copy) and not tracking.in_ray_job_copy(tmp_path)
+
+
+def test_trials_registering_the_same_datasets_at_once_all_get_their_inputs(store, tmp_path):
+    """A sweep's first round starts its trials together, and each registers the same datasets (same digests) as
+    MLflow dataset inputs. MLflow's SQL store inserts the experiment's missing datasets and links them in one
+    transaction, so concurrent trials collide on the datasets' unique key (without the retry in
+    ncood.run_fields.log_dataset_inputs, 6 threads at once failed in 2 of 3 tries). 8 trials at once here, each in
+    its own thread and client: every run gets all its inputs and the experiment holds each dataset once."""
+    import threading
+
+    import torch
+
+    from ncood.pipeline import load_trial_data
+
+    ref = _sweep(store, "dataset-race")
+    cfg = make_config("digits", width=4, epochs=1, data_root=str(tmp_path))
+    data, ood_sets = load_trial_data(cfg, torch.device("cpu"))
+    trackers = [tracking.TrialTracker(ref, cfg.replace(seed=i), trial_id=f"race_{i:05d}") for i in range(8)]
+    for t in trackers:
+        t.start()
+    barrier, errors = threading.Barrier(len(trackers)), []
+
+    def log(tracker):
+        barrier.wait()
+        try:
+            tracker.log_inputs(data, ood_sets)
+        except Exception as e:  # noqa: BLE001 - collected and shown below
+            errors.append(f"{type(e).__name__}: {e}"[:300])
+
+    threads = [threading.Thread(target=log, args=(t,)) for t in trackers]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    client = MlflowClient(store)
+    names = {"digits-train", "digits-val", "digits-test", *ood_sets}
+    digests = set()
+    for t in trackers:
+        inputs = client.get_run(t.run_id).inputs.dataset_inputs
+        assert {d.dataset.name for d in inputs} == names
+        digests |= {(d.dataset.name, d.dataset.digest) for d in inputs}
+    assert len(digests) == len(names)  # one dataset row per set, shared by the 8 runs
+    for t in trackers:
+        t.finish()
