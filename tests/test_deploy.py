@@ -427,7 +427,10 @@ def test_outage_longer_than_the_retry_budget_loses_nothing(mlflow_server, monkey
     assert rc == 2 and "TrackingUnavailable" in text, text[-5000:]
     assert "--resume" in text.split("ablation:")[-1], text[-3000:]  # the job says how to finish it
 
-    resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=400)
+    # The resume talks to a just-restarted server, maybe beside other tests: MLflow's default HTTP timeouts (the
+    # short ones above only make the outage outlast the client's retries; a 10-s read timed out once under load).
+    resumed = subprocess.run([*cmd, "--resume"], env={k: v for k, v in env.items() if k not in short},
+                             capture_output=True, text=True, timeout=400)
     assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-4000:]
     children = _assert_complete(client, "outage", sweeps=1, trials=2, epochs=epochs)
     # An epoch trained while the server was down was written from the outbox after it came back, with the time it
