@@ -96,6 +96,21 @@ def test_missing_files_raise_dataset_not_found(name, tmp_path, digits):
 
 # ---------------------------------------------------------------- digits
 
+def test_builtin_files_read_as_scikit_learns_loaders_read_them():
+    """digits and photos read scikit-learn's package files without importing it: the arrays equal its loaders'."""
+    from sklearn.datasets import load_digits, load_sample_images
+
+    from ncood.data.builtin import digits_arrays, sample_photo_arrays
+
+    images, labels = digits_arrays()
+    ref = load_digits()
+    assert images.dtype == ref.images.dtype and np.array_equal(images, ref.images)
+    assert np.array_equal(labels, ref.target) and labels.shape == (1797,)
+    photos, ref_photos = sample_photo_arrays(), load_sample_images().images
+    assert len(photos) == len(ref_photos) == 2
+    assert all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(photos, ref_photos))
+
+
 def test_digits_splits_partition_deterministically():
     _, y = _digits()
     y = torch.from_numpy(y)
@@ -439,12 +454,14 @@ def test_importing_the_trainable_and_loading_digits_needs_neither_torchvision_no
     """Every job driver, Ray trial worker and CLI call imports ncood's trainable; torchvision (with torch._dynamo) and
     timm are ~2.5 s of that import on 2 cores, and only the downloadable sets, the AdamW/ConvNeXt/CCT recipes and
     (through pytorch-ood) the ReAct/ASH scores use them: a trial worker loads torchvision at its first OoD
-    evaluation, a driver or `ncood --help` never."""
+    evaluation, a driver or `ncood --help` never. The default data (digits, photos) reads scikit-learn's files
+    without importing scikit-learn (~1.3 s of CPU per process; ncood/data/builtin.py)."""
     import subprocess
     import sys
 
-    code = ("import sys, ncood.tune.trial, ncood.cli; from ncood.data import load_id; load_id('digits', '.'); "
-            "print(sorted(m for m in ('torchvision', 'timm') if m in sys.modules))")
+    code = ("import sys, ncood.tune.trial, ncood.cli; from ncood.data import load_id, load_ood; "
+            "d = load_id('digits', '.'); load_ood('photos', '.', like=d); "
+            "print(sorted(m for m in ('torchvision', 'timm', 'sklearn') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split()[-1] == "[]"

@@ -2,9 +2,15 @@
 `scrambled`, `noise`.
 
 - digits: scikit-learn's copy of the UCI optical hand-written digits test set (1797 images, 8x8, values 0..16),
-  `sklearn.datasets.load_digits`; small enough to train a width-reduced ResNet on 2 CPU cores (bench/ measures it).
-- photos: crops of scikit-learn's two sample photographs (`load_sample_images`: china.jpg, flower.jpg), real
-  natural images that ship offline: the near-OoD set of the embedded setup.
+  the data of `sklearn.datasets.load_digits`; small enough to train a width-reduced ResNet on 2 CPU cores (bench/
+  measures it).
+- photos: crops of scikit-learn's two sample photographs (china.jpg, flower.jpg, the images of
+  `sklearn.datasets.load_sample_images`), real natural images that ship offline: the near-OoD set of the embedded
+  setup.
+Both are read from the files in scikit-learn's package as its loaders read them (np.loadtxt of the gzipped CSV; PIL
+for the JPEGs), without importing scikit-learn: `import sklearn` costs ~1.3 s of CPU (measured, torch already
+imported), paid by every fresh process that loads the default data, i.e. both trial workers of every sweep and every
+`ncood train`, for two file reads. tests/test_data.py checks the arrays against scikit-learn's loaders, bit for bit.
 - letters: the letters A-J (notMNIST's ten classes, Bulatov 2011) rendered with the scalable font built into
   Pillow >= 10.1 (`ImageFont.load_default(size=...)`, Aileron Regular: no font file needed), each in its own random
   size, stroke weight, slant, rotation, position and ink level, white on black (the polarity of MNIST-like sets):
@@ -15,6 +21,8 @@ All randomness comes from a CPU torch.Generator seeded with `seed`, so a set is 
 """
 from __future__ import annotations
 
+import gzip
+import importlib.util
 from functools import cache
 from pathlib import Path
 
@@ -36,12 +44,32 @@ LETTER_SHIFT, LETTER_INK = 5, (0.6, 1.0)
 _SKLEARN = "ships with scikit-learn (no download, no data root needed)"
 
 
+def sklearn_data_file(*parts: str) -> Path:
+    """A data file inside the installed scikit-learn package, found without importing it (find_spec locates a
+    top-level package without running its __init__)."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the built-in datasets read their files from scikit-learn's package, which is not "
+                           "installed: pip install scikit-learn")
+    path = Path(next(iter(spec.submodule_search_locations)), "datasets", *parts)
+    if not path.is_file():
+        raise RuntimeError(f"scikit-learn {path.parents[1]} has no {'/'.join(parts)} (a changed package layout?): "
+                           f"reinstall it (pip install --force-reinstall scikit-learn) or report the version")
+    return path
+
+
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """(images (1797, 8, 8) float64 0..16, labels (1797,) int64): sklearn.datasets.load_digits' `images` and
+    `target`, read as it reads them (the last CSV column is the label)."""
+    with gzip.open(sklearn_data_file("data", "digits.csv.gz"), mode="rt", encoding="utf-8") as f:
+        data = np.loadtxt(f, delimiter=",")  # (1797, 65)
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
+
+
 @cache
 def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    return (d.images / 16.0).astype(np.float32), d.target.astype(np.int64)  # (1797, 8, 8) in [0, 1]; (1797,)
+    images, labels = digits_arrays()
+    return (images / 16.0).astype(np.float32), labels  # (1797, 8, 8) in [0, 1]; (1797,)
 
 
 @register_dataset(DatasetInfo(
@@ -71,11 +99,21 @@ def _ood_only(name: str, like: IDData | None) -> IDData:
     return like
 
 
+def sample_photo_arrays() -> list[np.ndarray]:
+    """sklearn.datasets.load_sample_images' `images`: its package's JPEGs in name order (china, flower), each
+    decoded by PIL to a (427, 640, 3) uint8 array."""
+    from PIL import Image
+
+    out = []
+    for path in sorted(sklearn_data_file("images", "china.jpg").parent.glob("*.jpg")):
+        with Image.open(path) as im:
+            out.append(np.asarray(im))
+    return out
+
+
 @cache
 def _sample_photos() -> torch.Tensor:
-    from sklearn.datasets import load_sample_images
-
-    photos = np.stack(load_sample_images().images)  # (2, 427, 640, 3) uint8
+    photos = np.stack(sample_photo_arrays())  # (2, 427, 640, 3) uint8
     return torch.from_numpy(photos).permute(0, 3, 1, 2).contiguous()  # (2, 3, 427, 640)
 
 
