@@ -6,14 +6,18 @@ machine slows both alike; the ratio of medians is the reported speedup (referenc
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -44,6 +48,29 @@ def side_by_side(fns: dict[str, Callable[[], Any]], device: torch.device, repeat
             times[name].append(t)
     summary = {k: {"median_s": statistics.median(v), "best_s": min(v), "all_s": v} for k, v in times.items()}
     return summary, results
+
+
+class ScratchDir:
+    """A bench run's scratch folder (stores, Ray results, profiles): removed when the run succeeds, kept and named on
+    stderr when it fails (an exception, or `ok` left False) or when NCOOD_BENCH_KEEP=1, for inspection."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.ok = False  # the bench sets it once every figure came out right
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str) -> Iterator[ScratchDir]:
+    scratch = ScratchDir(Path(tempfile.mkdtemp(prefix=prefix)))
+    try:
+        yield scratch
+    finally:
+        if scratch.ok and os.environ.get("NCOOD_BENCH_KEEP") != "1":
+            shutil.rmtree(scratch.path, ignore_errors=True)
+        else:
+            why = "NCOOD_BENCH_KEEP=1" if scratch.ok else "the run failed"
+            print(f"bench: kept {scratch.path} ({why}): stores, Ray results and logs to inspect; delete it after",
+                  file=sys.stderr)
 
 
 def git_sha() -> str:

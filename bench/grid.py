@@ -29,7 +29,6 @@ import os
 import pstats
 import statistics
 import sys
-import tempfile
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -37,7 +36,7 @@ from typing import Any
 
 import torch
 
-from _common import environment, print_json
+from _common import environment, print_json, scratch_dir
 from ncood import tracking
 from ncood.pipeline import run_trial
 from ncood.tune import SweepSettings, SweepSpec, make_param_space, run_sweep
@@ -130,7 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"epochs": [args.epochs]} if args.epochs else {}
     space = make_param_space(args.preset, overrides, args.seeds)
     n_trials = len(space["condition"]["grid_search"]) * len(space["seed"]["grid_search"])
-    root = Path(tempfile.mkdtemp(prefix="ncood-bench-grid-"))
+    with scratch_dir("ncood-bench-grid-") as scratch:
+        rc = measure(args, space, n_trials, scratch.path)
+        scratch.ok = rc == 0
+    return rc
+
+
+def measure(args: argparse.Namespace, space: dict[str, Any], n_trials: int, root: Path) -> int:
+    """The bench run in scratch folder `root`: the timed runs, the profiled sweep, the printed figures; 0 when
+    every sweep finished without errors."""
     prof_dir = root / "profiles"
     prof_dir.mkdir()
     os.environ[PROFILE_DIR_ENV] = str(prof_dir)  # before Ray starts: its workers inherit it
@@ -161,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"bench": "grid", "preset": args.preset, "trials": n_trials, "concurrency": concurrency,
               "ray_start_s": ray_start_s, "runs": runs, **{f"median_{k}": v for k, v in med.items()},
               "components_s": comp, "profiled_trials": len(list(prof_dir.glob("*.prof"))), "profiled_sweep": profiled,
-              "load_before": load_before, "load_after": [round(v, 2) for v in os.getloadavg()],
+              "scratch_dir": str(root), "load_before": load_before, "load_after": [round(v, 2) for v in os.getloadavg()],
               "versions": {n: version(n) for n in ("ray", "mlflow", "torch")}, "environment": environment(
                   torch.device("cpu"))}
     print(f"grid benchmark: preset {args.preset}, {n_trials} trials, {concurrency} at a time; load average before "

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from ray import tune
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout without `pip install -e .`
 
-from _common import git_sha  # noqa: E402
+from _common import git_sha, scratch_dir  # noqa: E402
 from ncood import tracking  # noqa: E402
 from ncood.tune import SweepSettings, SweepSpec, make_param_space, run_sweep  # noqa: E402
 from ncood.tune.trial import TrialRuntime, train_trial  # noqa: E402
@@ -68,7 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.trials < 4 or args.trials % 2:
         parser.error("--trials: an even number >= 4 (seeds x L2 off/on; the acceptance compares with trial 3)")
-    root = Path(tempfile.mkdtemp(prefix="ncood-bench-memory-"))
+    with scratch_dir("ncood-bench-memory-") as scratch:
+        rc = measure(args, scratch.path)
+        scratch.ok = rc == 0
+    return rc
+
+
+def measure(args: argparse.Namespace, root: Path) -> int:
+    """The bench run in scratch folder `root`; 0 when every trial finished on one worker."""
     os.environ[PID_FILE_ENV] = str(root / "worker.pid")  # before Ray starts: its workers inherit it
     os.environ.pop("RAY_ADDRESS", None)
     probe = RssProbe(os.environ[PID_FILE_ENV])
@@ -83,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     finished = sum(r.info.status == tracking.FINISHED for r in result.runs)
     pids = {r["pid"] for r in rows}
     third, last = rows[2]["rss_mib"], rows[-1]["rss_mib"]
-    out = {"benchmark": "memory", "git": git_sha(), "trials": len(rows), "finished": finished,
+    out = {"benchmark": "memory", "git": git_sha(), "scratch_dir": str(root), "trials": len(rows), "finished": finished,
            "one_worker": len(pids) == 1, "epochs": args.epochs, "width": args.width, "rows": rows,
            "rss_after_3_mib": third, "rss_after_last_mib": last, "rss_growth_3_to_last": last / third - 1,
            "load_avg_before": load_before, "load_avg_after": os.getloadavg(), "cpus": os.cpu_count(),

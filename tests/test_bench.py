@@ -83,3 +83,29 @@ def test_grid_smoke_compares_sweep_and_bare_trials():
     assert out["profiled_trials"] == 2 and comp["trial total"] > 0
     for what in ("model logging", "evaluation", "mlflow run creation", "ray reporting", "data + model set-up"):
         assert 0 < comp[what] < comp["trial total"], what  # each found in the trials' profiles
+    assert not Path(out["scratch_dir"]).exists()  # a run that succeeded leaves no store or Ray results behind
+
+
+def test_scratch_dir_is_removed_after_success_and_kept_after_failure(monkeypatch, capsys):
+    sys.path.insert(0, str(BENCH))
+    try:
+        from _common import scratch_dir
+    finally:
+        sys.path.remove(str(BENCH))
+    monkeypatch.delenv("NCOOD_BENCH_KEEP", raising=False)
+    with scratch_dir("ncood-test-scratch-") as ok:
+        (ok.path / "mlflow.db").write_text("x")
+        ok.ok = True
+    assert not ok.path.exists() and capsys.readouterr().err == ""
+    with scratch_dir("ncood-test-scratch-") as failed:  # ok never set: the bench's figures did not come out
+        pass
+    assert failed.path.is_dir() and f"kept {failed.path} (the run failed)" in capsys.readouterr().err
+    with pytest.raises(RuntimeError), scratch_dir("ncood-test-scratch-") as raised:
+        raise RuntimeError("a sweep died")
+    assert raised.path.is_dir() and str(raised.path) in capsys.readouterr().err
+    monkeypatch.setenv("NCOOD_BENCH_KEEP", "1")
+    with scratch_dir("ncood-test-scratch-") as kept:
+        kept.ok = True
+    assert kept.path.is_dir() and "NCOOD_BENCH_KEEP=1" in capsys.readouterr().err
+    for s in (failed, raised, kept):
+        s.path.rmdir()

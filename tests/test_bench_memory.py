@@ -20,3 +20,4 @@ def test_memory_bench_reuses_one_worker():
     assert out["benchmark"] == "memory" and out["one_worker"] and out["finished"] == out["trials"] == 4
     assert [r["trial"] for r in out["rows"]] == [1, 2, 3, 4] and all(r["rss_mib"] > 0 for r in out["rows"])
     assert out["rss_after_3_mib"] == out["rows"][2]["rss_mib"]
+    assert not Path(out["scratch_dir"]).exists()  # removed after a run that succeeded
