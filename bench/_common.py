@@ -1,4 +1,5 @@
-"""Shared helpers of the benchmarks in bench/: side-by-side timing, the environment line, the JSON result line.
+"""Shared helpers of the benchmarks in bench/: side-by-side timing, the environment line, the JSON result line, the
+scratch folder of a bench run (removed after success, kept after a failure).
 
 Every figure says where it was measured (docs/architecture.md#provenance): `environment()` gives device, torch and CPU-thread count.
 Timings compare implementations in the same process, interleaved (A, B, A, B, ...), so a shared or throttled
@@ -61,6 +62,7 @@ class ScratchDir:
 
 @contextlib.contextmanager
 def scratch_dir(prefix: str) -> Iterator[ScratchDir]:
+    """A new folder under the system's temp dir, named `prefix`*, as a ScratchDir; see ScratchDir for its fate."""
     scratch = ScratchDir(Path(tempfile.mkdtemp(prefix=prefix)))
     try:
         yield scratch
@@ -68,9 +70,9 @@ def scratch_dir(prefix: str) -> Iterator[ScratchDir]:
         if scratch.ok and os.environ.get("NCOOD_BENCH_KEEP") != "1":
             shutil.rmtree(scratch.path, ignore_errors=True)
         else:
-            why = "NCOOD_BENCH_KEEP=1" if scratch.ok else "the run failed"
-            print(f"bench: kept {scratch.path} ({why}): stores, Ray results and logs to inspect; delete it after",
-                  file=sys.stderr)
+            why = "NCOOD_BENCH_KEEP=1" if scratch.ok else "the run failed or was interrupted"
+            print(f"bench: kept {scratch.path} ({why}): its store, Ray results and profiles are there to inspect; "
+                  f"delete it after", file=sys.stderr)
 
 
 def git_sha() -> str:

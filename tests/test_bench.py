@@ -4,7 +4,9 @@ No timing assertions: a shared CI machine makes speed ratios meaningless; bench/
 """
 import json
 import math
+import os
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -13,9 +15,14 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
+def bench_env() -> dict[str, str]:
+    """This environment without NCOOD_BENCH_KEEP: a smoke run that succeeds removes its scratch folder."""
+    return {k: v for k, v in os.environ.items() if k != "NCOOD_BENCH_KEEP"}
+
+
 def run_json(script: str, *args: str, timeout: float = 120) -> dict:
     proc = subprocess.run([sys.executable, str(BENCH / script), "--smoke", "--json", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=BENCH.parent)
+                          text=True, timeout=timeout, cwd=BENCH.parent, env=bench_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])  # the JSON object is the last line
 
@@ -86,7 +93,8 @@ def test_grid_smoke_compares_sweep_and_bare_trials():
     assert not Path(out["scratch_dir"]).exists()  # a run that succeeded leaves no store or Ray results behind
 
 
-def test_scratch_dir_is_removed_after_success_and_kept_after_failure(monkeypatch, capsys):
+def test_scratch_dir_is_removed_after_success_and_kept_after_failure(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the kept folders go with the test's tmp_path
     sys.path.insert(0, str(BENCH))
     try:
         from _common import scratch_dir
@@ -99,7 +107,7 @@ def test_scratch_dir_is_removed_after_success_and_kept_after_failure(monkeypatch
     assert not ok.path.exists() and capsys.readouterr().err == ""
     with scratch_dir("ncood-test-scratch-") as failed:  # ok never set: the bench's figures did not come out
         pass
-    assert failed.path.is_dir() and f"kept {failed.path} (the run failed)" in capsys.readouterr().err
+    assert failed.path.is_dir() and f"kept {failed.path} (the run failed or was interrupted)" in capsys.readouterr().err
     with pytest.raises(RuntimeError), scratch_dir("ncood-test-scratch-") as raised:
         raise RuntimeError("a sweep died")
     assert raised.path.is_dir() and str(raised.path) in capsys.readouterr().err
@@ -107,5 +115,4 @@ def test_scratch_dir_is_removed_after_success_and_kept_after_failure(monkeypatch
     with scratch_dir("ncood-test-scratch-") as kept:
         kept.ok = True
     assert kept.path.is_dir() and "NCOOD_BENCH_KEEP=1" in capsys.readouterr().err
-    for s in (failed, raised, kept):
-        s.path.rmdir()
+    assert {failed.path, raised.path, kept.path} == set(tmp_path.iterdir())

@@ -105,10 +105,29 @@ def test_builtin_files_read_as_scikit_learns_loaders_read_them():
     images, labels = digits_arrays()
     ref = load_digits()
     assert images.dtype == ref.images.dtype and np.array_equal(images, ref.images)
-    assert np.array_equal(labels, ref.target) and labels.shape == (1797,)
+    assert np.array_equal(labels, ref.target) and labels.shape == (1797,) and labels.dtype == np.int64
     photos, ref_photos = sample_photo_arrays(), load_sample_images().images
     assert len(photos) == len(ref_photos) == 2
     assert all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(photos, ref_photos))
+
+
+def test_builtin_files_missing_name_the_fix(monkeypatch, tmp_path):
+    """No scikit-learn, or one without the data files: a FileNotFoundError (the CLI prints it, exit 2) naming pip."""
+    import importlib.machinery
+    import importlib.util
+
+    from ncood.data import builtin
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sklearn" else real(name, *a))
+    with pytest.raises(FileNotFoundError, match="not installed: pip install scikit-learn"):
+        builtin.digits_arrays()
+    fake = importlib.machinery.ModuleSpec("sklearn", None, is_package=True)
+    fake.submodule_search_locations = [str(tmp_path)]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: fake if name == "sklearn" else real(name, *a))
+    with pytest.raises(FileNotFoundError, match=r"scikit-learn \S+ at .* has no datasets/images/china.jpg.*"
+                                                r"pip install --force-reinstall scikit-learn"):
+        builtin.sample_photo_arrays()
 
 
 def test_digits_splits_partition_deterministically():
@@ -450,7 +469,7 @@ def test_torchvision_names_spelled_in_ncood_are_torchvisions():
     assert datasets.FashionMNIST.__name__ == FASHION_MNIST_CLASS
 
 
-def test_importing_the_trainable_and_loading_digits_needs_neither_torchvision_nor_timm():
+def test_importing_the_trainable_and_loading_the_default_data_imports_no_torchvision_timm_or_sklearn():
     """Every job driver, Ray trial worker and CLI call imports ncood's trainable; torchvision (with torch._dynamo) and
     timm are ~2.5 s of that import on 2 cores, and only the downloadable sets, the AdamW/ConvNeXt/CCT recipes and
     (through pytorch-ood) the ReAct/ASH scores use them: a trial worker loads torchvision at its first OoD

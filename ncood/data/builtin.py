@@ -7,10 +7,6 @@
 - photos: crops of scikit-learn's two sample photographs (china.jpg, flower.jpg, the images of
   `sklearn.datasets.load_sample_images`), real natural images that ship offline: the near-OoD set of the embedded
   setup.
-Both are read from the files in scikit-learn's package as its loaders read them (np.loadtxt of the gzipped CSV; PIL
-for the JPEGs), without importing scikit-learn: `import sklearn` costs ~1.3 s of CPU (measured, torch already
-imported), paid by every fresh process that loads the default data, i.e. both trial workers of every sweep and every
-`ncood train`, for two file reads. tests/test_data.py checks the arrays against scikit-learn's loaders, bit for bit.
 - letters: the letters A-J (notMNIST's ten classes, Bulatov 2011) rendered with the scalable font built into
   Pillow >= 10.1 (`ImageFont.load_default(size=...)`, Aileron Regular: no font file needed), each in its own random
   size, stroke weight, slant, rotation, position and ink level, white on black (the polarity of MNIST-like sets):
@@ -18,6 +14,12 @@ imported), paid by every fresh process that loads the default data, i.e. both tr
 - scrambled: the ID test images with their pixel positions randomly permuted (docs/method.md#ood-sets, "pixel-scrambled").
 - noise: Gaussian noise in pixel space (docs/method.md#ood-sets).
 All randomness comes from a CPU torch.Generator seeded with `seed`, so a set is the same on every device.
+
+digits and photos are read from the files in scikit-learn's package as its loaders read them (np.loadtxt of the
+gzipped CSV; PIL for the JPEGs), without importing scikit-learn: `import sklearn` costs 1.1-1.5 s of CPU (measured,
+torch and MLflow already imported), paid by every fresh process that loads the default data (every trial worker of a
+sweep, every `ncood train`) for two file reads. tests/test_data.py checks the arrays against scikit-learn's loaders,
+bit for bit.
 """
 from __future__ import annotations
 
@@ -49,12 +51,20 @@ def sklearn_data_file(*parts: str) -> Path:
     top-level package without running its __init__)."""
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the built-in datasets read their files from scikit-learn's package, which is not "
-                           "installed: pip install scikit-learn")
+        raise FileNotFoundError("the built-in datasets (digits, photos) read their files from scikit-learn's "
+                                "package, which is not installed: pip install scikit-learn")
     path = Path(next(iter(spec.submodule_search_locations)), "datasets", *parts)
     if not path.is_file():
-        raise RuntimeError(f"scikit-learn {path.parents[1]} has no {'/'.join(parts)} (a changed package layout?): "
-                           f"reinstall it (pip install --force-reinstall scikit-learn) or report the version")
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            installed = f"scikit-learn {version('scikit-learn')}"
+        except PackageNotFoundError:
+            installed = "the scikit-learn package"
+        raise FileNotFoundError(
+            f"{installed} at {path.parents[1]} has no datasets/{'/'.join(parts)}, which the built-in datasets "
+            f"(digits, photos) read: reinstall it (pip install --force-reinstall scikit-learn); if it is still "
+            f"missing, this scikit-learn moved its data files: report the version to ncood")
     return path
 
 
