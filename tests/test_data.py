@@ -112,7 +112,8 @@ def test_builtin_files_read_as_scikit_learns_loaders_read_them():
 
 
 def test_builtin_files_missing_name_the_fix(monkeypatch, tmp_path):
-    """No scikit-learn, or one without the data files: a FileNotFoundError (the CLI prints it, exit 2) naming pip."""
+    """No scikit-learn: a FileNotFoundError (the CLI prints it, exit 2) naming pip. A scikit-learn whose data files
+    are elsewhere: a warning naming it, and scikit-learn's own loaders give the same data."""
     import importlib.machinery
     import importlib.util
 
@@ -125,9 +126,16 @@ def test_builtin_files_missing_name_the_fix(monkeypatch, tmp_path):
     fake = importlib.machinery.ModuleSpec("sklearn", None, is_package=True)
     fake.submodule_search_locations = [str(tmp_path)]
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: fake if name == "sklearn" else real(name, *a))
-    with pytest.raises(FileNotFoundError, match=r"scikit-learn \S+ at .* has no datasets/images/china.jpg.*"
-                                                r"pip install --force-reinstall scikit-learn"):
-        builtin.sample_photo_arrays()
+    from sklearn.datasets import load_digits, load_sample_images
+
+    layout = r"scikit-learn \S+ at .* has no datasets/{}.*scikit-learn's loader.*pip install --force-reinstall"
+    with pytest.warns(builtin.SklearnLayoutWarning, match=layout.format("images/china.jpg")):
+        photos = builtin.sample_photo_arrays()
+    assert all(np.array_equal(a, b) for a, b in zip(photos, load_sample_images().images)) and len(photos) == 2
+    with pytest.warns(builtin.SklearnLayoutWarning, match=layout.format("data/digits.csv.gz")):
+        images, labels = builtin.digits_arrays()
+    assert np.array_equal(images, load_digits().images) and labels.dtype == np.int64
+    assert np.array_equal(labels, load_digits().target)
 
 
 def test_digits_splits_partition_deterministically():

@@ -19,12 +19,13 @@ digits and photos are read from the files in scikit-learn's package as its loade
 gzipped CSV; PIL for the JPEGs), without importing scikit-learn: `import sklearn` costs 1.1-1.5 s of CPU (measured,
 torch and MLflow already imported), paid by every fresh process that loads the default data (every trial worker of a
 sweep, every `ncood train`) for two file reads. tests/test_data.py checks the arrays against scikit-learn's loaders,
-bit for bit.
+bit for bit. A scikit-learn that keeps the files elsewhere gets a SklearnLayoutWarning and its own loaders are used.
 """
 from __future__ import annotations
 
 import gzip
 import importlib.util
+import warnings
 from functools import cache
 from pathlib import Path
 
@@ -46,32 +47,44 @@ LETTER_SHIFT, LETTER_INK = 5, (0.6, 1.0)
 _SKLEARN = "ships with scikit-learn (no download, no data root needed)"
 
 
-def sklearn_data_file(*parts: str) -> Path:
+class SklearnLayoutWarning(UserWarning):
+    """scikit-learn's data files are not where ncood reads them: its own (slower to import) loader is used."""
+
+
+def sklearn_data_file(*parts: str) -> Path | None:
     """A data file inside the installed scikit-learn package, found without importing it (find_spec locates a
-    top-level package without running its __init__)."""
+    top-level package without running its __init__); None, with a SklearnLayoutWarning, when this scikit-learn
+    keeps it elsewhere (the caller then uses scikit-learn's own loader: same data, its import cost)."""
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("the built-in datasets (digits, photos) read their files from scikit-learn's "
                                 "package, which is not installed: pip install scikit-learn")
     path = Path(next(iter(spec.submodule_search_locations)), "datasets", *parts)
-    if not path.is_file():
-        from importlib.metadata import PackageNotFoundError, version
+    if path.is_file():
+        return path
+    from importlib.metadata import PackageNotFoundError, version
 
-        try:
-            installed = f"scikit-learn {version('scikit-learn')}"
-        except PackageNotFoundError:
-            installed = "the scikit-learn package"
-        raise FileNotFoundError(
-            f"{installed} at {path.parents[1]} has no datasets/{'/'.join(parts)}, which the built-in datasets "
-            f"(digits, photos) read: reinstall it (pip install --force-reinstall scikit-learn); if it is still "
-            f"missing, this scikit-learn moved its data files: report the version to ncood")
-    return path
+    try:
+        installed = f"scikit-learn {version('scikit-learn')}"
+    except PackageNotFoundError:
+        installed = "this scikit-learn"
+    warnings.warn(f"{installed} at {path.parents[1]} has no datasets/{'/'.join(parts)}, which ncood reads without "
+                  f"importing scikit-learn; using scikit-learn's loader instead (the same data, ~1.3 s more per "
+                  f"process). A broken install: pip install --force-reinstall scikit-learn; else report the version "
+                  f"to ncood", SklearnLayoutWarning, stacklevel=3)
+    return None
 
 
 def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     """(images (1797, 8, 8) float64 0..16, labels (1797,) int64): sklearn.datasets.load_digits' `images` and
     `target`, read as it reads them (the last CSV column is the label)."""
-    with gzip.open(sklearn_data_file("data", "digits.csv.gz"), mode="rt", encoding="utf-8") as f:
+    path = sklearn_data_file("data", "digits.csv.gz")
+    if path is None:
+        from sklearn.datasets import load_digits as sklearn_load_digits
+
+        digits = sklearn_load_digits()
+        return digits.images, digits.target.astype(np.int64)
+    with gzip.open(path, mode="rt", encoding="utf-8") as f:
         data = np.loadtxt(f, delimiter=",")  # (1797, 65)
     return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
 
@@ -114,8 +127,13 @@ def sample_photo_arrays() -> list[np.ndarray]:
     decoded by PIL to a (427, 640, 3) uint8 array."""
     from PIL import Image
 
+    china = sklearn_data_file("images", "china.jpg")
+    if china is None:
+        from sklearn.datasets import load_sample_images
+
+        return list(load_sample_images().images)
     out = []
-    for path in sorted(sklearn_data_file("images", "china.jpg").parent.glob("*.jpg")):
+    for path in sorted(china.parent.glob("*.jpg")):
         with Image.open(path) as im:
             out.append(np.asarray(im))
     return out
