@@ -128,6 +128,7 @@ TAG_GIT_DIRTY = "git_dirty"  # "true": the run's code differs from the commit in
 TAG_GROUP = "group"  # control | intervention (ncood.intervention.GROUPS)
 TAG_SOURCE_RUN, TAG_SOURCE_CONDITION = "source_run_id", "source_condition"
 TAG_ONSET, TAG_REQUESTED = "onset_epoch", "requested_epoch"  # the restored checkpoint's epoch, the one asked for
+SCORER_NAME = "ood_scorer"  # the LoggedModel every trial run logs (ncood.serve.package) and `ncood register` finds
 # TrialConfig fields that say where a trial ran, not what it ran: logged as tags, not params (runs compare on params)
 MACHINE_FIELDS = ("data_root", "download", "device")
 

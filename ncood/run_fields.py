@@ -15,16 +15,20 @@ tags, system metrics. ncood.tracking uses only MlflowClient (see its docstring),
   disk, network, GPU when present) on a trial run, when psutil is installed. Sampling every 30 s (MLflow's default
   is 10 s): one psutil sample and one log_batch per interval, negligible next to a trial even on 2 cores;
   MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it. A last sample is logged when the run ends.
+- The process-wide tracking URI, which some MLflow calls read whatever client called them (`process_tracking_uri`).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import logging
+import os
 import time
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
+import mlflow
 import numpy as np
 from mlflow.entities import Dataset, DatasetInput, InputTag
 from mlflow.exceptions import MlflowException
@@ -34,6 +38,8 @@ SYSTEM_METRICS_INTERVAL_S = 30.0
 DATASET_RACE_ATTEMPTS = 5  # log_dataset_inputs: tries when concurrent trials register the same datasets
 DIGEST_SAMPLES = 1024  # samples hashed per set
 SOURCE_TYPE = "ncood"  # mlflow.data source type: a set of ncood's dataset registry (ncood.data)
+PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 
 
 def context_tags() -> dict[str, str]:
@@ -127,3 +133,27 @@ def stop_system_metrics(monitor) -> None:
     monitor.collect_metrics()
     monitor.publish_metrics(monitor.aggregate_metrics())
     monitor.mlflow_logger.flush()
+
+
+@contextlib.contextmanager
+def process_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's Model.log and the sqlite registry's create_model_version resolve a client from the process-wide
+    tracking URI, whatever client called them: point it at `uri` for this block only (no progress bars either).
+
+    Restores both the global and the MLFLOW_TRACKING_URI variable: MLflow's own `_use_tracking_uri` deletes the
+    variable on exit when no global was set, which would cut a Ray worker off its configured store."""
+    from mlflow.tracking._tracking_service import utils
+
+    saved_env = {k: os.environ.get(k) for k in (TRACKING_URI_ENV, PROGRESS_BAR_ENV)}
+    saved_global = utils._tracking_uri
+    os.environ[PROGRESS_BAR_ENV] = "false"
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved_global)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -34,15 +34,13 @@ packages, mapping every installed distribution once per process (a reused Ray wo
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
 import sys
 import tempfile
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import mlflow
 import mlflow.pyfunc
@@ -58,21 +56,20 @@ from torch import nn
 
 import ncood
 from ncood import keys
+from ncood.keys import SCORER_NAME
 from ncood.config import TrialConfig
 from ncood.data import IDData
 from ncood.evaluate import exact_fp32
 from ncood.pipeline import model_kwargs
+from ncood.run_fields import process_tracking_uri
 from ncood.ood import SCORES, ScoreFit, pack_states, served_scores
 from ncood.ood.metrics import threshold_at_tpr
 from ncood.serve.decoding import INPUT_COLUMN, ServingLimits, encode_png
 from ncood.serve.scorer import Scorer, ScorerSpec, output_columns, score_columns, score_model_input
 
-SCORER_NAME = "ood_scorer"  # the LoggedModel's name in every trial run
 THRESHOLD_TPR_PERCENT = 95  # is_ood threshold: accepts this % of ID validation images
 REQUIREMENTS = ("mlflow", "torch", "torchvision", "numpy", "pillow", "pytorch-ood")  # what ncood.serve imports
 PYFUNC_ENTRY = Path(__file__).with_name("pyfunc_model.py")  # models-from-code file (set_model(OODScorerModel()))
-PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 FILES = {"spec": "scorer.json", "weights": "weights.pt", "gaussians": "gaussians.pt", "scores": "scores.pt"}
 
 
@@ -170,30 +167,6 @@ def pip_requirements() -> list[str]:
         except PackageNotFoundError:
             reqs.append(name)
     return reqs
-
-
-@contextlib.contextmanager
-def process_tracking_uri(uri: str) -> Iterator[None]:
-    """MLflow's Model.log and the sqlite registry's create_model_version resolve a client from the process-wide
-    tracking URI, whatever client called them: point it at `uri` for this block only (no progress bars either).
-
-    Restores both the global and the MLFLOW_TRACKING_URI variable: MLflow's own `_use_tracking_uri` deletes the
-    variable on exit when no global was set, which would cut a Ray worker off its configured store."""
-    from mlflow.tracking._tracking_service import utils
-
-    saved_env = {k: os.environ.get(k) for k in (TRACKING_URI_ENV, PROGRESS_BAR_ENV)}
-    saved_global = utils._tracking_uri
-    os.environ[PROGRESS_BAR_ENV] = "false"
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(saved_global)
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def log_ood_scorer(trial: Any, run_id: str, tracking_uri: str, *, name: str = SCORER_NAME,

@@ -26,9 +26,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ncood import keys, runs_query, tracking
+from ncood.run_fields import process_tracking_uri
 from ncood.serve.cli import DEFAULT_ALIAS, DEFAULT_PORT, MODEL_NAME  # noqa: F401  (re-exported)
 from ncood.serve.guard import PROTOCOL
-from ncood.serve.package import SCORER_NAME, process_tracking_uri
 
 _LOWER_IS_BETTER = ("fpr95",)  # the detection metric of an OoD key (ncood.keys.parse_ood_key)
 _LOWER_IS_BETTER_PREFIX = ("loss/", "nc/", "time/")
@@ -161,9 +161,9 @@ def scorer_model_id(client: MlflowClient, run_id: str) -> str:
     outputs = sorted((run.outputs.model_outputs if run.outputs else []), key=lambda o: o.step)
     for out in reversed(outputs):
         model = client.get_logged_model(out.model_id)
-        if model.name == SCORER_NAME and str(model.status).endswith("READY"):
+        if model.name == keys.SCORER_NAME and str(model.status).endswith("READY"):
             return model.model_id
-    raise RegisterError(f"run {run.info.run_name} ({run_id}) has no '{SCORER_NAME}' model: it ran without the "
+    raise RegisterError(f"run {run.info.run_name} ({run_id}) has no '{keys.SCORER_NAME}' model: it ran without the "
                         f"serving hook; log one with ncood.serve.log_ood_scorer or re-run the trial")
 
 
