@@ -11,8 +11,8 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from ncood.tune.cluster import (SqliteOnClusterWarning, alive_nodes, init_ray, sqlite_on_cluster_message,
-                                warn_if_sqlite_on_cluster)
+from ncood.tune.cluster import (PRESTART_ENV, SqliteOnClusterWarning, alive_nodes, init_ray,
+                                sqlite_on_cluster_message, warn_if_sqlite_on_cluster)
 
 SQLITE = "sqlite:////tmp/ncood-test/mlflow.db"
 
@@ -70,6 +70,8 @@ def _python_workers() -> list[str]:
             argv = proc.cmdline()
         except psutil.Error:  # gone meanwhile
             continue
+        if not argv:  # a zombie
+            continue
         title = " ".join(argv)
         starting = os.path.basename(argv[0]).startswith("python") and any(a.endswith("default_worker.py") for a in argv)
         if (title.startswith("ray::") and not title.startswith(RAY_AGENTS)) or starting:
@@ -90,9 +92,10 @@ def test_local_ray_starts_no_idle_workers(fresh_ray, monkeypatch):
     on them (each cost ~0.6 s of CPU for nothing). init_ray turns that off: after one actor is up, its worker is
     the only one. The prestart requests go out at the driver's registration, before the actor's, so their processes
     would exist by then (with the prestart this test sees ['ray::IDLE', 'ray::_Pinger'])."""
-    monkeypatch.delenv("RAY_prestart_worker_first_driver", raising=False)
+    monkeypatch.setenv(PRESTART_ENV, "")  # so that teardown restores whatever was there
+    monkeypatch.delenv(PRESTART_ENV)
     init_ray(num_cpus=2)
-    assert os.environ["RAY_prestart_worker_first_driver"] == "0"
+    assert PRESTART_ENV not in os.environ  # given to the raylet, not left to this process's later children
     pinger = _Pinger.remote()
     ray.get(pinger.ping.remote(), timeout=120)
     assert _python_workers() == ["ray::_Pinger"]

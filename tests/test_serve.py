@@ -294,10 +294,11 @@ def test_ncood_register_subcommand_sets_the_alias_on_the_chosen_run(registered, 
 
 def test_ncood_register_as_its_own_process_imports_no_torch(registered, store):
     """`ncood register` reads runs and sets an alias: it needs neither torch nor the packaging code (~2.5 s of CPU
-    per call on 2 cores, and at the end of every ablation job). `-X importtime` lists every module a process imports."""
+    per call on 2 cores). `-X importtime` lists every module a process imports."""
     reg, _ = registered
     out = subprocess.run([sys.executable, "-X", "importtime", "-m", "ncood", "register", "--experiment", EXPERIMENT,
-                          "--tracking-uri", store[0], "--alias", "process"], capture_output=True, text=True, timeout=300)
+                          "--tracking-uri", store[0], "--alias", "process"],
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     mv = MlflowClient(store[0]).get_model_version_by_alias("ncood-ood-scorer", "process")
     assert mv.run_id == reg.choice.run.run_id

@@ -8,7 +8,8 @@ from __future__ import annotations
 from ncood.lazy import lazy_getattr
 
 _EXPORTS = {
-    "SCORER_NAME": "package", "ScorerParts": "package", "log_ood_scorer": "package", "write_scorer": "package",
+    "SCORER_NAME": "package",  # defined in ncood.keys (import it from there: no torch); kept here for old imports
+    "ScorerParts": "package", "log_ood_scorer": "package", "write_scorer": "package",
     "threshold_at_tpr": "package",  # the FPR95 threshold definition (ncood.ood.metrics) the package uses for is_ood
     **{name: "decoding" for name in ("INPUT_COLUMN", "InputError", "ServingLimits", "encode_png")},
     **{name: "scorer" for name in ("OUTPUT_COLUMNS", "Scorer", "ScorerSpec")},

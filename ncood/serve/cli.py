@@ -1,5 +1,5 @@
 """The flags of `ncood register` and `ncood serve`, and their defaults, without importing torch or MLflow (`--help`
-must answer in under a second); `run_register` imports ncood.serve.register (MLflow, torch) when it runs.
+must answer in under a second); `run_register` imports ncood.serve.register (MLflow) when it runs.
 """
 from __future__ import annotations
 

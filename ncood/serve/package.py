@@ -56,14 +56,14 @@ from torch import nn
 
 import ncood
 from ncood import keys
-from ncood.keys import SCORER_NAME
 from ncood.config import TrialConfig
 from ncood.data import IDData
 from ncood.evaluate import exact_fp32
-from ncood.pipeline import model_kwargs
-from ncood.run_fields import process_tracking_uri
+from ncood.keys import SCORER_NAME
 from ncood.ood import SCORES, ScoreFit, pack_states, served_scores
 from ncood.ood.metrics import threshold_at_tpr
+from ncood.pipeline import model_kwargs
+from ncood.run_fields import process_tracking_uri
 from ncood.serve.decoding import INPUT_COLUMN, ServingLimits, encode_png
 from ncood.serve.scorer import Scorer, ScorerSpec, output_columns, score_columns, score_model_input
 

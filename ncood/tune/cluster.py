@@ -46,9 +46,16 @@ def init_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
     # The raylet we start reads its settings from RAY_<name> variables. By default it starts num_cpus Python
     # workers when this driver registers; Tune's trial actors never ran on them (measured, Ray 2.60: they stay
     # `ray::IDLE` beside the trials' own workers), so each cost ~0.6 s of CPU for its imports and nothing else.
+    # Set for the processes ray.init starts, then taken back: later children of this process (a `ray start`, say)
+    # get Ray's default. A value the user set is kept.
+    own_prestart = PRESTART_ENV not in os.environ
     os.environ.setdefault(PRESTART_ENV, "0")
-    # with the dashboard, Ray's own start-up line names its URL ("View the dashboard at http://127.0.0.1:8265")
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, runtime_env=runtime_env)
+    try:
+        # with the dashboard, Ray's own start-up line names its URL ("View the dashboard at http://127.0.0.1:8265")
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, runtime_env=runtime_env)
+    finally:
+        if own_prestart:
+            os.environ.pop(PRESTART_ENV, None)
 
 
 def alive_nodes() -> int:
