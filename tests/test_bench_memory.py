@@ -1,14 +1,13 @@
 """bench/memory.py end to end at a tiny size: every trial runs in one reused Ray worker and is measured.
 No assertion on the figures (a shared CI machine; bench/README.md records them)."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from test_bench import BENCH, bench_env
 
 
 @pytest.mark.slow
@@ -16,7 +15,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 def test_memory_bench_reuses_one_worker():
     proc = subprocess.run([sys.executable, str(BENCH / "memory.py"), "--trials", "4", "--epochs", "1", "--width", "2",
                            "--json"], capture_output=True, text=True, timeout=380, cwd=BENCH.parent,
-                          env={k: v for k, v in os.environ.items() if k != "NCOOD_BENCH_KEEP"})
+                          env=bench_env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["benchmark"] == "memory" and out["one_worker"] and out["finished"] == out["trials"] == 4
