@@ -3,6 +3,7 @@ a tiny grid's MLflow contents, retry and FAILED marking, Ctrl+C + --resume, the 
 (`ray job submit` to a `ray start --head` cluster: tests/test_deploy.py)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -17,6 +18,7 @@ from ncood.config import ConfigError, TrialConfig
 from ncood.ood import score_params
 from ncood.tune import SweepSettings, SweepSpec, grid_conditions, make_param_space, run_grid, run_sweep
 from ncood.tune import jobs
+from ncood.tune.sweep import tune_keys
 
 import faulty_trainable
 from job_scripts import load_job
@@ -140,6 +142,32 @@ def test_tiny_grid_summary(tiny_grid):
     table = jobs.summary_table(result.runs)
     assert "resnet18-w4-l2-sn-lg-e2" in table and "gmm AUROC photos" in table
     assert [line.split()[1:3] for line in table.splitlines()[1:]] == [["2", "0"], ["2", "0"]]
+
+
+def test_tune_results_carry_only_what_tune_uses(tiny_grid):
+    """Each Tune result holds `epoch` and the progress table's metrics; the trial's MLflow run holds every metric
+    (TrialRuntime.tune_result: Tune's driver handles every key of every result several times)."""
+    result, uri = tiny_grid
+    _, children = _runs(uri, "tiny")
+    logged = set(children[0].data.metrics)
+    files = sorted(Path(result.experiment_path).glob("*/result.json"))
+    assert len(files) == 4 and len(logged) > 100
+    for f in files:
+        rows = [json.loads(line) for line in f.read_text().splitlines()]
+        assert [r["epoch"] for r in rows] == [1, 2]
+        reported = {k for r in rows for k in r if k in logged}
+        # run_grid's columns: loss, test accuracy, GMM AUROC of the first OoD set (digits' first: photos)
+        assert reported == {keys.LOSS_TRAIN, keys.ACC_TEST, keys.ood_key("photos", "gmm", "auroc")}
+
+
+def test_tune_keys_are_the_columns_and_the_optimized_metrics():
+    from ray.tune.schedulers import ASHAScheduler
+
+    spec = SweepSpec(metric_columns={keys.LOSS_TRAIN: "loss", keys.ACC_VAL: "val acc"},
+                     tune_extra={"metric": keys.ACC_VAL, "mode": "max",
+                                 "scheduler": ASHAScheduler(metric=keys.ACC_TEST, mode="max", time_attr="epoch")})
+    assert tune_keys(spec) == (keys.LOSS_TRAIN, keys.ACC_VAL, keys.ACC_TEST)
+    assert tune_keys(SweepSpec()) == ()
 
 
 @pytest.mark.slow

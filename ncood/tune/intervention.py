@@ -29,11 +29,12 @@ class _Reporter:
     """Epoch callback: the epoch's metrics to MLflow at step onset + epoch, then to Tune."""
 
     tracker: tracking.TrialTracker
+    runtime: TrialRuntime
     onset: int
 
     def __call__(self, trainer, epoch: int, metrics: dict[str, float]) -> None:
         self.tracker.log_epoch(self.onset + epoch, metrics)
-        tune.report({**metrics, "epoch": epoch})
+        tune.report(self.runtime.tune_result(metrics, epoch))
 
 
 def continue_trial(config: dict[str, Any], runtime: TrialRuntime) -> None:
@@ -50,7 +51,7 @@ def continue_trial(config: dict[str, Any], runtime: TrialRuntime) -> None:
         with tempfile.TemporaryDirectory() as d:
             path = MlflowClient(runtime.sweep.tracking_uri).download_artifacts(src["run_id"], src["checkpoint"], d)
             state = checkpoint.load(path)
-        trial = build_trial(cfg, callbacks=[_Reporter(tracker, int(src["onset"]))], progress=False)
+        trial = build_trial(cfg, callbacks=[_Reporter(tracker, runtime, int(src["onset"]))], progress=False)
         trial.trainer.model.load_state_dict(state["model"])  # weights only: a fresh optimizer and schedule
         onset_metrics: dict[str, float] = {}
         trial.evaluation(trial.trainer, 0, onset_metrics)  # the reference every change is measured from

@@ -77,6 +77,14 @@ class SweepResult:
     num_errors: int  # Ray trials that ended in ERROR (some may have failed before creating an MLflow run)
 
 
+def tune_keys(spec: SweepSpec) -> tuple[str, ...]:
+    """The metric keys Tune is given (TrialRuntime.tune_result): the progress table's columns and the metric that
+    TuneConfig, the search algorithm or the scheduler optimize. MLflow gets every metric."""
+    named = [spec.tune_extra.get("metric")] + [getattr(spec.tune_extra.get(k), "metric", None)
+                                               for k in ("search_alg", "scheduler")]
+    return tuple(dict.fromkeys([*spec.metric_columns, *(m for m in named if isinstance(m, str))]))
+
+
 def default_storage_path() -> str:
     root = tracking.repo_root()
     return str(Path("~/ray_results").expanduser() if tracking.in_ray_job_copy(root) else root / "runs" / "ray")
@@ -255,7 +263,7 @@ def _new_tuner(settings: SweepSettings, storage: Storage, spec: SweepSpec):
     ref = tracking.start_sweep(uri, experiment_id, name, params,
                                {keys.TAG_KIND: spec.kind, keys.TAG_RAY_EXPERIMENT: storage.display(exp_dir)})
     runtime = TrialRuntime(ref, settings.cpus_per_trial, settings.checkpoint_every,
-                           tuple(settings.keep_checkpoint_epochs), spec.val_every_epoch)
+                           tuple(settings.keep_checkpoint_epochs), spec.val_every_epoch, tune_keys(spec))
     storage.write_text(f"{exp_dir}/{SWEEP_FILE}", json.dumps({
         "sweep": ref.to_dict(), "runtime": {k: v for k, v in asdict(runtime).items() if k != "sweep"},
         "resources": resources, "kind": spec.kind, "trainable": _trainable_name(spec.trainable)}, indent=2))

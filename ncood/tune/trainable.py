@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import ray
 import torch
@@ -30,6 +30,16 @@ class TrialRuntime:
     checkpoint_every: int = 1  # Ray checkpoint every k epochs, and always at the end
     keep_checkpoint_epochs: tuple[int, ...] = ()  # also log checkpoints/epoch_NNN.pt to MLflow (NC intervention)
     val_every_epoch: bool = False  # accuracy/val at every epoch (a search metric must be in every result)
+    tune_keys: tuple[str, ...] | None = None  # the metric keys a Tune result carries besides `epoch`; None: all
+
+    def tune_result(self, metrics: Mapping[str, float], epoch: int) -> dict[str, float]:
+        """What a trial reports to Tune for one epoch: the keys Tune uses (tune_keys: the progress table's columns,
+        the search or scheduler metric) and `epoch`. Every metric goes to MLflow (the trial's tracker), which is
+        where ncood reads results; Tune's driver handles each reported key of each result several times (its
+        JSON/CSV/TensorBoard result logs, each trial's metric statistics, the experiment-state snapshot), which
+        for the ~200 keys of a full evaluation cost it ~0.35 s of CPU per trial (docs/method.md#trap-ray)."""
+        kept = metrics if self.tune_keys is None else {k: metrics[k] for k in self.tune_keys if k in metrics}
+        return {**kept, "epoch": epoch}
 
 
 def start(cfg: TrialConfig, runtime: TrialRuntime) -> TrialConfig:

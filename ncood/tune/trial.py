@@ -1,8 +1,8 @@
 """The Ray function trainable: one trial, resumable from its Ray checkpoint, logged to its own MLflow run.
 
-Per epoch: the metric dict goes to MLflow (one batch, step = epoch), then to `tune.report` with a checkpoint that
-also holds the MLflow run id, so a retried (Ray's FailureConfig) or restored (Tuner.restore) trial continues its own
-run.
+Per epoch: the metric dict goes to MLflow (one batch, step = epoch), then the keys Tune uses (the progress table's,
+the search metric: TrialRuntime.tune_result) to `tune.report` with a checkpoint that also holds the MLflow run id,
+so a retried (Ray's FailureConfig) or restored (Tuner.restore) trial continues its own run.
 What MLflow could not take (a tracking server down longer than the client's retries) stays in the checkpoint's
 outbox (ncood.tune.outbox) and is written first when the trial continues.
 At the end: checkpoint.pt, config.json and summary.json become run artifacts, the fitted class Gaussians go into
@@ -51,10 +51,11 @@ def _checkpoint_dir(trainer, run_id: str, out: Path, outbox: Outbox | None = Non
     return out
 
 
-def _report_with_checkpoint(trainer, run_id: str, outbox: Outbox, metrics: Mapping[str, float]) -> None:
+def _report_with_checkpoint(trainer, runtime: TrialRuntime, run_id: str, outbox: Outbox,
+                            metrics: Mapping[str, float]) -> None:
     with tempfile.TemporaryDirectory() as d:  # tune.report copies it into the storage path
         _checkpoint_dir(trainer, run_id, Path(d), outbox)
-        tune.report({**metrics, "epoch": trainer.epoch}, checkpoint=tune.Checkpoint.from_directory(d))
+        tune.report(runtime.tune_result(metrics, trainer.epoch), checkpoint=tune.Checkpoint.from_directory(d))
 
 
 @dataclass
@@ -86,15 +87,15 @@ class EpochReporter:
             try:
                 self.outbox.flush(self.tracker)  # first: a crash before the report re-runs the epoch, never re-logs
             except TrackingUnavailable:
-                _report_with_checkpoint(trainer, self.tracker.run_id, self.outbox, metrics)
+                _report_with_checkpoint(trainer, self.runtime, self.tracker.run_id, self.outbox, metrics)
                 raise
             self.last_flush = time.monotonic()
         if last:
             return  # the last report follows the artifacts (train_trial): ASHA may stop a trial at its report
         if checkpoint:
-            _report_with_checkpoint(trainer, self.tracker.run_id, self.outbox, metrics)
+            _report_with_checkpoint(trainer, self.runtime, self.tracker.run_id, self.outbox, metrics)
         else:
-            tune.report({**metrics, "epoch": epoch})
+            tune.report(self.runtime.tune_result(metrics, epoch))
 
 
 def log_trial_outputs(tracker: tracking.TrialTracker, trial: Trial, out_dir: Path) -> None:
@@ -132,7 +133,7 @@ def _run_trial(config: dict[str, Any], runtime: TrialRuntime, cfg: TrialConfig, 
     except STORE_ERRORS as e:  # the store is unreachable; the checkpoint (and its outbox) stays as is
         raise TrackingUnavailable(outbox.describe(runtime.sweep.tracking_uri, e)) from e
     if done is not None:  # finished and logged, but interrupted before Ray saw its last report: do not rerun
-        tune.report({**done, "epoch": cfg.epochs}, checkpoint=checkpoint)
+        tune.report(runtime.tune_result(done, cfg.epochs), checkpoint=checkpoint)
         return
     with trainable.run_marked_on_error(tracker):
         try:
@@ -157,7 +158,7 @@ def _run_trial(config: dict[str, Any], runtime: TrialRuntime, cfg: TrialConfig, 
                 log_trial_outputs(tracker, trial, out)
                 tracker.finish()
             except STORE_ERRORS as e:  # retry from this epoch, not from the one before
-                _report_with_checkpoint(trial.trainer, tracker.run_id, outbox, final)
+                _report_with_checkpoint(trial.trainer, runtime, tracker.run_id, outbox, final)
                 raise TrackingUnavailable(outbox.describe(runtime.sweep.tracking_uri, e)) from e
             _checkpoint_dir(trial.trainer, tracker.run_id, out)
-            tune.report({**final, "epoch": cfg.epochs}, checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report(runtime.tune_result(final, cfg.epochs), checkpoint=tune.Checkpoint.from_directory(d))
