@@ -42,6 +42,7 @@ from ncood.pipeline import run_trial
 from ncood.tune import SweepSettings, SweepSpec, make_param_space, run_sweep
 from ncood.tune.cluster import init_ray
 from ncood.tune.grid import config_from_tune
+from ncood.tune.sweep import ablation_columns
 from ncood.tune.trainable import TrialRuntime
 from ncood.tune.trial import train_trial
 
@@ -106,7 +107,9 @@ def one_sweep(space: dict[str, Any], root: Path, args, run: int | str, profile: 
                              storage_path=str(root / f"ray-{run}"), cpus_per_trial=args.cpus_per_trial,
                              max_concurrent=args.max_concurrent, progress=False)
     t0 = time.perf_counter()
-    result = run_sweep(settings, SweepSpec(param_space=space, trainable=profiled_trial if profile else train_trial))
+    # the ablation job's columns: its trials report the same keys to Tune (TrialRuntime.tune_result)
+    result = run_sweep(settings, SweepSpec(param_space=space, metric_columns=ablation_columns(space),
+                                           trainable=profiled_trial if profile else train_trial))
     return {"sweep_s": time.perf_counter() - t0, "trials": result.num_trials, "errors": result.num_errors}
 
 

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout witho
 from _common import git_sha, scratch_dir  # noqa: E402
 from ncood import tracking  # noqa: E402
 from ncood.tune import SweepSettings, SweepSpec, make_param_space, run_sweep  # noqa: E402
+from ncood.tune.sweep import ablation_columns  # noqa: E402
 from ncood.tune.trial import TrialRuntime, train_trial  # noqa: E402
 
 PID_FILE_ENV = "NCOOD_BENCH_PID_FILE"  # where bench_trial writes its worker's pid (set before Ray starts)
@@ -84,7 +85,8 @@ def measure(args: argparse.Namespace, root: Path) -> int:
                              storage_path=str(root / "ray"), max_concurrent=1, num_cpus=1, progress=False)
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    result = run_sweep(settings, SweepSpec(space, callbacks=[probe], trainable=bench_trial))
+    result = run_sweep(settings, SweepSpec(space, callbacks=[probe], trainable=bench_trial,
+                                           metric_columns=ablation_columns(space)))  # as the ablation job
     rows = probe.rows
     finished = sum(r.info.status == tracking.FINISHED for r in result.runs)
     pids = {r["pid"] for r in rows}

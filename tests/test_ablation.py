@@ -166,7 +166,9 @@ def test_tune_keys_are_the_columns_and_the_optimized_metrics():
     spec = SweepSpec(metric_columns={keys.LOSS_TRAIN: "loss", keys.ACC_VAL: "val acc"},
                      tune_extra={"metric": keys.ACC_VAL, "mode": "max",
                                  "scheduler": ASHAScheduler(metric=keys.ACC_TEST, mode="max", time_attr="epoch")})
-    assert tune_keys(spec) == (keys.LOSS_TRAIN, keys.ACC_VAL, keys.ACC_TEST)
+    assert tune_keys(spec) == (keys.LOSS_TRAIN, keys.ACC_VAL, keys.ACC_TEST, "epoch")  # + ASHA's time_attr
+    assert tune_keys(SweepSpec(tune_extra={"metric": [keys.ACC_VAL, keys.LOSS_TRAIN]})) == (  # multi-objective
+        keys.ACC_VAL, keys.LOSS_TRAIN)
     assert tune_keys(SweepSpec()) == ()
 
 

@@ -78,11 +78,21 @@ class SweepResult:
 
 
 def tune_keys(spec: SweepSpec) -> tuple[str, ...]:
-    """The metric keys Tune is given (TrialRuntime.tune_result): the progress table's columns and the metric that
-    TuneConfig, the search algorithm or the scheduler optimize. MLflow gets every metric."""
-    named = [spec.tune_extra.get("metric")] + [getattr(spec.tune_extra.get(k), "metric", None)
-                                               for k in ("search_alg", "scheduler")]
-    return tuple(dict.fromkeys([*spec.metric_columns, *(m for m in named if isinstance(m, str))]))
+    """The metric keys Tune is given (TrialRuntime.tune_result): the progress table's columns, the metric(s) that
+    TuneConfig, the search algorithm or the scheduler optimize and the scheduler's time attribute (Ray keeps it in
+    `_time_attr`; a missing key there would stop ASHA from deciding). MLflow gets every metric."""
+    algs = [spec.tune_extra.get(k) for k in ("search_alg", "scheduler")]
+    named = [spec.tune_extra.get("metric"), *(getattr(a, "metric", None) for a in algs),
+             *(getattr(a, "_time_attr", None) for a in algs)]
+    flat = [m for n in named for m in ([n] if isinstance(n, str) else n if isinstance(n, (list, tuple)) else [])]
+    return tuple(dict.fromkeys([*spec.metric_columns, *(m for m in flat if isinstance(m, str))]))
+
+
+def ablation_columns(space: Mapping[str, Any]) -> dict[str, str]:
+    """The ablation's progress columns {metric key: title}: loss, test accuracy, GMM AUROC of the first OoD set."""
+    ood = list(space.get("ood_sets") or [])
+    return {keys.LOSS_TRAIN: "loss", keys.ACC_TEST: "test acc",
+            **({keys.ood_key(ood[0], "gmm", "auroc"): f"AUROC {ood[0]}"} if ood else {})}
 
 
 def default_storage_path() -> str:
@@ -314,9 +324,7 @@ def run_grid(preset: str = "default", overrides: Mapping[str, Any] | None = None
     space = make_param_space(preset, overrides, seeds)
     conditions = space["condition"]["grid_search"]
     seed_list = space["seed"]["grid_search"]
-    ood = list(space.get("ood_sets") or [])
-    columns = {keys.LOSS_TRAIN: "loss", keys.ACC_TEST: "test acc",
-               **({keys.ood_key(ood[0], "gmm", "auroc"): f"AUROC {ood[0]}"} if ood else {})}
+    columns = ablation_columns(space)
     params = {"preset": preset, "seeds": len(seed_list), "trials": len(conditions) * len(seed_list),
               "conditions": [config_from_tune({**space, "condition": c, "seed": 0}).condition for c in conditions],
               **{f"override.{k}": v for k, v in (overrides or {}).items()}}
