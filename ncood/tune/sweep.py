@@ -82,10 +82,14 @@ def tune_keys(spec: SweepSpec) -> tuple[str, ...]:
     TuneConfig, the search algorithm or the scheduler optimize and the scheduler's time attribute (Ray keeps it in
     `_time_attr`; a missing key there would stop ASHA from deciding). MLflow gets every metric."""
     algs = [spec.tune_extra.get(k) for k in ("search_alg", "scheduler")]
-    named = [spec.tune_extra.get("metric"), *(getattr(a, "metric", None) for a in algs),
-             *(getattr(a, "_time_attr", None) for a in algs)]
-    flat = [m for n in named for m in ([n] if isinstance(n, str) else n if isinstance(n, (list, tuple)) else [])]
-    return tuple(dict.fromkeys([*spec.metric_columns, *(m for m in flat if isinstance(m, str))]))
+    named = [spec.tune_extra.get("metric"),
+             *(getattr(a, attr, None) for a in algs for attr in ("metric", "_time_attr"))]
+    return tuple(dict.fromkeys([*spec.metric_columns, *(m for n in named for m in _names(n))]))
+
+
+def _names(value: Any) -> list[str]:
+    """A metric setting as a list of keys: one name, a list of names (multi-objective), or nothing (None)."""
+    return [v for v in (value if isinstance(value, (list, tuple)) else [value]) if isinstance(v, str)]
 
 
 def ablation_columns(space: Mapping[str, Any]) -> dict[str, str]:
