@@ -294,7 +294,8 @@ def test_ray_job_tracks_into_the_shared_server(postgres, mlflow_server, ray_head
             [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
              "--runtime-env-json", json.dumps(runtime_env), "--",
              sys.executable, "tune_jobs/ablation.py", "--seeds", "1", "--epochs", "1", "--width", "4",
-             "--experiment", "deploy-e2e", "--storage-path", str(storage), "--quiet", "--no-aggregate"],
+             "--experiment", "deploy-e2e", "--storage-path", str(storage), "--quiet", "--no-aggregate",
+             "--max-concurrent", "1"],  # one reused worker: tests/test_ablation.py::_settings says why
             env=env, capture_output=True, text=True, timeout=300)
     finally:
         shutil.rmtree(storage, ignore_errors=True)
@@ -346,7 +347,7 @@ def test_ray_job_submit_logs_to_the_given_sqlite_store(ray_head, tmp_store, tmp_
         [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
          sys.executable, "tune_jobs/ablation.py", "--seeds", "1", "--epochs", "1", "--width", "4",
          "--experiment", "job-submit", "--tracking-uri", tmp_store, "--storage-path", str(tmp_path / "ray-job"),
-         "--quiet", "--no-aggregate"],
+         "--quiet", "--no-aggregate", "--max-concurrent", "1"],  # one reused worker, as above
         env=env, capture_output=True, text=True, timeout=300)
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
     from mlflow.tracking import MlflowClient
