@@ -2,16 +2,21 @@
 
     bare compute = (mean bare trial time) x trials / concurrency
     ratio        = sweep wall time / bare compute        (1.0: the sweep costs only its trials' own compute)
+    ratio_paired = the same with the bare trials run `concurrency` at a time in plain processes (paired_times):
+                   what is left once the machine's own cost of running trials side by side is counted as compute
 
 A bare trial is `ncood train`'s in-process run of the same config (ncood.pipeline.run_trial: data, model, every
 epoch with its evaluation, the final artifacts), timed here for --sample trials (or all) with the trial's torch
-threads. The sweep is ncood's own (run_sweep with the ablation's param space, a local Ray started first and timed
+threads, warm (after one untimed trial: the lazy imports and first data load of a process are the sweep's
+overhead, paid once per Ray worker). The paired arm runs the same trials `concurrency` at a time, each in a plain
+process of its own, also warm: two trials side by side share the machine's caches and memory bandwidth, a cost of
+the hardware that the 1.0 of `ratio` leaves out (bench/README.md has the figures). The sweep is ncood's own (run_sweep with the ablation's param space, a local Ray started first and timed
 apart); with --profile one more sweep runs each trial under cProfile inside its Ray worker (not counted in the
 ratio: the profiler slows Python code) and the table splits the trials' time into MLflow run creation, model
 logging, run artifacts, checkpoint writes, Ray reporting, evaluation and data + model set-up (cumulative seconds of
 those functions, summed over the trials).
 
-    python bench/grid.py                       # the default grid (30 trials), 3 runs: takes about 15 minutes
+    python bench/grid.py                       # the default grid (30 trials), 3 runs: 8-15 minutes on 2 cores
     python bench/grid.py --seeds 2 --epochs 3 --runs 3 --profile
     python bench/grid.py --smoke --json        # 2 trials of 1 epoch, one profiled run (tests/test_bench.py)
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import multiprocessing
 import os
 import pstats
 import statistics
@@ -84,22 +90,53 @@ def components(prof_dir: Path) -> dict[str, float]:
     return out
 
 
-def bare_times(space: dict[str, Any], sample: int, threads: int, root: Path) -> list[float]:
-    """Seconds of `sample` bare trials (run_trial), the grid's trials in order: conditions alternate."""
+def _sampled_configs(space: dict[str, Any], sample: int) -> list:
+    """The grid's first `sample` trials, in the sweep's order (conditions alternate), on the CPU where no GPU is."""
     conds, seeds = space["condition"]["grid_search"], space["seed"]["grid_search"]
     configs = [config_from_tune({**space, "condition": c, "seed": s}) for s in seeds for c in conds][:sample]
+    return [cfg.replace(device="cpu") if cfg.device == "auto" and not torch.cuda.is_available() else cfg
+            for cfg in configs]
+
+
+def _bare_trial(cfg, out: Path, threads: int) -> float:
+    """Seconds of one bare trial (run_trial) with `threads` torch threads, in this process."""
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
-    out = []
     try:
-        for i, cfg in enumerate(configs):
-            cfg = cfg.replace(device="cpu") if cfg.device == "auto" and not torch.cuda.is_available() else cfg
-            t0 = time.perf_counter()
-            run_trial(cfg, root / f"bare-{i}", progress=False)
-            out.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        run_trial(cfg, out, progress=False)
+        return time.perf_counter() - t0
     finally:
         torch.set_num_threads(saved)
-    return out
+
+
+def bare_times(space: dict[str, Any], sample: int, threads: int, root: Path) -> list[float]:
+    """Seconds of `sample` bare trials, one after another in this process (nothing else running)."""
+    return [_bare_trial(cfg, root / f"bare-{i}", threads) for i, cfg in enumerate(_sampled_configs(space, sample))]
+
+
+def paired_times(space: dict[str, Any], sample: int, threads: int, root: Path, concurrency: int,
+                 warm: bool = True) -> list[float]:
+    """Seconds of `sample` bare trials run `concurrency` at a time, each in its own plain process (a spawned
+    multiprocessing pool: no Ray, no MLflow), each timed inside its process. Against bare_times this is the
+    machine's own cost of running trials side by side (shared caches and memory bandwidth, or vCPUs that share a
+    physical core), which no sweep can avoid; sweep wall / (mean paired trial x trials / concurrency) is what the
+    sweep adds beyond it. warm: every process first runs one untimed trial (its lazy imports, first data load),
+    as the bare trials in this process are warm, and all start it together, so the timed trials run side by side
+    from the first."""
+    configs = _sampled_configs(space, max(sample, concurrency))
+    jobs = [(cfg, root / f"paired-{i}", threads) for i, cfg in enumerate(configs)]
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no copy of this process's Ray
+    start = (ctx.Barrier(concurrency), configs[0] if warm else None, root, threads)
+    with ctx.Pool(concurrency, initializer=_start_paired, initargs=start) as pool:
+        return pool.starmap(_bare_trial, jobs, chunksize=1)
+
+
+def _start_paired(ready, warm_cfg, root: Path, threads: int) -> None:
+    """A paired_times process, once it has imported this module: wait for the others, then the warm-up trial."""
+    ready.wait()
+    if warm_cfg is not None:
+        _bare_trial(warm_cfg, root / f"warm-{os.getpid()}", threads)
 
 
 def one_sweep(space: dict[str, Any], root: Path, args, run: int | str, profile: bool = False) -> dict[str, Any]:
@@ -155,18 +192,27 @@ def measure(args: argparse.Namespace, space: dict[str, Any], n_trials: int, root
     cpus = ray.cluster_resources().get("CPU", 1)
     concurrency = min(n_trials, args.max_concurrent or n_trials, max(1, int(cpus // args.cpus_per_trial)))
     runs = []
+    threads, sample = max(1, int(args.cpus_per_trial)), min(args.sample, n_trials)
+    if not args.smoke:  # one untimed trial first: every timed bare trial runs warm, as in paired_times
+        bare_times(space, 1, threads, root / "warm")
     for run in range(args.runs):
-        bare = bare_times(space, min(args.sample, n_trials), max(1, int(args.cpus_per_trial)), root / f"bare-{run}")
+        bare = bare_times(space, sample, threads, root / f"bare-{run}")
+        paired = paired_times(space, sample, threads, root / f"paired-{run}", concurrency, warm=not args.smoke)
         sweep = one_sweep(space, root, args, run, profile=args.smoke)
         bare_compute = statistics.mean(bare) * n_trials / concurrency
+        paired_compute = statistics.mean(paired) * n_trials / concurrency
         runs.append({**sweep, "bare_trial_s": bare, "bare_compute_s": bare_compute,
-                     "ratio": sweep["sweep_s"] / bare_compute})
+                     "ratio": sweep["sweep_s"] / bare_compute, "paired_trial_s": paired,
+                     "paired_compute_s": paired_compute, "ratio_paired": sweep["sweep_s"] / paired_compute})
         print(f"run {run + 1}: sweep {sweep['sweep_s']:.1f} s, bare trial {statistics.mean(bare):.1f} s "
-              f"(x {n_trials} / {concurrency} = {bare_compute:.1f} s), ratio {runs[-1]['ratio']:.3f}", flush=True)
+              f"(x {n_trials} / {concurrency} = {bare_compute:.1f} s), ratio {runs[-1]['ratio']:.3f}; bare trials "
+              f"{concurrency} at a time {statistics.mean(paired):.1f} s each (x {n_trials} / {concurrency} = "
+              f"{paired_compute:.1f} s), ratio {runs[-1]['ratio_paired']:.3f}", flush=True)
     profiled = (runs[0] if args.smoke  # the smoke's one sweep was the profiled one
                 else one_sweep(space, root, args, "profiled", profile=True) if args.profile else None)
     ray.shutdown()
-    med = {k: statistics.median(r[k] for r in runs) for k in ("sweep_s", "bare_compute_s", "ratio")}
+    med = {k: statistics.median(r[k] for r in runs)
+           for k in ("sweep_s", "bare_compute_s", "ratio", "paired_compute_s", "ratio_paired")}
     comp = components(prof_dir) if args.profile else {}
     result = {"bench": "grid", "preset": args.preset, "trials": n_trials, "concurrency": concurrency,
               "ray_start_s": ray_start_s, "runs": runs, **{f"median_{k}": v for k, v in med.items()},
@@ -178,7 +224,10 @@ def measure(args: argparse.Namespace, space: dict[str, Any], n_trials: int, root
           f"{load_before} after {result['load_after']}; ray {result['versions']['ray']}, mlflow "
           f"{result['versions']['mlflow']}, torch {result['versions']['torch']}; local Ray start {ray_start_s:.1f} s")
     print(f"median of {args.runs} run(s): sweep wall {med['sweep_s']:.1f} s, sum of bare trials / concurrency "
-          f"{med['bare_compute_s']:.1f} s, ratio {med['ratio']:.3f} (target <= 1.15)")
+          f"{med['bare_compute_s']:.1f} s, ratio {med['ratio']:.3f} (target <= 1.15); the same with the bare "
+          f"trials {concurrency} at a time in plain processes {med['paired_compute_s']:.1f} s, ratio "
+          f"{med['ratio_paired']:.3f} (what the sweep adds beyond the machine's own cost of running trials side by "
+          f"side)")
     if comp:
         total = comp["trial total"] or 1.0
         which = ("the smoke's sweep, under cProfile (the profiler slows Python code: the ratio above is not a "

@@ -78,7 +78,7 @@ def test_serve_smoke_reports_every_arm_and_the_floor():
         assert r["http_extra_ms"] == pytest.approx(r["http_p50_ms"] - r["floor_p50_ms"] - r["predict_p50_ms"])
 
 
-@pytest.mark.slow  # a real local Ray sweep of 2 one-epoch trials (profiled) and one bare trial (~1 min on 2 cores)
+@pytest.mark.slow  # a real local Ray sweep of 2 one-epoch trials (profiled), one bare trial alone and two at once
 def test_grid_smoke_compares_sweep_and_bare_trials():
     out = run_json("grid.py", timeout=600)
     assert out["bench"] == "grid" and out["trials"] == 2 and len(out["runs"]) == 1 and out["runs"][0]["errors"] == 0
@@ -86,6 +86,10 @@ def test_grid_smoke_compares_sweep_and_bare_trials():
     assert run["sweep_s"] > 0 and len(run["bare_trial_s"]) == 1 and run["bare_trial_s"][0] > 0
     assert run["bare_compute_s"] == pytest.approx(run["bare_trial_s"][0] * 2 / out["concurrency"])
     assert out["median_ratio"] == pytest.approx(run["sweep_s"] / run["bare_compute_s"])
+    paired = run["paired_trial_s"]  # the 2 trials at once, each in its own plain process
+    assert len(paired) == out["concurrency"] == 2 and min(paired) > 0
+    assert run["paired_compute_s"] == pytest.approx(sum(paired) / len(paired) * 2 / out["concurrency"])
+    assert out["median_ratio_paired"] == pytest.approx(run["sweep_s"] / run["paired_compute_s"])
     comp = out["components_s"]
     assert out["profiled_trials"] == 2 and comp["trial total"] > 0
     for what in ("model logging", "evaluation", "mlflow run creation", "ray reporting", "data + model set-up"):
