@@ -7,14 +7,14 @@
 
 A bare trial is `ncood train`'s in-process run of the same config (ncood.pipeline.run_trial: data, model, every
 epoch with its evaluation, the final artifacts), timed here for --sample trials (or all) with the trial's torch
-threads, warm (after one untimed trial: the lazy imports and first data load of a process are the sweep's
-overhead, paid once per Ray worker). The paired arm runs the same trials `concurrency` at a time, each in a plain
-process of its own, also warm: two trials side by side share the machine's caches and memory bandwidth, a cost of
-the hardware that the 1.0 of `ratio` leaves out (bench/README.md has the figures). The sweep is ncood's own (run_sweep with the ablation's param space, a local Ray started first and timed
-apart); with --profile one more sweep runs each trial under cProfile inside its Ray worker (not counted in the
-ratio: the profiler slows Python code) and the table splits the trials' time into MLflow run creation, model
-logging, run artifacts, checkpoint writes, Ray reporting, evaluation and data + model set-up (cumulative seconds of
-those functions, summed over the trials).
+threads, warm (after one untimed trial: the lazy imports and first data load of a process are the sweep's overhead,
+paid once per Ray worker). The paired arm runs the same trials `concurrency` at a time, each in a plain process of
+its own, also warm: two trials side by side share the machine's caches and memory bandwidth, a cost of the hardware
+that the 1.0 of `ratio` leaves out (bench/README.md has the figures). The sweep is ncood's own (run_sweep with the
+ablation's param space, a local Ray started first and timed apart); with --profile one more sweep runs each trial
+under cProfile inside its Ray worker (not counted in the ratio: the profiler slows Python code) and the table splits
+the trials' time into MLflow run creation, model logging, run artifacts, checkpoint writes, Ray reporting,
+evaluation and data + model set-up (cumulative seconds of those functions, summed over the trials).
 
     python bench/grid.py                       # the default grid (30 trials), 3 runs: 8-15 minutes on 2 cores
     python bench/grid.py --seeds 2 --epochs 3 --runs 3 --profile
@@ -36,6 +36,7 @@ import pstats
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -117,24 +118,29 @@ def bare_times(space: dict[str, Any], sample: int, threads: int, root: Path) -> 
 
 def paired_times(space: dict[str, Any], sample: int, threads: int, root: Path, concurrency: int,
                  warm: bool = True) -> list[float]:
-    """Seconds of `sample` bare trials run `concurrency` at a time, each in its own plain process (a spawned
-    multiprocessing pool: no Ray, no MLflow), each timed inside its process. Against bare_times this is the
-    machine's own cost of running trials side by side (shared caches and memory bandwidth, or vCPUs that share a
-    physical core), which no sweep can avoid; sweep wall / (mean paired trial x trials / concurrency) is what the
-    sweep adds beyond it. warm: every process first runs one untimed trial (its lazy imports, first data load),
-    as the bare trials in this process are warm, and all start it together, so the timed trials run side by side
-    from the first."""
-    configs = _sampled_configs(space, max(sample, concurrency))
-    jobs = [(cfg, root / f"paired-{i}", threads) for i, cfg in enumerate(configs)]
+    """Seconds of bare trials run `concurrency` at a time, each in its own plain process (spawned: no Ray, no
+    MLflow), each timed inside its process: the grid's first trials, `sample` rounded up to a multiple of
+    `concurrency`. Against bare_times this is the machine's own cost of running trials side by side (shared caches
+    and memory bandwidth, or vCPUs that share a physical core), which no sweep can avoid; sweep wall / (mean paired
+    trial x trials / concurrency) is what the sweep adds beyond it. warm: every process first runs one untimed trial
+    (its lazy imports and first data load), as the bare trials of this process are warm, all starting together, and
+    `concurrency - 1` untimed trials follow the timed ones, so that every timed trial has company to its end."""
+    timed = -(-max(sample, 1) // concurrency) * concurrency
+    configs = _sampled_configs(space, timed)
+    configs += [configs[0]] * (concurrency - 1 if warm else 0)  # the tail: untimed
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no copy of this process's Ray
     start = (ctx.Barrier(concurrency), configs[0] if warm else None, root, threads)
-    with ctx.Pool(concurrency, initializer=_start_paired, initargs=start) as pool:
-        return pool.starmap(_bare_trial, jobs, chunksize=1)
+    with ProcessPoolExecutor(concurrency, mp_context=ctx, initializer=_start_paired, initargs=start) as pool:
+        # a failed warm-up or a dead worker raises BrokenProcessPool here rather than waiting forever
+        times = list(pool.map(_bare_trial, configs, [root / f"paired-{i}" for i in range(len(configs))],
+                              [threads] * len(configs)))
+    return times[:timed]
 
 
 def _start_paired(ready, warm_cfg, root: Path, threads: int) -> None:
-    """A paired_times process, once it has imported this module: wait for the others, then the warm-up trial."""
-    ready.wait()
+    """A paired_times process, once it has imported this module: wait for the others (a worker that never comes
+    breaks the barrier after 10 minutes), then the warm-up trial."""
+    ready.wait(timeout=600)
     if warm_cfg is not None:
         _bare_trial(warm_cfg, root / f"warm-{os.getpid()}", threads)
 

@@ -86,8 +86,8 @@ def test_grid_smoke_compares_sweep_and_bare_trials():
     assert run["sweep_s"] > 0 and len(run["bare_trial_s"]) == 1 and run["bare_trial_s"][0] > 0
     assert run["bare_compute_s"] == pytest.approx(run["bare_trial_s"][0] * 2 / out["concurrency"])
     assert out["median_ratio"] == pytest.approx(run["sweep_s"] / run["bare_compute_s"])
-    paired = run["paired_trial_s"]  # the 2 trials at once, each in its own plain process
-    assert len(paired) == out["concurrency"] == 2 and min(paired) > 0
+    paired = run["paired_trial_s"]  # the trials `concurrency` at once, each in its own plain process
+    assert len(paired) == out["concurrency"] and min(paired) > 0
     assert run["paired_compute_s"] == pytest.approx(sum(paired) / len(paired) * 2 / out["concurrency"])
     assert out["median_ratio_paired"] == pytest.approx(run["sweep_s"] / run["paired_compute_s"])
     comp = out["components_s"]

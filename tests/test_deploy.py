@@ -461,8 +461,9 @@ def test_outage_longer_than_the_retry_budget_loses_nothing(mlflow_server, monkey
     # time they were measured (before the restart), so none was trained again; a file is checked below. Which it is
     # depends on timing (an epoch measured just before the stop, not yet sent, waits as well: FLUSH_EVERY_S; a
     # server shutting down gracefully may still take a metric batch and refuse the file after it), so it is read
-    # from the job's own message rather than from the clock. A trial retrained from an older checkpoint would log
-    # an epoch twice, which _assert_complete refuses.
+    # from the job's own message rather than from the clock. A resume from an older checkpoint shows too: epochs
+    # already in MLflow are not logged again (EpochReporter skips them, and their kept checkpoint file with them),
+    # so the waiting epochs would come back retrained, after the restart, or the epoch-2 file would be missing.
     assert pending or pending_files, not_lost or text[-5000:]
     measured = {m.step: m.timestamp for r in children
                 for m in client.get_metric_history(r.info.run_id, keys.LOSS_TRAIN)}
