@@ -199,11 +199,12 @@ def measure(args: argparse.Namespace, space: dict[str, Any], n_trials: int, root
     concurrency = min(n_trials, args.max_concurrent or n_trials, max(1, int(cpus // args.cpus_per_trial)))
     runs = []
     threads, sample = max(1, int(args.cpus_per_trial)), min(args.sample, n_trials)
-    if not args.smoke:  # one untimed trial first: every timed bare trial runs warm, as in paired_times
+    warm = not args.smoke  # the smoke checks that the bench adds up, not its figures: no warm-up trials
+    if warm:  # one untimed trial first: every timed bare trial runs warm, as in paired_times
         bare_times(space, 1, threads, root / "warm")
     for run in range(args.runs):
         bare = bare_times(space, sample, threads, root / f"bare-{run}")
-        paired = paired_times(space, sample, threads, root / f"paired-{run}", concurrency, warm=not args.smoke)
+        paired = paired_times(space, sample, threads, root / f"paired-{run}", concurrency, warm)
         sweep = one_sweep(space, root, args, run, profile=args.smoke)
         bare_compute = statistics.mean(bare) * n_trials / concurrency
         paired_compute = statistics.mean(paired) * n_trials / concurrency
