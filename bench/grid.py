@@ -4,6 +4,9 @@
     ratio        = sweep wall time / bare compute        (1.0: the sweep costs only its trials' own compute)
     ratio_paired = the same with the bare trials run `concurrency` at a time in plain processes (paired_times):
                    what is left once the machine's own cost of running trials side by side is counted as compute
+    ratio_cli    = the same with each trial run as a user runs one without a sweep, `ncood train` from the shell
+                   (cli_times: a new process per trial, its imports and first data load included): the bare trial
+                   of issue #19's own figure ("one bare trial (`ncood train` with the same settings) takes ...")
 
 A bare trial is `ncood train`'s in-process run of the same config (ncood.pipeline.run_trial: data, model, every
 epoch with its evaluation, the final artifacts), timed here for --sample trials (or all) with the trial's torch
@@ -30,10 +33,12 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import json
 import multiprocessing
 import os
 import pstats
 import statistics
+import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -137,6 +142,38 @@ def paired_times(space: dict[str, Any], sample: int, threads: int, root: Path, c
     return times[:timed]
 
 
+def train_command(cfg, out: Path) -> list[str]:
+    """`python -m ncood train` with every TrialConfig field of `cfg` as its flag (what a user types for one trial)."""
+    cmd = [sys.executable, "-m", "ncood", "train", "--out", str(out), "--no-progress"]
+    for name, value in cfg.to_dict().items():
+        if value is None:  # the preset's default (train_subset, lr_steps)
+            continue
+        text = (("on" if value else "off") if isinstance(value, bool)
+                else ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value))
+        cmd += ["--" + name.replace("_", "-"), text]
+    return cmd
+
+
+def cli_times(space: dict[str, Any], sample: int, threads: int, root: Path) -> list[float]:
+    """Seconds of `sample` trials each run as `ncood train` in a new process, one after another, timed from the
+    outside (start-up, imports, data load, training, evaluation, artifacts): what a trial costs a user who runs it
+    without a sweep. The process gets `threads` threads (OMP_NUM_THREADS, as a Ray trial gets its CPUs); the config
+    it ran (its summary.json) must be the sampled one."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    times = []
+    for i, cfg in enumerate(_sampled_configs(space, sample)):
+        out = root / f"cli-{i}"
+        t0 = time.perf_counter()
+        proc = subprocess.run(train_command(cfg, out), env=env, capture_output=True, text=True)
+        times.append(time.perf_counter() - t0)
+        if proc.returncode != 0:
+            raise RuntimeError(f"`ncood train` exited with {proc.returncode}:\n{proc.stderr[-3000:]}")
+        ran = json.loads((out / "summary.json").read_text())["config"]
+        if ran != cfg.to_dict():
+            raise RuntimeError(f"`ncood train` ran {ran}, not the sampled trial {cfg.to_dict()}")
+    return times
+
+
 def _start_paired(ready, warm_cfg, root: Path, threads: int) -> None:
     """A paired_times process, once it has imported this module: wait for the others (a worker that never comes
     breaks the barrier after 10 minutes), then the warm-up trial."""
@@ -205,21 +242,27 @@ def measure(args: argparse.Namespace, space: dict[str, Any], n_trials: int, root
     for run in range(args.runs):
         bare = bare_times(space, sample, threads, root / f"bare-{run}")
         paired = paired_times(space, sample, threads, root / f"paired-{run}", concurrency, warm)
+        cli = cli_times(space, sample, threads, root / f"cli-{run}")
         sweep = one_sweep(space, root, args, run, profile=args.smoke)
         bare_compute = statistics.mean(bare) * n_trials / concurrency
         paired_compute = statistics.mean(paired) * n_trials / concurrency
+        cli_compute = statistics.mean(cli) * n_trials / concurrency
         runs.append({**sweep, "bare_trial_s": bare, "bare_compute_s": bare_compute,
                      "ratio": sweep["sweep_s"] / bare_compute, "paired_trial_s": paired,
-                     "paired_compute_s": paired_compute, "ratio_paired": sweep["sweep_s"] / paired_compute})
+                     "paired_compute_s": paired_compute, "ratio_paired": sweep["sweep_s"] / paired_compute,
+                     "cli_trial_s": cli, "cli_compute_s": cli_compute, "ratio_cli": sweep["sweep_s"] / cli_compute})
         print(f"run {run + 1}: sweep {sweep['sweep_s']:.1f} s, bare trial {statistics.mean(bare):.1f} s "
               f"(x {n_trials} / {concurrency} = {bare_compute:.1f} s), ratio {runs[-1]['ratio']:.3f}; bare trials "
               f"{concurrency} at a time {statistics.mean(paired):.1f} s each (x {n_trials} / {concurrency} = "
-              f"{paired_compute:.1f} s), ratio {runs[-1]['ratio_paired']:.3f}", flush=True)
+              f"{paired_compute:.1f} s), ratio {runs[-1]['ratio_paired']:.3f}; `ncood train` per trial "
+              f"{statistics.mean(cli):.1f} s (x {n_trials} / {concurrency} = {cli_compute:.1f} s), ratio "
+              f"{runs[-1]['ratio_cli']:.3f}", flush=True)
     profiled = (runs[0] if args.smoke  # the smoke's one sweep was the profiled one
                 else one_sweep(space, root, args, "profiled", profile=True) if args.profile else None)
     ray.shutdown()
     med = {k: statistics.median(r[k] for r in runs)
-           for k in ("sweep_s", "bare_compute_s", "ratio", "paired_compute_s", "ratio_paired")}
+           for k in ("sweep_s", "bare_compute_s", "ratio", "paired_compute_s", "ratio_paired", "cli_compute_s",
+                     "ratio_cli")}
     comp = components(prof_dir) if args.profile else {}
     result = {"bench": "grid", "preset": args.preset, "trials": n_trials, "concurrency": concurrency,
               "ray_start_s": ray_start_s, "runs": runs, **{f"median_{k}": v for k, v in med.items()},
@@ -234,7 +277,8 @@ def measure(args: argparse.Namespace, space: dict[str, Any], n_trials: int, root
           f"{med['bare_compute_s']:.1f} s, ratio {med['ratio']:.3f} (target <= 1.15); the same with the bare "
           f"trials {concurrency} at a time in plain processes {med['paired_compute_s']:.1f} s, ratio "
           f"{med['ratio_paired']:.3f} (what the sweep adds beyond the machine's own cost of running trials side by "
-          f"side)")
+          f"side); against `ncood train` run per trial from the shell {med['cli_compute_s']:.1f} s, ratio "
+          f"{med['ratio_cli']:.3f} (the issue's bare trial: a new process each, imports and data load included)")
     if comp:
         total = comp["trial total"] or 1.0
         which = ("the smoke's sweep, under cProfile (the profiler slows Python code: the ratio above is not a "

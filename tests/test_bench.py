@@ -72,10 +72,13 @@ def test_serve_smoke_reports_every_arm_and_the_floor():
     for what, n in (("single", 1), ("batch", 16)):
         r = out[what]
         assert r["images_per_request"] == n and r["runs"] == 3 and len(r["every_run"]) == 3
-        for arm in ("bare", "predict", "http", "floor"):
+        for arm in ("bare", "predict", "floor_predict", "http", "floor"):
             assert 0 < r[f"{arm}_p50_ms"] <= r[f"{arm}_p99_ms"]
         assert r["predict_over_bare"] == pytest.approx(r["predict_p50_ms"] / r["bare_p50_ms"])
         assert r["http_extra_ms"] == pytest.approx(r["http_p50_ms"] - r["floor_p50_ms"] - r["predict_p50_ms"])
+        assert r["predict_extra_ms"] == pytest.approx(r["predict_p50_ms"] - r["floor_predict_p50_ms"]
+                                                      - r["bare_p50_ms"])
+        assert r["floor_plus_bare_over_bare"] == pytest.approx(1 + r["floor_predict_p50_ms"] / r["bare_p50_ms"])
 
 
 @pytest.mark.slow  # a real local Ray sweep of 2 one-epoch trials (profiled), one bare trial alone and two at once
@@ -90,6 +93,10 @@ def test_grid_smoke_compares_sweep_and_bare_trials():
     assert len(paired) == out["concurrency"] and min(paired) > 0
     assert run["paired_compute_s"] == pytest.approx(sum(paired) / len(paired) * 2 / out["concurrency"])
     assert out["median_ratio_paired"] == pytest.approx(run["sweep_s"] / run["paired_compute_s"])
+    cli = run["cli_trial_s"]  # the trial as `ncood train` from the shell, a new process (its config checked inside)
+    assert len(cli) == 1 and cli[0] > 0
+    assert run["cli_compute_s"] == pytest.approx(cli[0] * 2 / out["concurrency"])
+    assert out["median_ratio_cli"] == pytest.approx(run["sweep_s"] / run["cli_compute_s"])
     comp = out["components_s"]
     assert out["profiled_trials"] == 2 and comp["trial total"] > 0
     for what in ("model logging", "evaluation", "mlflow run creation", "ray reporting", "data + model set-up"):
