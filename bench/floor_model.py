@@ -16,7 +16,7 @@ from mlflow.pyfunc import PythonModel
 class FloorModel(PythonModel):
     def load_context(self, context) -> None:
         self.doubles = list(context.model_config["doubles"])  # the score columns
-        self.frames: dict[int, pd.DataFrame] = {}  # request size -> the response (at most MAX_BATCH + 1 sizes)
+        self.frames: dict[int, pd.DataFrame] = {}  # request size -> the response (bench/serve.py sends two sizes)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         n = len(model_input)

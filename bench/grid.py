@@ -53,7 +53,7 @@ from ncood import tracking
 from ncood.pipeline import run_trial
 from ncood.tune import SweepSettings, SweepSpec, make_param_space, run_sweep
 from ncood.tune.cluster import init_ray
-from ncood.tune.grid import config_from_tune
+from ncood.tune.grid import GRIDS, config_from_tune
 from ncood.tune.sweep import ablation_columns
 from ncood.tune.trainable import TrialRuntime
 from ncood.tune.trial import train_trial
@@ -183,9 +183,13 @@ def _start_paired(ready, warm_cfg, root: Path, threads: int) -> None:
 
 
 def one_sweep(space: dict[str, Any], root: Path, args, run: int | str, profile: bool = False) -> dict[str, Any]:
+    """One sweep as the ablation job runs the preset: its Ray checkpoint cadence and kept checkpoint epochs
+    (tune_jobs/ablation.py's defaults, ncood.tune.grid.GRIDS), its Tune columns; timed from the call."""
+    grid = GRIDS[args.preset]
     settings = SweepSettings(experiment=f"bench-grid-{run}", tracking_uri=store_uri(root),
                              storage_path=str(root / f"ray-{run}"), cpus_per_trial=args.cpus_per_trial,
-                             max_concurrent=args.max_concurrent, progress=False)
+                             max_concurrent=args.max_concurrent, progress=False,
+                             checkpoint_every=grid.checkpoint_every, keep_checkpoint_epochs=grid.keep_checkpoint_epochs)
     t0 = time.perf_counter()
     # the ablation job's columns: its trials report the same keys to Tune (TrialRuntime.tune_result)
     result = run_sweep(settings, SweepSpec(param_space=space, metric_columns=ablation_columns(space),

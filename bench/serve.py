@@ -15,7 +15,7 @@ so a busy machine slows all alike:
 Each of --runs runs (default 3) gives p50/p99 per arm; the table shows the median over the runs, the ratios
 predict / bare and HTTP / floor, "ncood's HTTP extra" = HTTP p50 - floor p50 - predict p50 (what serving adds
 beyond MLflow's floor and the in-process work), and in process "ncood's extra" = predict p50 - floor_predict p50
-- bare p50 (decoding, preparing, the scores, the response frame) and "floor + bare / bare", the ratio a pyfunc
+- bare p50 (decoding, preparing, the scores, the response frame) and "(floor + bare) / bare", the ratio a pyfunc
 that ran only the forward would have. The images are the model's own input example (an ID validation
 image) repeated, or, with --image-size S, random S x S RGB PNGs. Only loopback servers are measured, and the
 request counts are capped (--requests <= 5000, --batch-requests <= 1000).
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--demo", action="store_true", help="train and log a tiny digits model in a temp store first")
     p.add_argument("--demo-width", type=int, default=8,
                    help="ResNet18 width of the --demo model (default 8; the papers' ResNet18 is 64: a forward that "
-                        "outweighs the fixed per-request work)")
+                        "outweighs the fixed per-request work); --smoke keeps its width 4")
     p.add_argument("--smoke", action="store_true",
                    help="--demo with a width-4, 1-epoch model, 3 runs of 5 single and 2 batch requests of 16")
     p.add_argument("--runs", type=int, default=3, help="runs; the table shows the median over them (>= 3)")
