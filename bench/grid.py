@@ -182,6 +182,17 @@ def _start_paired(ready, warm_cfg, root: Path, threads: int) -> None:
         _bare_trial(warm_cfg, root / f"warm-{os.getpid()}", threads)
 
 
+# The bare arms: arm -> (the key of its ratio, how a run's line names its trials; {c} = the concurrency)
+ARMS = {"bare": ("ratio", "bare trial"), "paired": ("ratio_paired", "bare trials {c} at a time, each"),
+        "cli": ("ratio_cli", "`ncood train` per trial")}
+
+
+def arm_figures(arm: str, times: list[float], sweep_s: float, n_trials: int, concurrency: int) -> dict[str, Any]:
+    """One run's figures of a bare arm: its trial times, their compute (mean x trials / concurrency), the ratio."""
+    compute = statistics.mean(times) * n_trials / concurrency
+    return {f"{arm}_trial_s": times, f"{arm}_compute_s": compute, ARMS[arm][0]: sweep_s / compute}
+
+
 def one_sweep(space: dict[str, Any], root: Path, args, run: int | str, profile: bool = False) -> dict[str, Any]:
     """One sweep as the ablation job runs the preset: its Ray checkpoint cadence and kept checkpoint epochs
     (tune_jobs/ablation.py's defaults, ncood.tune.grid.GRIDS), its Tune columns; timed from the call."""
@@ -244,29 +255,22 @@ def measure(args: argparse.Namespace, space: dict[str, Any], n_trials: int, root
     if warm:  # one untimed trial first: every timed bare trial runs warm, as in paired_times
         bare_times(space, 1, threads, root / "warm")
     for run in range(args.runs):
-        bare = bare_times(space, sample, threads, root / f"bare-{run}")
-        paired = paired_times(space, sample, threads, root / f"paired-{run}", concurrency, warm)
-        cli = cli_times(space, sample, threads, root / f"cli-{run}")
+        times = {"bare": bare_times(space, sample, threads, root / f"bare-{run}"),
+                 "paired": paired_times(space, sample, threads, root / f"paired-{run}", concurrency, warm),
+                 "cli": cli_times(space, sample, threads, root / f"cli-{run}")}
         sweep = one_sweep(space, root, args, run, profile=args.smoke)
-        bare_compute = statistics.mean(bare) * n_trials / concurrency
-        paired_compute = statistics.mean(paired) * n_trials / concurrency
-        cli_compute = statistics.mean(cli) * n_trials / concurrency
-        runs.append({**sweep, "bare_trial_s": bare, "bare_compute_s": bare_compute,
-                     "ratio": sweep["sweep_s"] / bare_compute, "paired_trial_s": paired,
-                     "paired_compute_s": paired_compute, "ratio_paired": sweep["sweep_s"] / paired_compute,
-                     "cli_trial_s": cli, "cli_compute_s": cli_compute, "ratio_cli": sweep["sweep_s"] / cli_compute})
-        print(f"run {run + 1}: sweep {sweep['sweep_s']:.1f} s, bare trial {statistics.mean(bare):.1f} s "
-              f"(x {n_trials} / {concurrency} = {bare_compute:.1f} s), ratio {runs[-1]['ratio']:.3f}; bare trials "
-              f"{concurrency} at a time {statistics.mean(paired):.1f} s each (x {n_trials} / {concurrency} = "
-              f"{paired_compute:.1f} s), ratio {runs[-1]['ratio_paired']:.3f}; `ncood train` per trial "
-              f"{statistics.mean(cli):.1f} s (x {n_trials} / {concurrency} = {cli_compute:.1f} s), ratio "
-              f"{runs[-1]['ratio_cli']:.3f}", flush=True)
+        row = dict(sweep)
+        for arm, t in times.items():
+            row.update(arm_figures(arm, t, sweep["sweep_s"], n_trials, concurrency))
+        runs.append(row)
+        print(f"run {run + 1}: sweep {sweep['sweep_s']:.1f} s; " + "; ".join(
+            f"{ARMS[arm][1].format(c=concurrency)} {statistics.mean(t):.1f} s (x {n_trials} / {concurrency} = "
+            f"{row[f'{arm}_compute_s']:.1f} s), ratio {row[ARMS[arm][0]]:.3f}" for arm, t in times.items()), flush=True)
     profiled = (runs[0] if args.smoke  # the smoke's one sweep was the profiled one
                 else one_sweep(space, root, args, "profiled", profile=True) if args.profile else None)
     ray.shutdown()
     med = {k: statistics.median(r[k] for r in runs)
-           for k in ("sweep_s", "bare_compute_s", "ratio", "paired_compute_s", "ratio_paired", "cli_compute_s",
-                     "ratio_cli")}
+           for k in ("sweep_s", *(k for arm, (ratio, _) in ARMS.items() for k in (f"{arm}_compute_s", ratio)))}
     comp = components(prof_dir) if args.profile else {}
     result = {"bench": "grid", "preset": args.preset, "trials": n_trials, "concurrency": concurrency,
               "ray_start_s": ray_start_s, "runs": runs, **{f"median_{k}": v for k, v in med.items()},
