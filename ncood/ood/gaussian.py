@@ -128,11 +128,12 @@ class ClassGaussians:
         return torch.cat(out) if out else torch.empty(0, dtype=torch.float64, device=self.device)
 
     def _solve_into(self, logp: Tensor, z: Tensor, pairs: Tensor, const: Tensor) -> None:
-        """logp[i, k] <- log N_k(z_i) for the (point, class) pairs marked in pairs (n, C) bool: one solve per class."""
-        for k in range(self.num_classes):
+        """logp[i, k] <- log N_k(z_i) for the (point, class) pairs marked in pairs (n, C) bool: one solve per class
+        with a marked pair. The classes come from one reduction over pairs, not one row search per class: a served
+        one-image request marks one or two of the C classes, and C - 2 empty searches cost more than its solves."""
+        for k in torch.nonzero(pairs.any(dim=0)).flatten().tolist():
             rows = torch.nonzero(pairs[:, k]).flatten()
-            if rows.numel():
-                logp[rows, k] = const[k] - 0.5 * _mahalanobis(self.chol[k], self.means[k], z[rows])
+            logp[rows, k] = const[k] - 0.5 * _mahalanobis(self.chol[k], self.means[k], z[rows])
 
     @cached_property  # frozen dataclass: cached_property writes the instance __dict__ directly
     def _bound_basis(self) -> tuple[Tensor, Tensor, Tensor]:
