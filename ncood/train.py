@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ncood import checkpoint, keys
 from ncood.collapse import nc_loss
-from ncood.config import TrialConfig
+from ncood.config import ConfigError, TrialConfig
 from ncood.data import DeviceLoader, IDData, normalized_zero
 
 
@@ -48,7 +48,8 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{name}' requested but CUDA is not available; use --device cpu (or auto)")
+        # A configuration the machine cannot run, not a crash: `ncood train` reports it in one line (rc 2).
+        raise ConfigError(f"device '{name}' requested but CUDA is not available; use --device cpu (or auto)")
     return torch.device(name)
 
 
@@ -231,8 +232,10 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         saved = TrialConfig.from_dict(state["config"])
         if saved.condition != self.cfg.condition or saved.seed != self.cfg.seed:
-            raise ValueError(f"checkpoint is for {saved.condition} seed {saved.seed}, "
-                             f"not {self.cfg.condition} seed {self.cfg.seed}")
+            # Another trial's checkpoint (e.g. the same folder trained with other --epochs): refused, and kept.
+            raise ConfigError(f"the checkpoint is for {saved.condition} seed {saved.seed}, not {self.cfg.condition} "
+                              f"seed {self.cfg.seed}; train this trial in another --out folder (that checkpoint is "
+                              "left as it is)")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from ncood.cli import main
 from ncood.config import make_config
@@ -67,3 +68,37 @@ def test_nc_intervention_resume_without_a_sweep_says_what_to_pass(tmp_path, caps
                    "--storage-path", str(tmp_path / "ray"), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and "no sweep 'abl-nc-intervention_*' to resume" in err and "--storage-path" in err
+
+
+def test_train_refuses_a_file_as_a_folder_before_training(tmp_path, capsys):
+    """--out or --data-root naming a file (or a path under one): rc 2, the file named, nothing written."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    base = ["train", "--dataset", "digits", "--width", "4", "--epochs", "1", "--device", "cpu", "--no-progress"]
+    for flags in (["--data-root", str(a_file), "--out", str(tmp_path / "out")],
+                  ["--data-root", str(tmp_path / "data"), "--out", str(a_file / "run")]):
+        assert main([*base, *flags]) == 2
+        assert f"{a_file} is a file, not a folder" in capsys.readouterr().err
+    assert a_file.read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_train_on_cuda_without_cuda_is_a_configuration_error(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["train", "--dataset", "digits", "--epochs", "1", "--device", "cuda", "--no-progress",
+                 "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "out")]) == 2
+    assert "CUDA is not available; use --device cpu" in capsys.readouterr().err
+
+
+def test_train_resume_from_another_trials_checkpoint_is_refused_and_keeps_it(tmp_path, capsys):
+    """--resume on a folder holding another condition's checkpoint (other --epochs): rc 2, a one-line reason and
+    what to do, and that checkpoint left byte for byte."""
+    flags = ["train", "--dataset", "digits", "--width", "4", "--eval-every", "0", "--seed", "1", "--device", "cpu",
+             "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--no-progress"]
+    assert main([*flags, "--epochs", "1"]) == 0
+    saved = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    assert main([*flags, "--epochs", "2", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint is for resnet18-w4" in err and "-e1 seed 1, not" in err and "another --out folder" in err
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == saved
