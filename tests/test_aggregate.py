@@ -23,8 +23,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from scipy import stats
 
 from ncood import keys, tracking
-from ncood.aggregate import (ROLE_AGGREGATE, TAG_SWEEP_RUN_ID, after_sweep, aggregate, bootstrap_diff_ci, load_sweep,
-                             main,
+from ncood.aggregate import (ROLE_AGGREGATE, TAG_SWEEP_RUN_ID, after_sweep, aggregate, bootstrap_diff_ci,
+                             headline_lines, load_sweep, main,
                              welch_p)
 from ncood.aggregate.report import FIGURES, TABLE_FORMATS
 from ncood.aggregate.runs import CONDITION_FIELDS
@@ -132,8 +132,12 @@ def final(truth, cond, key) -> np.ndarray:
     return np.array([v[key][EPOCHS] for (c, _), v in sorted(truth.items()) if c == cond and EPOCHS in v.get(key, {})])
 
 
+def _table(res, name):
+    return next(t for t in res.tables if t.name == name)
+
+
 def _frame(res, name) -> pd.DataFrame:
-    return next(t for t in res.tables if t.name == name).numeric
+    return _table(res, name).numeric
 
 
 def test_condition_fields_match_trial_config():
@@ -230,9 +234,9 @@ def test_table4_l2_effect(store, result):
         np.testing.assert_allclose([row.diff, row.worst_seed_gap], [a.mean() - b.mean(), a.min() - b.min()])
         if a.size > 1 and b.size > 1:
             np.testing.assert_allclose(row.p_welch, stats.ttest_ind(a, b, equal_var=False).pvalue)
-        else:
-            assert np.isnan(row.p_welch)
-        assert row.ci_low <= row.diff <= row.ci_high
+            assert row.ci_low <= row.diff <= row.ci_high
+        else:  # one seed in a group: no spread to measure, so neither a p-value nor an interval
+            assert np.isnan(row.p_welch) and np.isnan(row.ci_low) and np.isnan(row.ci_high)
     clear = t4[(t4.condition == B) & (t4.key == SVHN_GMM)].iloc[0]
     assert clear.ci_low <= 0.15 <= clear.ci_high and clear.ci_low > 0.1  # clear effect: CI excludes 0
     np.testing.assert_allclose(clear["diff"], 0.15, atol=1e-12)
@@ -338,6 +342,12 @@ def test_sweep_run_carries_the_headline(store, result):
     lo, hi = bootstrap_diff_ci(final(store["truth"], B, fn), final(store["truth"], A, fn), 2000, 0)
     assert (metrics[keys.l2_effect_key(B, "ci_low", fn)], metrics[keys.l2_effect_key(B, "ci_high", fn)]) == \
         pytest.approx((lo, hi), abs=1e-12)
+    one_seed = keys.ood_key("svhn", "gmm", "auroc")  # D (one seed) vs C: a difference, but no interval to log
+    assert keys.l2_effect_key(D, "diff", one_seed) in metrics and keys.l2_effect_key(D, "ci_low", one_seed) not in metrics
+    assert any("fewer than 2 seeds" in n for n in _table(res, "table4_l2_effect").notes)
+    lines = headline_lines(metrics, [A, B, C, D], OOD)
+    assert any(line.startswith(f"  L2 effect {D}") and "no 95% CI: fewer than 2 seeds" in line for line in lines)
+    assert any(line.startswith(f"  L2 effect {B}") and "(95% CI [" in line for line in lines)
     assert "L2 effect" in client.get_run(store["parent"]).data.tags["mlflow.note.content"]  # the run's description
     note = client.get_experiment(store["exp_id"]).tags["mlflow.note.content"]
     assert "new-sweep" in note and all(c in note for c in (A, B, C, D)) and "l2_effect/" in note

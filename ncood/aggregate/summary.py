@@ -142,7 +142,8 @@ def headline_lines(metrics: dict[str, float], conditions: Sequence[str], ood_set
             base = keys.ood_key(o, score, AUROC)
             diff = keys.l2_effect_key(cond, "diff", base)
             if diff in metrics:
-                lines.append(f"  L2 effect {cond}, {score.upper()} AUROC {o}: {get(diff):s} (95% CI "
-                             f"[{get(keys.l2_effect_key(cond, 'ci_low', base))}, "
-                             f"{get(keys.l2_effect_key(cond, 'ci_high', base))}])")
+                low, high = (keys.l2_effect_key(cond, stat, base) for stat in ("ci_low", "ci_high"))
+                ci = (f"95% CI [{get(low)}, {get(high)}]" if low in metrics
+                      else "no 95% CI: fewer than 2 seeds in a group; run more seeds")
+                lines.append(f"  L2 effect {cond}, {score.upper()} AUROC {o}: {get(diff):s} ({ci})")
     return lines

@@ -244,9 +244,11 @@ def bootstrap_diff_ci(a: np.ndarray, b: np.ndarray, resamples: int = 10_000, see
     training trajectory, so seed s with L2 and seed s without L2 share no measurable common factor (pairing them
     would claim a correlation that is not there and cost degrees of freedom); it also keeps a condition with a
     failed seed usable (unequal n). This matches the Welch t-test beside it, which treats the groups as independent.
+    A group of one seed gives no interval (NaN, as welch_p): resampling one value returns it every time, so that
+    group would add no spread and the interval would understate the uncertainty (zero width with one seed each).
     """
     a, b = np.asarray(a, float), np.asarray(b, float)
-    if a.size == 0 or b.size == 0:
+    if a.size < 2 or b.size < 2:
         return np.nan, np.nan
     rng = np.random.default_rng(seed)
     ma = a[rng.integers(0, a.size, size=(resamples, a.size))].mean(axis=1)  # (resamples,)
@@ -311,6 +313,9 @@ def l2_effect_table(runs: pd.DataFrame, used: pd.DataFrame, conditions: Sequence
              "group resampled independently (seeds are not paired across conditions); p: Welch t-test"]
     if not rows:
         notes.append("no L2 condition has an L2-off twin in this sweep (same other axes): nothing to compare")
+    elif any(min(r["n_l2"], r["n_nol2"]) < 2 for r in rows):
+        notes.append(f"{DASH} for the CI and p: a group with fewer than 2 seeds has no spread to measure; run more "
+                     "seeds (--seeds)")
     columns = ["L2 condition", "no-L2 twin", "metric", "n", "mean L2", "mean no L2", "diff", "95% CI", "Welch p",
                "min L2", "min no L2", "worst-seed gap"]
     return Table("table4_l2_effect", f"L2 vs its L2-off twin: difference in means (L2 - no L2), 95% bootstrap CI, "
