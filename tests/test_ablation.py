@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -15,12 +16,14 @@ from ray import tune
 
 from ncood import keys, tracking
 from ncood.config import ConfigError, TrialConfig
+from ncood.data import DatasetNotFoundError, fashion_mnist
 from ncood.ood import score_params
 from ncood.tune import SweepSettings, SweepSpec, grid_conditions, make_param_space, run_grid, run_sweep
 from ncood.tune import jobs
 from ncood.tune.sweep import tune_keys
 
 import faulty_trainable
+from fake_datasets import accept_fake_checksums, write_all
 from job_scripts import load_job
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,6 +86,67 @@ def test_ablation_help_and_flags():
     assert jobs.overrides_from_args(args) == {"epochs": [60, 350], "l2": [True], "arch": ["resnet50"],
                                               "ood_sets": ("svhn", "cifar100")}
     assert jobs.settings_from_args(args, "ablation").gpus_per_trial == 0.25
+
+
+BAD_VALUES = [  # (argv, argparse's message)
+    (["--l2", "maybe"], "argument --l2: expected on or off, got 'maybe'"),
+    (["--spectral-norm", "on,maybe"], "argument --spectral-norm: expected on or off, got 'maybe'"),
+    (["--leaky-gap", "off", "maybe"], "argument --leaky-gap: expected on or off, got 'maybe'"),
+    (["--etf-projector", "maybe"], "argument --etf-projector: expected on or off, got 'maybe'"),
+    (["--entropy-reg", "abc"], "argument --entropy-reg: invalid float value: 'abc'"),
+    (["--epochs", "60,abc"], "argument --epochs: invalid int value: '60,abc'"),
+    (["--keep-checkpoint-epochs", "x"], "argument --keep-checkpoint-epochs: invalid int value: 'x'"),
+]
+
+
+@pytest.mark.parametrize("script", ["ablation", "search"])
+@pytest.mark.parametrize("argv, says", BAD_VALUES, ids=[argv[0] for argv, _ in BAD_VALUES])
+def test_bad_flag_values_are_usage_errors(script, argv, says, capsys):
+    """A bad list value is argparse's usage error naming the flag (exit 2, as `ncood train --l2 maybe`), not a
+    traceback from converting it after parsing."""
+    with pytest.raises(SystemExit) as exit_:
+        load_job(script).main([*argv, "--dry-run"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"error: {says}" in err, err
+
+
+@pytest.mark.parametrize("script, argv", [("ablation", ["--seeds", "1", "--no-register", "--no-aggregate"]),
+                                          ("search", ["--trials", "1"])], ids=["ablation", "search"])
+def test_missing_data_stops_the_job_before_ray_and_mlflow(script, argv, tmp_path, capsys):
+    """The message `ncood train` gives for each missing dataset, exit 2, and no MLflow store, Ray storage or data
+    root created: not a sweep whose every trial fails on it inside Ray."""
+    root, store, storage = tmp_path / "data", tmp_path / "mlflow.db", tmp_path / "ray"
+    code = load_job(script).main([*argv, "--preset", "table1", "--epochs", "1", "--data-root", str(root),
+                                  "--tracking-uri", f"sqlite:///{store}", "--storage-path", str(storage), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    for name in ("cifar10", "svhn", "cifar100", "tinyimagenet"):  # the ID set and its OoD sets, all at once
+        assert f"dataset '{name}' not found or incomplete under data root {root}." in err
+    assert f"{root}/cifar-10-batches-py/data_batch_1  [missing]" in err and "How to get it:" in err
+    assert not root.exists() and not store.exists() and not storage.exists()
+
+
+def test_data_check_passes_what_the_trials_can_load(tmp_path, monkeypatch):
+    """Offline sets need no data root; Fashion-MNIST passes when Debian's package is there (the trial links it; the
+    check creates nothing); the downloadable sets pass once their files are there, as ID and as OoD sets."""
+    empty = tmp_path / "empty"
+    jobs.check_data(*grid_conditions("default", {"data_root": str(empty)}))
+    fmnist = grid_conditions("fmnist_cpu", {"data_root": str(empty)})
+    if fashion_mnist.source_complete():  # conftest installs the package where it can
+        jobs.check_data(*fmnist)
+    else:  # the loader's own message, with the install and link commands
+        with pytest.raises(DatasetNotFoundError, match=re.escape(fashion_mnist.INSTALL_COMMAND)):
+            jobs.check_data(*fmnist)
+    assert not empty.exists()
+    jobs.check_data(*grid_conditions("table1", {"data_root": str(empty), "download": True}))  # trials fetch it
+    root = write_all(tmp_path / "data")
+    accept_fake_checksums(monkeypatch, root)
+    for preset in ("table1", "tmlr_gtsrb", "tmlr_tinyimagenet", "tmlr_cifar100"):
+        jobs.check_data(*grid_conditions(preset, {"data_root": str(root)}))
+    (root / "tiny-imagenet-200" / "wnids.txt").unlink()  # the class list: needed to train on it, not as OoD set
+    jobs.check_data(*grid_conditions("table1", {"data_root": str(root)}))
+    with pytest.raises(DatasetNotFoundError, match=r"(?s)'tinyimagenet' not found.*wnids.txt  \[missing\]"):
+        jobs.check_data(*grid_conditions("tmlr_tinyimagenet", {"data_root": str(root)}))
 
 
 # ---- local Ray -----------------------------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ def test_help_imports_no_heavy_library(argv):
 
 
 @pytest.mark.parametrize("argv", [("-m", "ncood"), ("tune_jobs/ablation.py",), ("tune_jobs/search.py",),
-                                  ("tune_jobs/nc_intervention.py",)], ids=" ".join)
+                                  ("tune_jobs/nc_intervention.py",), ("tune_jobs/aggregate.py",)], ids=" ".join)
 def test_version(argv):
     proc = _run(*argv, "--version")
     assert proc.returncode == 0 and f"ncood {ncood.__version__}" in proc.stdout, proc.stdout + proc.stderr

@@ -59,11 +59,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return 0
     from ncood.tracking import TrackingError
-    from ncood.tune import run_grid
+    from ncood.tune import grid_conditions, run_grid
 
     settings = jobs.settings_from_args(args, "ablation")
     try:
         overrides = jobs.overrides_from_args(args)
+        if not args.resume:  # a resumed sweep keeps its own config (grid flags are ignored)
+            jobs.check_data(*grid_conditions(args.preset, overrides))  # before Ray and MLflow start
         result = run_grid(args.preset, overrides, args.seeds, settings, resume=args.resume)
     except (ConfigError, FileNotFoundError, TrackingError) as e:
         print(f"ablation: {e}", file=sys.stderr)

@@ -8,15 +8,30 @@ Writes <out>/tables/*.{md,csv,tex,html}, <out>/figures/*.png and <out>/report.md
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
+from typing import Sequence
 
 try:
     import ncood  # noqa: F401
 except ImportError:  # a source checkout without `pip install -e .`: the package sits next to tune_jobs/
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ncood.aggregate import main  # noqa: E402
+from ncood import aggregate  # noqa: E402  (MLflow, pandas, matplotlib load in run(), after parsing)
+from ncood.tune import jobs  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """`ncood aggregate`'s flags, and --version as every job script has it."""
+    parser = aggregate.build_parser(prog="aggregate.py")
+    jobs.add_version(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return aggregate.run(build_parser().parse_args(argv))
+
 
 if __name__ == "__main__":
-    sys.exit(main(prog="aggregate.py"))
+    sys.exit(main())

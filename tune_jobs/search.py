@@ -111,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.resume:
             result = run_sweep(settings, resume=args.resume)
         else:
+            shared, conditions = grid_conditions(args.preset, jobs.overrides_from_args(args))
+            jobs.check_data(shared, conditions[:1])  # the tuned condition's data, before Ray and MLflow start
             space, condition = search_space(args)
             epochs = space["condition"]["epochs"]
             tune_extra = dict(

@@ -167,6 +167,15 @@ def install_debian_package() -> None:
         raise RuntimeError(f"`{' '.join(install)}` failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
 
 
+def check_files(root: Path, as_id: bool = True) -> None:
+    """What ensure_files finds without downloading, read only (check_available): the files under `root`, or Debian's
+    package to link them from; else DatasetNotFoundError naming the install and link commands. ID and OoD use
+    (as_id) read the same four files."""
+    if not (is_linked(root) or source_complete(DEBIAN_DIR)):
+        raise DatasetNotFoundError.build("fashion_mnist", root, expected_files(root),
+                                         detail=_missing_detail(root, DEBIAN_DIR))
+
+
 def ensure_files(root: Path, download: bool) -> None:
     """The verified unpacked files under `root`: present, else linked from Debian's package, else downloaded by
     torchvision (download=True), else DatasetNotFoundError naming the install and link commands."""
@@ -178,7 +187,7 @@ def ensure_files(root: Path, download: bool) -> None:
         print(f"ncood: linked {result.describe()}", file=sys.stderr)
         return
     if not download:
-        raise DatasetNotFoundError.build("fashion_mnist", root, files, detail=_missing_detail(root, DEBIAN_DIR))
+        check_files(root)  # neither there nor linkable: raises, naming the install and link commands
     for path, md5 in files:  # torchvision only checks that the files exist: clear damaged ones so it fetches anew
         if path.exists() and not check_integrity(path, md5):
             path.unlink()
@@ -203,7 +212,7 @@ def ensure_files(root: Path, download: bool) -> None:
     crop_pad=3,
     # Every class is mirror-invariant (a mirrored shirt, bag or boot is still one), unlike digits or house numbers.
     flip=True,
-))
+), check=check_files)
 def load_fashion_mnist(root: Path, split: str, *, download: bool, like: IDData | None, seed: int) -> RawImages:
     ensure_files(root, download)
     ds = torchvision_datasets().FashionMNIST(str(root), train=split == "train", download=False)

@@ -81,25 +81,50 @@ class Loader(Protocol):
         """split is "train" or "test" (OoD use reads "test"); like is the ID data an OoD set is made for."""
 
 
+FileCheck = Callable[[Path, bool], None]  # (data root, as_id) -> None, or DatasetNotFoundError: files are lacking
+
+
 @dataclass(frozen=True)
 class DatasetEntry:
     info: DatasetInfo
     load: Loader
+    check: FileCheck | None = None  # None: the set ships with a package or is generated (nothing to find on disk)
 
 
 DATASETS: dict[str, DatasetEntry] = {}  # the one dataset registry, filled by @register_dataset
 
 
-def register_dataset(info: DatasetInfo) -> Callable[[Loader], Loader]:
-    """Decorator: file `fn` under `info.name`. A new dataset is one decorated function and nothing else."""
+def register_dataset(info: DatasetInfo, check: FileCheck | None = None) -> Callable[[Loader], Loader]:
+    """Decorator: file `fn` under `info.name`. A new dataset is one decorated function and nothing else; a set read
+    from files under the data root also passes `check`, built from the file list its loader reads (require_files),
+    so that a job can find missing data before it starts any trial (check_available)."""
 
     def decorate(fn: Loader) -> Loader:
         if info.name in DATASETS:
             raise ValueError(f"dataset {info.name!r} is registered twice")
-        DATASETS[info.name] = DatasetEntry(info, fn)
+        DATASETS[info.name] = DatasetEntry(info, fn, check)
         return fn
 
     return decorate
+
+
+def check_available(name: str, root: str | Path, *, as_id: bool) -> None:
+    """DatasetNotFoundError (where it looked, how to get it) when `name`'s loader would not find its files under
+    `root` for ID use (train and test parts) or OoD use (the test part) without downloading; reads only (no download,
+    no link, nothing created)."""
+    check = _entry(name).check
+    if check is not None:
+        check(Path(root).expanduser().absolute(), as_id)
+
+
+def _present(path: Path, md5: str | None) -> bool:
+    return check_integrity(path, md5) or (md5 is None and path.is_dir())  # a folder has no checksum
+
+
+def require_files(name: str, root: Path, files: list[tuple[Path, str | None]]) -> None:
+    """DatasetNotFoundError naming every file unless all (path, md5 or None) are there with their md5."""
+    if not all(_present(path, md5) for path, md5 in files):
+        raise DatasetNotFoundError.build(name, root, files)
 
 
 def _entry(name: str) -> DatasetEntry:
@@ -128,8 +153,7 @@ class DatasetNotFoundError(FileNotFoundError):
             lines.append(detail)
         lines.append("Looked at:")
         for path, md5 in files:
-            ok = check_integrity(path, md5) or (md5 is None and path.is_dir())  # a folder has no checksum
-            state = "ok" if ok else "missing" if not path.exists() else (
+            state = "ok" if _present(path, md5) else "missing" if not path.exists() else (
                 "checksum mismatch (partial download, corrupt or a different version)"
             )
             lines.append(f"  {path}  [{state}]")

@@ -24,12 +24,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ncood.data.registry import DatasetInfo, DatasetNotFoundError, IDData, RawImages, register_dataset
+from ncood.data.registry import DatasetInfo, DatasetNotFoundError, IDData, RawImages, register_dataset, require_files
 from ncood.data.torchvision_sets import CIFAR_RECIPE
 
 TINY_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 TINY_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"  # of the zip, as used by public TinyImageNet loaders
 TINY_SIDE, TINY_TARGET, TINY_CLASSES = 64, 32, 200  # native side; the papers' 32x32; classes
+
+
+def _files(root: Path, labelled: bool) -> list[tuple[Path, None]]:
+    """What the loader checks first: the validation list, and for ID use (labelled) the class ids too; OoD use
+    reads only the validation images."""
+    base = root / "tiny-imagenet-200"
+    return [(base / "val" / "val_annotations.txt", None)] + ([(base / "wnids.txt", None)] if labelled else [])
 
 
 @register_dataset(DatasetInfo(
@@ -42,12 +49,12 @@ TINY_SIDE, TINY_TARGET, TINY_CLASSES = 64, 32, 200  # native side; the papers' 3
                f"<data-root>/tiny-imagenet-200/val/val_annotations.txt exist.",
     default_ood=("svhn", "cifar100", "noise", "scrambled"),  # TMLR Table 6: SVHN, CIFAR-100
     flip=True, **CIFAR_RECIPE,
-))
+), check=lambda root, as_id: require_files("tinyimagenet", root, _files(root, as_id)))
 def load_tinyimagenet(root: Path, split: str, *, download: bool, like: IDData | None, seed: int) -> RawImages:
     base = root / "tiny-imagenet-200"
     annotations, wnids_file = base / "val" / "val_annotations.txt", base / "wnids.txt"
     labelled = like is None  # ID use needs the classes; OoD use only the validation images
-    files = [(annotations, None)] + ([(wnids_file, None)] if labelled else [])
+    files = _files(root, labelled)
     if download and not all(path.exists() for path, _ in files):
         from torchvision.datasets.utils import download_and_extract_archive  # lazily: registry.torchvision_datasets
 
@@ -55,8 +62,7 @@ def load_tinyimagenet(root: Path, split: str, *, download: bool, like: IDData | 
             download_and_extract_archive(TINY_URL, str(root), md5=TINY_MD5)
         except (URLError, ConnectionError, TimeoutError) as err:
             raise DatasetNotFoundError.build("tinyimagenet", root, files, detail=f"Download failed: {err}") from err
-    if not all(path.exists() for path, _ in files):
-        raise DatasetNotFoundError.build("tinyimagenet", root, files)
+    require_files("tinyimagenet", root, files)
     if split == "train":
         wnids = _wnids(wnids_file, root)
         paths, labels = [], []

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ncood.data.registry import (
-    DatasetInfo, DatasetNotFoundError, IDData, RawImages, check_integrity, register_dataset, resize_images,
+    DatasetInfo, DatasetNotFoundError, IDData, RawImages, check_integrity, register_dataset, require_files, resize_images,
     torchvision_datasets,
 )
 
@@ -53,20 +53,35 @@ def _construct(name: str, root: Path, files: list[tuple[Path, str | None]], make
         raise DatasetNotFoundError.build(name, root, files) from err
 
 
+def _cifar_files(class_name: str, root: Path) -> list[tuple[Path, str]]:
+    """(path, md5) of every file torchvision's CIFAR10 / CIFAR100 checks (both parts: it checks all of them)."""
+    cls = getattr(torchvision_datasets(), class_name)
+    # read the md5 tables at call time: they are torchvision's (tests swap in the md5s of their fake files)
+    folder = root / cls.base_folder
+    return [(folder / f, md5) for f, md5 in cls.train_list + cls.test_list] + [
+        (folder / cls.meta["filename"], cls.meta["md5"])]
+
+
 def _cifar_loader(class_name: str, name: str):
     """One loader for torchvision's CIFAR10 and its subclass CIFAR100 (same pickle format, different tables)."""
 
     def load(root: Path, split: str, *, download: bool, like: IDData | None, seed: int) -> RawImages:
         cls = getattr(torchvision_datasets(), class_name)
-        # read the md5 tables at call time: they are torchvision's (tests swap in the md5s of their fake files)
-        folder = root / cls.base_folder
-        files = [(folder / f, md5) for f, md5 in cls.train_list + cls.test_list]
-        files.append((folder / cls.meta["filename"], cls.meta["md5"]))
-        ds = _construct(name, root, files, lambda: cls(str(root), train=split == "train", download=download))
+        ds = _construct(name, root, _cifar_files(class_name, root),
+                        lambda: cls(str(root), train=split == "train", download=download))
         x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 32, 32, 3) -> (N, 3, 32, 32) uint8
         return RawImages(x, torch.as_tensor(ds.targets, dtype=torch.int64), list(ds.classes))
 
     return load
+
+
+def _cifar_check(class_name: str, name: str):
+    return lambda root, as_id: require_files(name, root, _cifar_files(class_name, root))
+
+
+def _parts(as_id: bool) -> tuple[str, ...]:
+    """The parts a loader reads: ID use the train and test parts, OoD use the test part (load_ood)."""
+    return ("train", "test") if as_id else ("test",)
 
 
 register_dataset(DatasetInfo(
@@ -75,7 +90,7 @@ register_dataset(DatasetInfo(
     how_to_get=f"download=True fetches {CIFAR_SOURCES['CIFAR10'][0]} into the data root and extracts it to "
                f"<data-root>/{CIFAR_SOURCES['CIFAR10'][1]}/; or download and extract that archive there yourself.",
     default_ood=("svhn", "cifar100") + _FAR_AND_GENERATED, flip=True, **CIFAR_RECIPE,
-))(_cifar_loader("CIFAR10", "cifar10"))
+), check=_cifar_check("CIFAR10", "cifar10"))(_cifar_loader("CIFAR10", "cifar10"))
 
 register_dataset(DatasetInfo(
     name="cifar100", num_classes=100, can_be_id=True, image_shape=(3, 32, 32),
@@ -84,7 +99,7 @@ register_dataset(DatasetInfo(
     how_to_get=f"download=True fetches {CIFAR_SOURCES['CIFAR100'][0]} into the data root and extracts it to "
                f"<data-root>/{CIFAR_SOURCES['CIFAR100'][1]}/; or download and extract that archive there yourself.",
     default_ood=("svhn", "cifar10") + _FAR_AND_GENERATED, flip=True, **CIFAR_RECIPE,
-))(_cifar_loader("CIFAR100", "cifar100"))
+), check=_cifar_check("CIFAR100", "cifar100"))(_cifar_loader("CIFAR100", "cifar100"))
 
 
 @register_dataset(DatasetInfo(
@@ -95,14 +110,27 @@ register_dataset(DatasetInfo(
     default_ood=("cifar10", "cifar100") + _FAR_AND_GENERATED,
     flip=False,  # mirrored house numbers change meaning
     **CIFAR_RECIPE,
-))
+), check=lambda root, as_id: require_files("svhn", root, _svhn_files(root, _parts(as_id))))
 def load_svhn(root: Path, split: str, *, download: bool, like: IDData | None, seed: int) -> RawImages:
     datasets = torchvision_datasets()
-    _, filename, md5 = datasets.SVHN.split_list[split]
-    files = [(root / filename, md5)]
-    ds = _construct("svhn", root, files, lambda: datasets.SVHN(str(root), split=split, download=download))
+    ds = _construct("svhn", root, _svhn_files(root, (split,)),
+                    lambda: datasets.SVHN(str(root), split=split, download=download))
     x = torch.from_numpy(np.ascontiguousarray(ds.data))  # (N, 3, 32, 32) uint8 (torchvision transposed the .mat)
     return RawImages(x, torch.from_numpy(ds.labels).long(), [str(i) for i in range(10)])
+
+
+def _svhn_files(root: Path, splits: tuple[str, ...]) -> list[tuple[Path, str]]:
+    """(path, md5) of torchvision's SVHN .mat file of each split."""
+    table = torchvision_datasets().SVHN.split_list  # {split: (url, filename, md5)}
+    return [(root / table[s][1], table[s][2]) for s in splits]
+
+
+def _gtsrb_files(root: Path, splits: tuple[str, ...]) -> list[tuple[Path, None]]:
+    """What each split of torchvision's GTSRB layout needs under <root>/gtsrb (folders and the test labels)."""
+    base = root / "gtsrb"
+    parts = {"train": [base / "GTSRB" / "Training"],
+             "test": [base / "GTSRB" / "Final_Test" / "Images", base / "GT-final_test.csv"]}
+    return [(path, None) for s in splits for path in parts[s]]
 
 
 GTSRB_SIDE = 32  # TMLR Table 5: GTSRB "resized to 32x32"
@@ -120,14 +148,12 @@ GTSRB_URL = "https://sid.erda.dk/public/archives/daaeac0d7ce1152aea9b61d9f1e1937
     default_ood=("svhn", "cifar100", *_FAR_AND_GENERATED),
     flip=False,  # mirrored signs change meaning (keep left / keep right, turn left / turn right)
     **CIFAR_RECIPE,
-))
+), check=lambda root, as_id: require_files("gtsrb", root, _gtsrb_files(root, _parts(as_id))))
 def load_gtsrb(root: Path, split: str, *, download: bool, like: IDData | None, seed: int) -> RawImages:
-    base = root / "gtsrb"
-    needed = [base / "GTSRB" / "Training"] if split == "train" else [
-        base / "GTSRB" / "Final_Test" / "Images", base / "GT-final_test.csv"]
-    files = [(path, None) for path in needed]
-    if not download and not all(path.exists() for path in needed):
-        raise DatasetNotFoundError.build("gtsrb", root, files)  # torchvision checks the image folder only
+    files = _gtsrb_files(root, (split,))
+    needed = [path for path, _ in files]
+    if not download:
+        require_files("gtsrb", root, files)  # torchvision checks the image folder only
     ds = _construct("gtsrb", root, files,
                     lambda: torchvision_datasets().GTSRB(str(root), split=split, download=download))
     if split == "train":  # torchvision numbers the class folders it finds: all 43 must be there

@@ -5,6 +5,7 @@ Grid flags override any field of the preset: the condition axes take lists (`--l
 every other TrialConfig field is one flag made from the dataclass (so the flags cannot drift from the config).
 `describe_grid` is the `--dry-run` listing: every resolved condition, without starting (or importing) Ray or MLflow;
 the modules that need them (ncood.tracking, ncood.tune.sweep) are imported by the functions that use them.
+`check_data` is the jobs' first step after parsing: every dataset the trials load is under its data root.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import argparse
 import dataclasses
 import statistics
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from ncood import keys
 from ncood.config import TrialConfig, add_config_flags, parse_on_off, registered_names
@@ -30,6 +31,24 @@ def _split(values: Sequence[str] | None) -> list[str] | None:
     return None if values is None else [v for s in values for v in s.split(",") if v]
 
 
+def _listed(convert: Callable[[str], Any]) -> Callable[[str], list]:
+    """An argparse `type` for one value or a comma-separated list of them ('60,350' -> [60, 350]). Converting in
+    argparse, not after parse_args, makes a bad value a usage error naming its flag (exit 2), as in `ncood train`:
+    argparse shows an ArgumentTypeError's own text (parse_on_off: "expected on or off, got 'maybe'") and turns a
+    ValueError into "invalid <__name__> value: '...'"."""
+
+    def parse(text: str) -> list:
+        return [convert(v) for v in text.split(",") if v]
+
+    parse.__name__ = convert.__name__
+    return parse
+
+
+def _flat(values: Sequence[list] | None) -> list | None:
+    """[[60, 350]] or [[60], [350]] (nargs="+" of _listed) -> [60, 350]."""
+    return None if values is None else [v for part in values for v in part]
+
+
 def add_version(parser: argparse.ArgumentParser) -> None:
     """--version: the installed ncood's version (ncood.__version__, also the package version in pyproject.toml)."""
     import ncood
@@ -45,13 +64,14 @@ def add_grid_flags(parser: argparse.ArgumentParser, seeds: bool = True) -> None:
     if seeds:
         g.add_argument("--seeds", type=int, default=None, metavar="N",
                        help="seeds 0..N-1 per condition (default 15)")
-    g.add_argument("--archs", nargs="+", metavar="ARCH", help="architectures, e.g. resnet18 resnet50 (registered: "
-                                                              f"{', '.join(registered_names('arch'))})")
-    g.add_argument("--epochs", nargs="+", metavar="E", help="epoch budgets, e.g. 60 350 (or 60,350)")
+    g.add_argument("--archs", nargs="+", type=_listed(str), metavar="ARCH", dest="arch",
+                   help=f"architectures, e.g. resnet18 resnet50 (registered: {', '.join(registered_names('arch'))})")
+    g.add_argument("--epochs", nargs="+", type=_listed(int), metavar="E",
+                   help="epoch budgets, e.g. 60 350 (or 60,350)")
     for name in ("l2", "spectral_norm", "leaky_gap", "etf_projector"):
-        g.add_argument(_AXIS_FLAGS[name], nargs="+", metavar="off|on", dest=name,
+        g.add_argument(_AXIS_FLAGS[name], nargs="+", type=_listed(parse_on_off), metavar="off|on", dest=name,
                        help=f"{name} values, e.g. `off on` for both")
-    g.add_argument("--entropy-reg", nargs="+", metavar="W", dest="entropy_reg",
+    g.add_argument("--entropy-reg", nargs="+", type=_listed(float), metavar="W", dest="entropy_reg",
                    help="entropy regularizer weights, e.g. `0 0.05` (ICML 2025 NC control; 0 = off)")
     add_config_flags(g, skip=(*AXES, "seed"))
 
@@ -83,7 +103,7 @@ def add_run_flags(parser: argparse.ArgumentParser, job: str = "ablation") -> Non
                                                      for k, g in GRIDS.items() if g.keep_checkpoint_epochs)
                         + "; other presets: none), where tune_jobs/nc_intervention.py starts") if job == "ablation" \
             else "none"
-        r.add_argument("--keep-checkpoint-epochs", nargs="+", default=None, metavar="E",
+        r.add_argument("--keep-checkpoint-epochs", nargs="+", type=_listed(int), default=None, metavar="E",
                        help="also log the checkpoint of these epochs to MLflow (checkpoints/epoch_NNN.pt), e.g. 10,50; "
                             f"default: {keep_default}")
     r.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all; not on a cluster)")
@@ -100,15 +120,9 @@ def add_run_flags(parser: argparse.ArgumentParser, job: str = "ablation") -> Non
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Grid overrides: axis lists + the other TrialConfig fields that were given."""
     out: dict[str, Any] = {}
-    if args.archs:
-        out["arch"] = _split(args.archs)
-    if args.epochs:
-        out["epochs"] = [int(e) for e in _split(args.epochs)]
-    for name in ("l2", "spectral_norm", "leaky_gap", "etf_projector"):
-        if getattr(args, name):
-            out[name] = [parse_on_off(v) for v in _split(getattr(args, name))]
-    if getattr(args, "entropy_reg", None):
-        out["entropy_reg"] = [float(v) for v in _split(args.entropy_reg)]
+    for name in _AXIS_FLAGS:  # converted by argparse (_listed)
+        if getattr(args, name, None):
+            out[name] = _flat(getattr(args, name))
     for f in dataclasses.fields(TrialConfig):
         if f.name not in AXES and f.name != "seed" and getattr(args, f.name, None) is not None:
             out[f.name] = getattr(args, f.name)
@@ -120,7 +134,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def settings_from_args(args: argparse.Namespace, job: str) -> SweepSettings:
     from ncood.tune.sweep import SweepSettings
 
-    keep = (tuple(int(e) for e in _split(args.keep_checkpoint_epochs)) if args.keep_checkpoint_epochs
+    keep = (tuple(_flat(args.keep_checkpoint_epochs)) if args.keep_checkpoint_epochs
             else GRIDS[args.preset].keep_checkpoint_epochs if job == "ablation" else ())
     every = (args.checkpoint_every if getattr(args, "checkpoint_every", None) is not None
              else GRIDS[args.preset].checkpoint_every if job == "ablation" else 1)
@@ -130,6 +144,32 @@ def settings_from_args(args: argparse.Namespace, job: str) -> SweepSettings:
         max_concurrent=args.max_concurrent, retries=args.retries, checkpoint_every=every,
         keep_checkpoint_epochs=keep, num_cpus=args.num_cpus, progress=not args.quiet, dashboard=args.dashboard,
     )
+
+
+# ---- the data the trials load, checked on the driver -----------------------------------------------------------
+def check_data(shared: Mapping[str, Any], conditions: Sequence[Mapping[str, Any]]) -> None:
+    """Raise DatasetNotFoundError (a FileNotFoundError: the jobs exit 2 with it) naming every dataset, ID or OoD,
+    that a trial of these conditions (grid_conditions) would not find under its data root, each with the message
+    `ncood train` prints for it (ncood.data.check_available, the loaders' own file lists). Called by the jobs before
+    Ray, MLflow or the storage are touched: otherwise every trial fails on it (and is retried) and the message is
+    lost among Ray's tracebacks. Reads only: no download, no Fashion-MNIST link (the trial makes it). Trials with
+    download=True fetch their own data and are not checked."""
+    from ncood.data import DatasetNotFoundError, check_available
+
+    needed: dict[tuple[str, str], bool] = {}  # (root, dataset) -> loaded as ID by some trial (needs more files)
+    for c in conditions:
+        cfg = TrialConfig.from_dict({**shared, **c, "seed": 0})
+        for name in () if cfg.download else (cfg.dataset, *cfg.ood_sets):
+            key = (cfg.data_root, name)
+            needed[key] = needed.get(key, False) or name == cfg.dataset
+    missing = []
+    for (root, name), as_id in needed.items():
+        try:
+            check_available(name, root, as_id=as_id)
+        except DatasetNotFoundError as e:
+            missing.append(str(e))
+    if missing:
+        raise DatasetNotFoundError("\n\n".join(missing))
 
 
 # ---- --dry-run: the resolved grid ----------------------------------------------------------------------------------
