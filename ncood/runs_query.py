@@ -8,6 +8,7 @@ the NC intervention (its source runs and their kept checkpoints) all ask the sam
     child_runs(client, exp_id, parent)    the runs of one sweep, oldest first (all statuses)
     trial_run(client, exp_id, parent, t)  the run of one Ray trial
     finished_trials(client, exp_id)       every FINISHED trial run of an experiment, newest first
+    stopped_early(run)                    whether ASHA stopped the trial before its last epoch (FINISHED all the same)
     checkpoint_epochs(client, run_id)     the checkpoints a run kept ({epoch: artifact path})
     find_sources(client, exp, epoch)      the NC intervention's source runs and the checkpoints it restores
 
@@ -102,6 +103,12 @@ def finished_trials(client: MlflowClient, experiment_id: str) -> list:
     """Every FINISHED trial run of the experiment (any sweep), newest first."""
     flt = f"{tag_is(keys.TAG_ROLE, keys.ROLE_TRIAL)} and attributes.status = '{_FINISHED}'"
     return search_all(client, [experiment_id], flt, NEWEST)
+
+
+def stopped_early(run) -> bool:
+    """A FINISHED trial run that ASHA (tune_jobs/search.py) stopped before its last epoch: not a full run, so it is
+    neither counted as finished nor averaged or registered with the full ones."""
+    return keys.TAG_STOPPED_EARLY in run.data.tags
 
 
 def checkpoint_epochs(client: MlflowClient, run_id: str) -> dict[int, str]:

@@ -205,7 +205,7 @@ def test_tiny_grid_summary(tiny_grid):
     result, _ = tiny_grid
     table = jobs.summary_table(result.runs)
     assert "resnet18-w4-l2-sn-lg-e2" in table and "gmm AUROC photos" in table
-    assert [line.split()[1:3] for line in table.splitlines()[1:]] == [["2", "0"], ["2", "0"]]
+    assert [line.split()[1:4] for line in table.splitlines()[1:]] == [["2", "0", "0"], ["2", "0", "0"]]
 
 
 def test_tune_results_carry_only_what_tune_uses(tiny_grid):
@@ -326,3 +326,9 @@ def test_search_six_trials(local_ray, sqlite_store):
     assert len(children) == 6 and {r.info.status for r in children} == {"FINISHED"}
     assert len({(r.data.params["lr"], r.data.params["weight_decay"]) for r in children}) == 6
     assert all(keys.ACC_VAL in r.data.metrics for r in children)
+    # ASHA's stops end FINISHED but are not full runs: counted apart in the sweep's tags and the closing table
+    early = sum(keys.TAG_STOPPED_EARLY in r.data.tags for r in children)
+    tags = parents[0].data.tags
+    assert (tags["trials_finished"], tags["trials_stopped_early"]) == (str(6 - early), str(early))
+    rows = [line.split() for line in jobs.summary_table(children).splitlines()[1:]]
+    assert [row[1:3] for row in rows] == [[str(6 - early), str(early)]]

@@ -130,7 +130,7 @@ def collect_candidates(client: MlflowClient, runs: Sequence, metric: str) -> tup
     skipped: dict[str, list[str]] = defaultdict(list)
     for run in runs:  # newest first
         tags, params, name = run.data.tags, run.data.params, run.info.run_name
-        if keys.TAG_STOPPED_EARLY in tags:
+        if runs_query.stopped_early(run):
             skipped["stopped early"].append(name)
             continue
         stored = next((k for k in run.data.metrics if keys.canonical_key(k) == metric), None)  # older layout too

@@ -222,22 +222,26 @@ def _mean_sd(values: list[float]) -> str:
 
 
 def summary_table(runs: list) -> str:
-    """One row per condition: seeds finished / failed / other, test accuracy and GMM AUROC per OoD set (finished
-    runs, last logged value)."""
-    from ncood import tracking
+    """One row per condition: seeds finished / stopped early / failed / other, test accuracy and GMM AUROC per OoD
+    set (runs that finished their epochs, last logged value). A trial ASHA stopped (tune_jobs/search.py) ends its run
+    FINISHED with the tag stopped_early_at_epoch: it is counted apart and kept out of the means, which would
+    otherwise mix epoch-1 accuracies with full runs'."""
+    from ncood import runs_query, tracking
 
     by_cond: dict[str, list] = defaultdict(list)
     for run in runs:
         by_cond[run.data.tags.get(keys.TAG_CONDITION, "?")].append(run)
     ood_sets = list(dict.fromkeys(p[0] for r in runs for k in r.data.metrics
                                   if (p := keys.parse_ood_key(k)) and p[1:] == ("gmm", "auroc")))
-    head = ["condition", "finished", "failed", "other", "test accuracy"] + [f"gmm AUROC {s}" for s in ood_sets]
+    head = ["condition", "finished", "stopped early", "failed", "other", "test accuracy"] + [
+        f"gmm AUROC {s}" for s in ood_sets]
     rows = [head]
     for cond in sorted(by_cond):
         group = by_cond[cond]
-        done = [r for r in group if r.info.status == tracking.FINISHED]
+        ended = [r for r in group if r.info.status == tracking.FINISHED]
+        done = [r for r in ended if not runs_query.stopped_early(r)]
         failed = sum(r.info.status == tracking.FAILED for r in group)
-        row = [cond, str(len(done)), str(failed), str(len(group) - len(done) - failed),
+        row = [cond, str(len(done)), str(len(ended) - len(done)), str(failed), str(len(group) - len(ended) - failed),
                _mean_sd([r.data.metrics[keys.ACC_TEST] for r in done if keys.ACC_TEST in r.data.metrics])]
         for s in ood_sets:
             vals = [r.data.metrics[k] for r in done if (k := keys.ood_key(s, "gmm", "auroc")) in r.data.metrics]

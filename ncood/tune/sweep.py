@@ -20,7 +20,7 @@ import pyarrow.fs as pafs
 import ray
 from ray import tune
 
-from ncood import keys, tracking
+from ncood import keys, runs_query, tracking
 from ncood.tune.cluster import SqliteOnClusterCheck, init_ray, warn_if_sqlite_on_cluster
 from ncood.tune.grid import config_from_tune, make_param_space, trial_dirname, trial_name
 from ncood.tune.status import SweepStatusCallback, best_effort, close_runs
@@ -245,10 +245,12 @@ def run_sweep(settings: SweepSettings, spec: SweepSpec | None = None, *, resume:
     try:
         close_runs(ref, trials, interrupted)  # normally a no-op: SweepStatusCallback did it
         runs = tracking.child_runs(ref)
-        counts = {s: sum(r.info.status == s for r in runs)
+        counts = {s.lower(): sum(r.info.status == s for r in runs)
                   for s in (tracking.FINISHED, tracking.FAILED, tracking.KILLED)}
+        early = sum(r.info.status == tracking.FINISHED and runs_query.stopped_early(r) for r in runs)
+        counts.update(finished=counts["finished"] - early, stopped_early=early)  # ASHA's stops are not full runs
         tracking.set_status(ref, ref.parent_run_id, tracking.KILLED if interrupted else tracking.FINISHED,
-                            {f"trials_{s.lower()}": str(n) for s, n in counts.items()})
+                            {f"trials_{s}": str(n) for s, n in counts.items()})
     except Exception as e:  # noqa: BLE001 - typically the tracking server is down
         raise tracking.TrackingError(
             f"the sweep's trials ended ({statuses.count('ERROR')} of {len(statuses)} in ERROR), but the tracking "
