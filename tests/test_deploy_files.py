@@ -200,3 +200,19 @@ def test_ray_image_copies_what_exists():
             for src in [w for w in line.split()[1:-1] if not w.startswith("--")]:
                 assert (REPO / src).exists(), src
                 assert f"!{src}" in allowed or f"!{src}/" in allowed, f"{src} is not in the build context"
+
+
+# ---- deploy/serving/client.py without a server ---------------------------------------------------------------------
+def _client(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(DEPLOY / "serving" / "client.py"), *argv], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_serving_client_names_a_missing_file_before_any_request(tmp_path):
+    image = tmp_path / "ok.png"
+    image.write_bytes(b"\x89PNG")
+    # port 9 (discard) on loopback: nothing listens, so reaching the request would say "cannot reach" instead
+    proc = _client(str(image), str(tmp_path / "typo.png"), "--url", "http://127.0.0.1:9")
+    assert proc.returncode == 2 and f"not a file: {tmp_path / 'typo.png'}" in proc.stderr, proc.stderr
+    proc = _client(str(image), "--url", "http://127.0.0.1:9")
+    assert proc.returncode == 1 and "cannot reach http://127.0.0.1:9" in proc.stderr, proc.stderr

@@ -73,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=64, help="images per request (the server caps it, default 256)")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     args = p.parse_args(argv)
+    unreadable = [f for f in args.images if not Path(f).is_file()]
+    if unreadable:  # before any request: a typo should not cost the server's time or half a batch
+        p.error(f"not a file: {', '.join(unreadable)}")
     try:
         preds = score_files(args.url, args.images, args.batch)
     except ScoringError as e:
