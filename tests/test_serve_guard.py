@@ -1,13 +1,17 @@
-"""ncood.serve.guard without a server: the nesting depth it computes on raw bytes, and its limits from the
-environment. The guard in front of the real `mlflow models serve` is tested in tests/test_serve.py."""
+"""ncood.serve.guard without a server: the nesting depth it computes on raw bytes, its limits from the
+environment, and the error answers it shortens. The guard in front of the real `mlflow models serve` is tested in
+tests/test_serve.py."""
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 
+import numpy as np
 import pytest
 
-from ncood.serve.guard import REQUEST_LIMITS_ENV, RequestLimits, json_depth
+from ncood.serve.guard import (MAX_ERROR_CHARS, REQUEST_LIMITS_ENV, RequestGuard, RequestLimits, json_depth,
+                               short_error, short_error_body)
 
 
 def _depth(obj) -> int:
@@ -57,3 +61,60 @@ def test_request_limits_from_env():
         RequestLimits.from_env({REQUEST_LIMITS_ENV: '{"max_bytes": 5}'})
     with pytest.raises(ValueError, match="max_body_bytes must be an int >= 1"):
         RequestLimits.from_env({REQUEST_LIMITS_ENV: '{"max_body_bytes": 0}'})
+
+
+def test_short_error_drops_mlflows_copy_of_the_input():
+    reason = "1 of 1 images rejected: row 0: image is about 5889609 bytes, over the cap of 4194304 bytes"
+    data = {"image": np.array(["iVBOR" + "A" * 200_000])}  # what the scoring server parses `inputs` into
+    # the f-strings of mlflow/pyfunc/scoring_server/__init__.py:361 and mlflow/pyfunc/__init__.py:739
+    assert short_error(f"Failed to predict data '{data}'. \nError: {reason}") == reason
+    schema = "['image': string (required)]"
+    missing = "Model is missing inputs ['image']. Note that there were extra inputs: ['img']."
+    enforce = f"Failed to enforce schema of data '{data}' with schema '{schema}'. Error: {missing}"
+    assert short_error(f"Failed to predict data '{data}'. \nError: {enforce}") == \
+        f"Failed to enforce schema of the request with schema '{schema}'. Error: {missing}"
+    assert short_error(reason) == reason  # ncood's own messages and the guard's pass as they are
+    long = "x" * 10 * MAX_ERROR_CHARS
+    cut = short_error(long)
+    assert len(cut) < MAX_ERROR_CHARS + 50 and cut.startswith("x" * 100) and cut.endswith("x" * 100)
+    assert "characters cut" in cut
+    body = json.dumps({"error_code": "INVALID_PARAMETER_VALUE", "message": f"Failed to predict data '{data}'. "
+                       f"\nError: {reason}", "sqlstate": "KAM00"}).encode()
+    assert json.loads(short_error_body(body)) == {"error_code": "INVALID_PARAMETER_VALUE", "message": reason,
+                                                  "sqlstate": "KAM00"}
+    assert short_error_body(b"Request processing time exceeded limit") == b"Request processing time exceeded limit"
+
+
+def _through_guard(status: int, chunks: list[bytes]) -> list[dict]:
+    """The ASGI messages a client gets when an app answers `status` with a JSON body sent in `chunks`."""
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(sum(map(len, chunks))).encode())]})
+        for i, chunk in enumerate(chunks):
+            await send({"type": "http.response.body", "body": chunk, "more_body": i < len(chunks) - 1})
+
+    async def receive():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "headers": [(b"content-type", b"application/json")]}
+    asyncio.run(RequestGuard(app, RequestLimits())(scope, receive, send))
+    return sent
+
+
+def test_guard_shortens_error_answers_and_passes_the_rest():
+    body = json.dumps({"error_code": "INVALID_PARAMETER_VALUE",
+                       "message": "Failed to predict data '" + "A" * 100_000 + "'. \nError: row 0: bad"}).encode()
+    start, *rest = _through_guard(400, [body[:1000], body[1000:50_000], body[50_000:]])  # streamed in parts
+    short = b"".join(m["body"] for m in rest)
+    assert start["status"] == 400 and json.loads(short)["message"] == "row 0: bad"
+    assert dict(start["headers"])[b"content-length"] == str(len(short)).encode()
+    ok = json.dumps({"predictions": [{"note": "Failed to predict data 'x'. \nError: y"}]}).encode()
+    sent = _through_guard(200, [ok[:10], ok[10:]])  # a success: the same messages, not buffered
+    assert [m.get("body") for m in sent[1:]] == [ok[:10], ok[10:]] and sent[0]["status"] == 200

@@ -1,7 +1,8 @@
 """Serving: request decoding (decoding.py), the OoD scorer (scorer.py), its MLflow pyfunc wrapper (pyfunc.py),
 packaging a finished trial as that model (package.py), `ncood register` (register.py; its flags in cli.py) and
-`ncood serve` (server.py). Deployment notes and clients live in deploy/serving/. The names below load their module
-on first use (PEP 562): `ncood register --help` and `ncood serve --help` answer without importing torch or MLflow.
+`ncood serve` (server.py; the checks it makes before starting: preflight.py). Deployment notes and clients live in
+deploy/serving/. The names below load their module on first use (PEP 562): `ncood register --help` and `ncood serve
+--help` answer without importing torch or MLflow.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Request limits in front of MLflow's scoring server: bad input gets a 4xx before MLflow's parser sees it.
+"""Request limits in front of MLflow's scoring server: bad input gets a 4xx before MLflow's parser sees it, and
+MLflow's own error answers come back without a copy of the request.
 
 Why this exists: MLflow 3.17's scoring server (`mlflow models serve`: FastAPI under uvicorn, the app built by
 `mlflow.pyfunc.scoring_server.init`) reads the whole body and calls `json.loads` on it; a deeply nested body
@@ -19,10 +20,25 @@ ASGI middleware. It checks every request with a body before passing it on unchan
   then the running count of `[{` minus `]}`): no recursion, so no depth can crash it. An ncood request is 4 levels
   deep ({"dataframe_split": {"data": [["..."]]}}); the default allows 32.
 
+MLflow's error responses are shortened on their way back (`short_error`). The scoring server prefixes every
+MlflowException that `predict` raises with a repr of the whole parsed input (`Failed to predict data '<repr>'.
+Error: <reason>`, mlflow/pyfunc/scoring_server/__init__.py:361); for the `inputs` and `instances` forms that is a
+numpy repr holding every base64 string in full (a 5.9 MB PNG over the byte cap gave a 7.8 MB HTTP 400), while pandas
+cuts a DataFrame's repr (`dataframe_split`: 351 bytes). The guard keeps only <reason> (ncood's message, unchanged and
+the same in every request form), replaces the data echo of a schema-enforcement failure (`Failed to enforce schema
+of data '<repr>' with schema ...`, mlflow/pyfunc/__init__.py:739) by "the request", and cuts any string still over
+MAX_ERROR_CHARS in the middle. The status and the other headers pass unchanged; successful responses are not
+touched. (MLflow still builds the repr in memory before the guard sees it: it has no setting to skip it.)
+
 Errors use MLflow's JSON error shape ({"error_code": ..., "message": ...}). Limits come from the environment
 variable NCOOD_REQUEST_LIMITS, e.g. NCOOD_REQUEST_LIMITS='{"max_body_bytes": 268435456}' (read once at start-up;
 an invalid value stops the server with the reason). `ncood.serve.server.local_server` and the command `ncood
 register` prints set UVICORN_HTTP. Nothing of MLflow is patched: the app object it builds is only wrapped.
+
+Which copy of this module runs: with one worker (`-w 1`, the default) uvicorn imports the app before the protocol
+class (uvicorn/main.py `config.load_app()`), and loading the model puts its code/ folder (the ncood it was logged
+with, ncood.serve.package) first on sys.path, so the guard of the *served model's* ncood runs, not this checkout's;
+a change here reaches models logged after it.
 """
 from __future__ import annotations
 
@@ -105,8 +121,66 @@ async def _reject(send: Send, status: int, code: str, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+# MLflow 3.17's wrappers around a failed predict's message (the module docstring has where they come from).
+_PREDICT_ECHO = ("Failed to predict data '", "'. \nError: ")  # prefix ... separator; the reason follows
+_SCHEMA_ECHO = ("Failed to enforce schema of data '", "' with schema '")
+MAX_ERROR_CHARS = 4000  # ncood's longest reason (10 rows named, each in a sentence) is well under this
+
+
+def short_error(message: str) -> str:
+    """An MLflow error message without its copy of the request's data (see the module docstring)."""
+    start, sep = _PREDICT_ECHO
+    if message.startswith(start) and sep in message:
+        # the last separator: the reason (ncood's message or MLflow's schema message) holds none
+        message = message[message.rindex(sep) + len(sep):]
+    start, sep = _SCHEMA_ECHO
+    if message.startswith(start) and sep in message:
+        message = "Failed to enforce schema of the request" + message[message.rindex(sep) + 1:]
+    if len(message) > MAX_ERROR_CHARS:  # a reason that still echoes input: keep its start and its end
+        half = MAX_ERROR_CHARS // 2
+        message = f"{message[:half]} ... [{len(message) - 2 * half} characters cut] ... {message[-half:]}"
+    return message
+
+
+def short_error_body(body: bytes) -> bytes:
+    """A JSON error body with every string value through short_error; any other body unchanged."""
+    try:
+        error = json.loads(body)
+    except ValueError:  # not JSON (e.g. MLflow's plain-text 504): nothing of the request in it
+        return body
+    if not isinstance(error, dict):
+        return body
+    return json.dumps({k: short_error(v) if isinstance(v, str) else v for k, v in error.items()}).encode()
+
+
+def _short_errors(send: Send) -> Send:
+    """A send callable that passes responses under 400 through as they come and holds an error response until its
+    body is complete, then sends it through short_error_body with a Content-Length to match."""
+    held: list[dict] = []  # the error's http.response.start
+    body = bytearray()
+
+    async def send_short(message: dict) -> None:
+        if message["type"] == "http.response.start" and message["status"] >= 400:
+            held.append(message)
+            return
+        if not held or message["type"] != "http.response.body":
+            return await send(message)
+        body.extend(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        start = held.pop()
+        headers = [(k, v) for k, v in start.get("headers") or [] if k.lower() != b"content-length"]
+        is_json = any(k.lower() == b"content-type" and v.lower().startswith(b"application/json") for k, v in headers)
+        short = short_error_body(bytes(body)) if is_json else bytes(body)
+        await send({**start, "headers": [*headers, (b"content-length", str(len(short)).encode())]})
+        await send({"type": "http.response.body", "body": short})
+
+    return send_short
+
+
 class RequestGuard:
-    """ASGI middleware: buffers a request's body within `limits`, checks it, then hands the same bytes to `app`."""
+    """ASGI middleware: buffers a request's body within `limits`, checks it, then hands the same bytes to `app`;
+    error responses come back through short_error_body."""
 
     def __init__(self, app: Callable, limits: RequestLimits) -> None:
         self.app, self.limits = app, limits
@@ -140,7 +214,7 @@ class RequestGuard:
                 return await _reject(send, 400, "INVALID_PARAMETER_VALUE",
                                      f"JSON nested {depth} levels deep, over the cap of {self.limits.max_json_depth}; "
                                      'send {"dataframe_split": {"columns": ["image"], "data": [["<base64>"], ...]}}')
-        await self.app(scope, _replay(bytes(body), receive), send)
+        await self.app(scope, _replay(bytes(body), receive), _short_errors(send))
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
