@@ -110,6 +110,15 @@ def sqlite_path(tracking_uri: str) -> Path | None:
     return Path(tracking_uri[len("sqlite:///"):]) if tracking_uri.startswith("sqlite:///") else None
 
 
+def existing_store(uri: str | None) -> str:
+    """resolve_tracking_uri for commands that only read (register, aggregate): a sqlite file that is not there is a
+    TrackingError, because MLflow would create it, empty, with its folders, and then find nothing in it."""
+    uri = resolve_tracking_uri(uri)
+    if (db := sqlite_path(uri)) is not None and not db.is_file():
+        raise TrackingError(f"no MLflow store at {db}; pass --tracking-uri of the store the sweep logged to")
+    return uri
+
+
 @contextlib.contextmanager
 def _exclusive(db: Path) -> Iterator[None]:
     """One process at a time (flock on `<db>.lock`): MLflow creates a new database's schema with migrations that

@@ -284,10 +284,16 @@ def test_ncood_register_subcommand_sets_the_alias_on_the_chosen_run(registered, 
     from ncood.cli import main
 
     reg, _ = registered
+    client = MlflowClient(store[0])
+    versions = len(client.search_model_versions("name = 'ncood-ood-scorer'"))
     assert main(["register", "--experiment", EXPERIMENT, "--tracking-uri", store[0], "--alias", "cli"]) == 0
-    assert "models:/ncood-ood-scorer@cli" in capsys.readouterr().out
-    mv = MlflowClient(store[0]).get_model_version_by_alias("ncood-ood-scorer", "cli")
+    out = capsys.readouterr().out
+    assert "models:/ncood-ood-scorer@cli" in out
+    mv = client.get_model_version_by_alias("ncood-ood-scorer", "cli")
     assert mv.run_id == reg.choice.run.run_id
+    # the same model registered again: the alias points at its version, no copy is added
+    assert str(mv.version) == reg.version and f"version {reg.version} already holds this model" in out
+    assert len(client.search_model_versions("name = 'ncood-ood-scorer'")) == versions
     assert main(["register", "--experiment", "no-such-experiment", "--tracking-uri", store[0]]) == 2
     assert "no MLflow experiment 'no-such-experiment'" in capsys.readouterr().err
 
@@ -413,6 +419,38 @@ def test_server_rejects_bad_input_and_keeps_serving(server, images):
     assert status == 200 and len(json.loads(text)["predictions"]) == 1
 
 
+def _request_forms(column: str, cells: list[str]) -> dict[str, dict]:
+    """One request in each JSON form MLflow's scoring server accepts."""
+    return {"dataframe_split": {"dataframe_split": {"columns": [column], "data": [[c] for c in cells]}},
+            "dataframe_records": {"dataframe_records": [{column: c} for c in cells]},
+            "inputs": {"inputs": {column: cells}},
+            "instances": {"instances": [{column: c} for c in cells]}}
+
+
+def test_server_errors_are_short_in_every_request_form(server, images):
+    """MLflow prefixes a failed predict's message with a repr of the whole input (scoring_server/__init__.py:361),
+    in full for the `inputs`/`instances` forms (numpy): a 77 kB image over the cap gave a ~100 kB error. Every form
+    now answers ncood's reason alone, the same text, in a small body (ncood.serve.guard.short_error)."""
+    good = images[1][0]
+    noisy = encode_png(np.random.default_rng(0).integers(0, 256, (160, 160, 3), dtype=np.uint8))  # ~77 kB
+    cases = {  # cells -> the whole message
+        "too many bytes": ([noisy], f"1 of 1 images rejected: row 0: image is about {len(noisy) * 3 // 4} bytes, "
+                                    f"over the cap of {LIMITS['max_image_bytes']} bytes"),
+        "too many images": ([good] * 41, "too many images: 41 in one request, the cap is 40; split the batch"),
+    }
+    for name, (cells, expected) in cases.items():
+        for form, body in _request_forms("image", cells).items():
+            status, text = _request(server + "/invocations", body)
+            assert status == 400, f"{name}, {form}: HTTP {status} {text[:300]}"
+            assert json.loads(text)["message"] == expected, f"{name}, {form}: {text[:300]} ... {text[-300:]}"
+            assert len(text) < 500, f"{name}, {form}: a {len(text)}-byte answer"
+    for form, body in _request_forms("img", [noisy]).items():  # MLflow's schema check, its data echo cut
+        status, text = _request(server + "/invocations", body)
+        message = json.loads(text)["message"]
+        assert status == 400 and message.startswith("Failed to enforce schema of the request with schema"), text[:300]
+        assert "missing inputs ['image']" in message and len(text) < 500, f"{form}: {len(text)} bytes"
+    status, text = _request(server + "/invocations", {"inputs": {"image": [good]}})  # successes pass unchanged
+    assert status == 200 and len(json.loads(text)["predictions"]) == 1
 
 
 def _raw_request(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:

@@ -42,7 +42,8 @@ def _post(url: str, body: dict, timeout: float) -> dict:
         text = e.read().decode(errors="replace")
         try:
             message = json.loads(text)["message"]
-            message = message.split("\nError: ", 1)[-1]  # MLflow prefixes the input's repr; keep our part
+            # MLflow prefixes the input's repr; keep our part (the request guard already cuts it: older models)
+            message = message.split("\nError: ", 1)[-1]
         except (ValueError, KeyError):
             message = text
         raise ScoringError(e.code, message) from None

@@ -162,7 +162,7 @@ def aggregate_intervention(tracking_uri: str | None, experiment: str, *, parent_
                            echo: Callable[[str], None] | None = print) -> InterventionResult:
     """Tables + figures of one NC intervention sweep (the newest in `experiment` unless `parent_run_id`)."""
     echo = echo or (lambda _: None)
-    uri = tracking.resolve_tracking_uri(tracking_uri)
+    uri = tracking.existing_store(tracking_uri)
     client = MlflowClient(uri)
     exp_id, exp_name = find_experiment(client, experiment)
     if parent_run_id is None:

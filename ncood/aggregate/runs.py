@@ -172,7 +172,7 @@ def _expected(params: dict[str, str], runs: pd.DataFrame) -> tuple[list[str], li
 def load_sweep(tracking_uri: str | None, experiment: str | None = None, parent_run_id: str | None = None,
                experiment_id: str | None = None) -> SweepData:
     """Read a sweep: `experiment` (name or id) or `experiment_id`; `parent_run_id` or the newest sweep in it."""
-    uri = tracking.resolve_tracking_uri(tracking_uri)
+    uri = tracking.existing_store(tracking_uri)
     client = MlflowClient(uri)
     if experiment_id is None:
         if experiment is None:

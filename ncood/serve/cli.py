@@ -51,13 +51,22 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Replace this process with `mlflow models serve --env-manager local` (ncood.serve.server.serve_env: this
-    venv's bin on PATH, MLFLOW_TRACKING_URI, ncood's request limits), so it works from .venv/bin/ncood unactivated."""
+    venv's bin on PATH, MLFLOW_TRACKING_URI, ncood's request limits), so it works from .venv/bin/ncood unactivated.
+    First the store, the model and the port are checked (ncood.serve.preflight): a problem there is one line and
+    exit status 2, with nothing created and no address printed."""
     import os
 
+    from ncood.serve.preflight import ServeError, check_model, check_port
     from ncood.serve.server import serve_args, serve_env
-    from ncood.tracking import resolve_tracking_uri
+    from ncood.tracking import TrackingError, resolve_tracking_uri
 
-    uri = resolve_tracking_uri(args.tracking_uri)
+    try:
+        uri = resolve_tracking_uri(args.tracking_uri)
+        check_model(args.model_uri, uri)
+        check_port(args.host, args.port)  # last: the shortest time between this check and uvicorn's own bind
+    except (ServeError, TrackingError) as e:
+        print(f"ncood serve: {e}", file=sys.stderr)
+        return 2
     argv = serve_args(args.model_uri, args.port, args.workers, args.host)
     print(f"ncood serve: {args.model_uri} from {uri} on http://{args.host}:{args.port} "
           f"(try: curl -s http://{args.host}:{args.port}/ping)", flush=True)

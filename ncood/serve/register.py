@@ -170,8 +170,9 @@ def scorer_model_id(client: MlflowClient, run_id: str) -> str:
 def register_best(experiment: str, *, metric: str | None = None, alias: str = DEFAULT_ALIAS,
                   tracking_uri: str | None = None, model_name: str = MODEL_NAME,
                   mode: str | None = None) -> Registration:
-    """Choose (see the module docstring), register the chosen run's `ood_scorer` as a new version, set `alias`."""
-    uri = tracking.resolve_tracking_uri(tracking_uri)
+    """Choose (see the module docstring), register the chosen run's `ood_scorer` as a new version (unless a version
+    already holds that model: registering twice adds no copy), set `alias` to it."""
+    uri = tracking.existing_store(tracking_uri)
     client = MlflowClient(uri)
     try:
         exp = runs_query.experiment(client, experiment)
@@ -195,13 +196,23 @@ def register_best(experiment: str, *, metric: str | None = None, alias: str = DE
               "ncood.condition_mean": f"{best.mean:.6g}", "ncood.n_seeds": str(len(best.runs)),
               "ncood.seed": str(choice.run.seed), "ncood.seed_value": f"{choice.run.value:.6g}",
               "ncood.experiment": experiment}
-    with process_tracking_uri(uri):  # the sqlite registry looks the LoggedModel up through the global URI
-        mv = client.create_model_version(
-            model_name, source=f"models:/{model_id}", run_id=choice.run.run_id, model_id=model_id, tags=reason,
-            description=f"median seed ({choice.run.seed}) of the best condition {best.condition} by mean {metric} "
-                        f"over {len(best.runs)} seeds in experiment {experiment}")
-    client.set_registered_model_alias(model_name, alias, mv.version)
-    return Registration(choice, experiment, uri, model_name, str(mv.version), alias, model_id, tuple(notes))
+    version = _version_holding(client, model_name, model_id)
+    if version is None:
+        with process_tracking_uri(uri):  # the sqlite registry looks the LoggedModel up through the global URI
+            version = str(client.create_model_version(
+                model_name, source=f"models:/{model_id}", run_id=choice.run.run_id, model_id=model_id, tags=reason,
+                description=f"median seed ({choice.run.seed}) of the best condition {best.condition} by mean "
+                            f"{metric} over {len(best.runs)} seeds in experiment {experiment}").version)
+    else:  # registering again (e.g. `ncood register` after the job registered): the alias moves, no copy is added
+        notes.append(f"{model_name} version {version} already holds this model: no new version")
+    client.set_registered_model_alias(model_name, alias, version)
+    return Registration(choice, experiment, uri, model_name, version, alias, model_id, tuple(notes))
+
+
+def _version_holding(client: MlflowClient, model_name: str, model_id: str) -> str | None:
+    """The version of `model_name` registered from the LoggedModel `model_id`, if one is (the newest)."""
+    held = [mv for mv in client.search_model_versions(f"name = '{model_name}'") if mv.source == f"models:/{model_id}"]
+    return str(max(int(mv.version) for mv in held)) if held else None
 
 
 def serve_command(reg: Registration, port: int = DEFAULT_PORT) -> str:
