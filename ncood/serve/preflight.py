@@ -81,17 +81,23 @@ def _missing(e: Exception) -> bool:
     return getattr(e, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
 
 
-def _check_run(client, model_uri: str, tracking_uri: str) -> None:
+def _require(lookup, missing: str) -> None:
+    """lookup() (an MLflow get); ServeError(missing) when MLflow says that thing does not exist (other errors of
+    the store propagate to check_model)."""
     from mlflow.exceptions import MlflowException
 
-    run_id = model_uri[len("runs:/"):].split("/")[0]
     try:
-        client.get_run(run_id)
+        lookup()
     except MlflowException as e:
         if not _missing(e):
             raise
-        raise ServeError(f"no run {run_id!r} in {tracking_uri} ({model_uri}); pass --tracking-uri of the store "
-                         f"that holds it, or serve a registered model: --model-uri models:/{MODEL_NAME}@champion")
+        raise ServeError(missing) from None
+
+
+def _check_run(client, model_uri: str, tracking_uri: str) -> None:
+    run_id = model_uri[len("runs:/"):].split("/")[0]
+    _require(lambda: client.get_run(run_id), f"no run {run_id!r} in {tracking_uri} ({model_uri}); pass --tracking-uri "
+             f"of the store that holds it, or serve a registered model: --model-uri models:/{MODEL_NAME}@champion")
 
 
 def _check_registered(client, model_uri: str, tracking_uri: str) -> None:
@@ -99,13 +105,8 @@ def _check_registered(client, model_uri: str, tracking_uri: str) -> None:
 
     name, alias, suffix = _parse_models_uri(model_uri)
     if alias is None and suffix is None:  # models:/<logged model id>
-        try:
-            client.get_logged_model(name)
-        except MlflowException as e:
-            if not _missing(e):
-                raise
-            raise ServeError(f"no logged model {name!r} in {tracking_uri} ({model_uri}); pass --tracking-uri of the "
-                             f"store that holds it, or --model-uri models:/{MODEL_NAME}@champion") from None
+        _require(lambda: client.get_logged_model(name), f"no logged model {name!r} in {tracking_uri} ({model_uri}); "
+                 f"pass --tracking-uri of the store that holds it, or --model-uri models:/{MODEL_NAME}@champion")
         return
     try:
         model = client.get_registered_model(name)
