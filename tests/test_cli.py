@@ -97,7 +97,10 @@ def test_one_boolean_spelling():
     with pytest.raises(SystemExit):
         parse("--no-l2")
     grid = load_job("ablation").build_parser()
-    assert grid.parse_args(["--l2", "off", "on", "--download", "on"]).l2 == ["off", "on"]
+    from ncood.tune import jobs
+
+    assert jobs.overrides_from_args(grid.parse_args(["--l2", "off", "on", "--download", "on"]))["l2"] == [False, True]
+    assert jobs.overrides_from_args(grid.parse_args(["--l2", "off,on"]))["l2"] == [False, True]
     assert grid.parse_args(["--download", "on"]).download is True
     assert grid.parse_args(["--compile"]).compile is True
     with pytest.raises(SystemExit):
