@@ -26,8 +26,8 @@ def _config_from_args(args: argparse.Namespace) -> TrialConfig:
 
 
 def _check_folder(flag: str, path: Path) -> None:
-    """A folder flag whose path is, or lies under, an existing file: refused before training, naming the file (the
-    write would fail only after the epochs, or the data loader with NotADirectoryError)."""
+    """A folder flag whose path is, or lies under, an existing file: refused before training, naming the file
+    (otherwise the data loader fails with NotADirectoryError, or the first epoch's checkpoint write does)."""
     for p in (path, *path.parents):
         if p.exists():
             if not p.is_dir():
@@ -42,7 +42,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)
     out = Path(args.out or f"runs/{cfg.condition}-s{cfg.seed}").resolve()
     _check_folder("--out", out)
-    _check_folder("--data-root", Path(cfg.data_root))
+    _check_folder("--data-root" if args.data_root else "$NCOOD_DATA_ROOT", Path(cfg.data_root))
     print(f"ncood train: {cfg.condition} seed {cfg.seed} on {cfg.dataset} (OoD: {', '.join(cfg.ood_sets)}) -> {out}")
     summary = run_trial(cfg, out, resume=args.resume, progress=not args.no_progress)
     print(format_results(summary["final"]))

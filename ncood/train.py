@@ -234,8 +234,8 @@ class Trainer:
         if saved.condition != self.cfg.condition or saved.seed != self.cfg.seed:
             # Another trial's checkpoint (e.g. the same folder trained with other --epochs): refused, and kept.
             raise ConfigError(f"the checkpoint is for {saved.condition} seed {saved.seed}, not {self.cfg.condition} "
-                              f"seed {self.cfg.seed}; train this trial in another --out folder (that checkpoint is "
-                              "left as it is)")
+                              f"seed {self.cfg.seed}; train this trial in another folder (ncood train --out; that "
+                              "checkpoint is left as it is)")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -149,6 +149,31 @@ def test_data_check_passes_what_the_trials_can_load(tmp_path, monkeypatch):
         jobs.check_data(*grid_conditions("tmlr_tinyimagenet", {"data_root": str(root)}))
 
 
+def test_data_check_on_a_cluster_only_warns(tmp_path, monkeypatch, capsys):
+    """With RAY_ADDRESS the trials read the workers' disks, which the driver may not see: a warning naming the
+    sets, and the sweep goes on."""
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    jobs.check_data(*grid_conditions("table1", {"data_root": str(tmp_path / "data")}))
+    err = capsys.readouterr().err
+    assert "warning: the driver does not see these datasets" in err and "dataset 'cifar10' not found" in err
+
+
+def test_summary_table_keeps_early_stops_out_of_finished_and_the_means(tmp_store):
+    """Real runs in a sqlite store: a full run, one ASHA stopped (FINISHED, tagged), one failed."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tmp_store)
+    exp = client.create_experiment("search")
+    for accuracy, status, tags in ((0.9, "FINISHED", {}), (0.1, "FINISHED", {keys.TAG_STOPPED_EARLY: "1"}),
+                                   (0.2, "FAILED", {})):
+        run = client.create_run(exp, tags={keys.TAG_CONDITION: "c", **tags})
+        client.log_metric(run.info.run_id, keys.ACC_TEST, accuracy)
+        client.set_terminated(run.info.run_id, status)
+    runs = client.search_runs([exp])
+    row = jobs.summary_table(runs).splitlines()[1].split()
+    assert row[:5] == ["c", "1", "1", "1", "0"] and row[5] == "0.9000", row  # finished, early, failed, other, mean
+
+
 # ---- local Ray -----------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_grid(local_ray, sqlite_store):

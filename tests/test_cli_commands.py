@@ -100,5 +100,5 @@ def test_train_resume_from_another_trials_checkpoint_is_refused_and_keeps_it(tmp
     capsys.readouterr()
     assert main([*flags, "--epochs", "2", "--resume"]) == 2
     err = capsys.readouterr().err
-    assert "checkpoint is for resnet18-w4" in err and "-e1 seed 1, not" in err and "another --out folder" in err
+    assert "checkpoint is for resnet18-w4" in err and "-e1 seed 1, not" in err and "another folder (ncood train --out" in err
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == saved

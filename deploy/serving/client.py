@@ -42,7 +42,8 @@ def _post(url: str, body: dict, timeout: float) -> dict:
         text = e.read().decode(errors="replace")
         try:
             message = json.loads(text)["message"]
-            # MLflow prefixes the input's repr; keep our part (the request guard already cuts it: older models)
+            # MLflow prefixes the input's repr; keep our part (the request guard cuts it for models logged with this
+            # ncood or later; this handles older ones)
             message = message.split("\nError: ", 1)[-1]
         except (ValueError, KeyError):
             message = text
@@ -74,11 +75,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=64, help="images per request (the server caps it, default 256)")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     args = p.parse_args(argv)
-    unreadable = [f for f in args.images if not Path(f).is_file()]
-    if unreadable:  # before any request: a typo should not cost the server's time or half a batch
-        p.error(f"not a file: {', '.join(unreadable)}")
+    missing = [f for f in args.images if not Path(f).exists() or Path(f).is_dir()]  # pipes (/dev/stdin) pass
+    if missing:  # before any request: a typo should not cost the server's time or half a batch
+        p.error(f"not a file: {', '.join(missing)}")
     try:
-        preds = score_files(args.url, args.images, args.batch)
+        images = [Path(f).read_bytes() for f in args.images]
+    except OSError as e:  # e.g. a file it may not read
+        print(f"cannot read {e.filename}: {e.strerror}", file=sys.stderr)
+        return 2
+    try:
+        preds = score_bytes(args.url, images, args.batch)
     except ScoringError as e:
         print(f"rejected: {e}", file=sys.stderr)
         return 1

@@ -305,7 +305,7 @@ def l2_effect_table(runs: pd.DataFrame, used: pd.DataFrame, conditions: Sequence
             rows.append(row)
             disp.append({"L2 condition": cond, "no-L2 twin": twin, "metric": label, "n": f"{a.size} vs {b.size}",
                          "mean L2": fmt(row["mean_l2"]), "mean no L2": fmt(row["mean_nol2"]),
-                         "diff": _signed(diff), "95% CI": f"[{_signed(lo)}, {_signed(hi)}]",
+                         "diff": _signed(diff), "95% CI": f"[{_signed(lo)}, {_signed(hi)}]" if np.isfinite(lo) else DASH,
                          "Welch p": DASH if not np.isfinite(p) else f"{p:.3g}",
                          "min L2": fmt(row["min_l2"]), "min no L2": fmt(row["min_nol2"]),
                          "worst-seed gap": _signed(gap)})

@@ -172,8 +172,12 @@ def check_files(root: Path, as_id: bool = True) -> None:
     package to link them from; else DatasetNotFoundError naming the install and link commands. ID and OoD use
     (as_id) read the same four files."""
     if not (is_linked(root) or source_complete(DEBIAN_DIR)):
-        raise DatasetNotFoundError.build("fashion_mnist", root, expected_files(root),
-                                         detail=_missing_detail(root, DEBIAN_DIR))
+        raise _not_found(root)
+
+
+def _not_found(root: Path) -> DatasetNotFoundError:
+    return DatasetNotFoundError.build("fashion_mnist", root, expected_files(root),
+                                      detail=_missing_detail(root, DEBIAN_DIR))
 
 
 def ensure_files(root: Path, download: bool) -> None:
@@ -187,7 +191,7 @@ def ensure_files(root: Path, download: bool) -> None:
         print(f"ncood: linked {result.describe()}", file=sys.stderr)
         return
     if not download:
-        check_files(root)  # neither there nor linkable: raises, naming the install and link commands
+        raise _not_found(root)
     for path, md5 in files:  # torchvision only checks that the files exist: clear damaged ones so it fetches anew
         if path.exists() and not check_integrity(path, md5):
             path.unlink()

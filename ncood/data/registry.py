@@ -94,10 +94,17 @@ class DatasetEntry:
 DATASETS: dict[str, DatasetEntry] = {}  # the one dataset registry, filled by @register_dataset
 
 
-def register_dataset(info: DatasetInfo, check: FileCheck | None = None) -> Callable[[Loader], Loader]:
-    """Decorator: file `fn` under `info.name`. A new dataset is one decorated function and nothing else; a set read
-    from files under the data root also passes `check`, built from the file list its loader reads (require_files),
-    so that a job can find missing data before it starts any trial (check_available)."""
+Files = Callable[[Path, bool], list[tuple[Path, str | None]]]  # (data root, as_id) -> (path, md5 or None) to find
+
+
+def register_dataset(info: DatasetInfo, *, files: Files | None = None,
+                     check: FileCheck | None = None) -> Callable[[Loader], Loader]:
+    """Decorator: file `fn` under `info.name`. A new dataset is one decorated function; a set read from files under
+    the data root also names them, so that a job finds missing data before it starts any trial (check_available):
+    `files(root, as_id)`, the list its loader checks too (require_files), or `check(root, as_id)` when finding
+    them is more than a list (Fashion-MNIST: linkable from Debian's package)."""
+    if files is not None:
+        check = lambda root, as_id: require_files(info.name, root, files(root, as_id))  # noqa: E731
 
     def decorate(fn: Loader) -> Loader:
         if info.name in DATASETS:

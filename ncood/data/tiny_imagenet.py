@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ncood.data.registry import DatasetInfo, DatasetNotFoundError, IDData, RawImages, register_dataset, require_files
+from ncood.data.registry import (DatasetInfo, DatasetNotFoundError, IDData, RawImages, register_dataset,
+                                 require_files)
 from ncood.data.torchvision_sets import CIFAR_RECIPE
 
 TINY_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
@@ -49,7 +50,7 @@ def _files(root: Path, labelled: bool) -> list[tuple[Path, None]]:
                f"<data-root>/tiny-imagenet-200/val/val_annotations.txt exist.",
     default_ood=("svhn", "cifar100", "noise", "scrambled"),  # TMLR Table 6: SVHN, CIFAR-100
     flip=True, **CIFAR_RECIPE,
-), check=lambda root, as_id: require_files("tinyimagenet", root, _files(root, as_id)))
+), files=_files)
 def load_tinyimagenet(root: Path, split: str, *, download: bool, like: IDData | None, seed: int) -> RawImages:
     base = root / "tiny-imagenet-200"
     annotations, wnids_file = base / "val" / "val_annotations.txt", base / "wnids.txt"

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from ncood.data.registry import (
-    DatasetInfo, DatasetNotFoundError, IDData, RawImages, check_integrity, register_dataset, require_files, resize_images,
-    torchvision_datasets,
+    DatasetInfo, DatasetNotFoundError, IDData, RawImages, check_integrity, register_dataset, require_files,
+    resize_images, torchvision_datasets,
 )
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # docs/method.md#normalization: used for every dataset of the CIFAR benchmark
@@ -75,10 +75,6 @@ def _cifar_loader(class_name: str, name: str):
     return load
 
 
-def _cifar_check(class_name: str, name: str):
-    return lambda root, as_id: require_files(name, root, _cifar_files(class_name, root))
-
-
 def _parts(as_id: bool) -> tuple[str, ...]:
     """The parts a loader reads: ID use the train and test parts, OoD use the test part (load_ood)."""
     return ("train", "test") if as_id else ("test",)
@@ -90,7 +86,7 @@ register_dataset(DatasetInfo(
     how_to_get=f"download=True fetches {CIFAR_SOURCES['CIFAR10'][0]} into the data root and extracts it to "
                f"<data-root>/{CIFAR_SOURCES['CIFAR10'][1]}/; or download and extract that archive there yourself.",
     default_ood=("svhn", "cifar100") + _FAR_AND_GENERATED, flip=True, **CIFAR_RECIPE,
-), check=_cifar_check("CIFAR10", "cifar10"))(_cifar_loader("CIFAR10", "cifar10"))
+), files=lambda root, as_id: _cifar_files("CIFAR10", root))(_cifar_loader("CIFAR10", "cifar10"))
 
 register_dataset(DatasetInfo(
     name="cifar100", num_classes=100, can_be_id=True, image_shape=(3, 32, 32),
@@ -99,7 +95,7 @@ register_dataset(DatasetInfo(
     how_to_get=f"download=True fetches {CIFAR_SOURCES['CIFAR100'][0]} into the data root and extracts it to "
                f"<data-root>/{CIFAR_SOURCES['CIFAR100'][1]}/; or download and extract that archive there yourself.",
     default_ood=("svhn", "cifar10") + _FAR_AND_GENERATED, flip=True, **CIFAR_RECIPE,
-), check=_cifar_check("CIFAR100", "cifar100"))(_cifar_loader("CIFAR100", "cifar100"))
+), files=lambda root, as_id: _cifar_files("CIFAR100", root))(_cifar_loader("CIFAR100", "cifar100"))
 
 
 @register_dataset(DatasetInfo(
@@ -110,7 +106,7 @@ register_dataset(DatasetInfo(
     default_ood=("cifar10", "cifar100") + _FAR_AND_GENERATED,
     flip=False,  # mirrored house numbers change meaning
     **CIFAR_RECIPE,
-), check=lambda root, as_id: require_files("svhn", root, _svhn_files(root, _parts(as_id))))
+), files=lambda root, as_id: _svhn_files(root, _parts(as_id)))
 def load_svhn(root: Path, split: str, *, download: bool, like: IDData | None, seed: int) -> RawImages:
     datasets = torchvision_datasets()
     ds = _construct("svhn", root, _svhn_files(root, (split,)),
@@ -148,7 +144,7 @@ GTSRB_URL = "https://sid.erda.dk/public/archives/daaeac0d7ce1152aea9b61d9f1e1937
     default_ood=("svhn", "cifar100", *_FAR_AND_GENERATED),
     flip=False,  # mirrored signs change meaning (keep left / keep right, turn left / turn right)
     **CIFAR_RECIPE,
-), check=lambda root, as_id: require_files("gtsrb", root, _gtsrb_files(root, _parts(as_id))))
+), files=lambda root, as_id: _gtsrb_files(root, _parts(as_id)))
 def load_gtsrb(root: Path, split: str, *, download: bool, like: IDData | None, seed: int) -> RawImages:
     files = _gtsrb_files(root, (split,))
     needed = [path for path, _ in files]

@@ -11,7 +11,8 @@
    an odd count and the lower of the two middle values for an even count. Not the best seed: a champion that is
    typical of its condition, not a lucky draw (the papers report 15 seeds for that reason, docs/method.md#seeds).
 4. Its logged model `ood_scorer` becomes a new version of the registered model `ncood-ood-scorer` (tagged with the
-   reason) and gets the alias, which `mlflow models serve -m models:/ncood-ood-scorer@champion` then serves.
+   reason) and gets the alias, which `mlflow models serve -m models:/ncood-ood-scorer@champion` then serves. A
+   model registered before keeps its version: the alias moves to it and its reason tags are this choice's.
 """
 from __future__ import annotations
 
@@ -204,6 +205,8 @@ def register_best(experiment: str, *, metric: str | None = None, alias: str = DE
                 description=f"median seed ({choice.run.seed}) of the best condition {best.condition} by mean "
                             f"{metric} over {len(best.runs)} seeds in experiment {experiment}").version)
     else:  # registering again (e.g. `ncood register` after the job registered): the alias moves, no copy is added
+        for key, value in reason.items():  # the reason of this choice (metric, mode, ...), not the first one's
+            client.set_model_version_tag(model_name, version, key, value)
         notes.append(f"{model_name} version {version} already holds this model: no new version")
     client.set_registered_model_alias(model_name, alias, version)
     return Registration(choice, experiment, uri, model_name, version, alias, model_id, tuple(notes))

@@ -5,13 +5,16 @@ Grid flags override any field of the preset: the condition axes take lists (`--l
 every other TrialConfig field is one flag made from the dataclass (so the flags cannot drift from the config).
 `describe_grid` is the `--dry-run` listing: every resolved condition, without starting (or importing) Ray or MLflow;
 the modules that need them (ncood.tracking, ncood.tune.sweep) are imported by the functions that use them.
-`check_data` is the jobs' first step after parsing: every dataset the trials load is under its data root.
+`check_data` runs before a new ablation or search sweep starts Ray: every dataset the trials load is under its data
+root (on a local Ray; on a cluster the workers' disks decide, and it only warns).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import statistics
+import sys
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
@@ -153,7 +156,9 @@ def check_data(shared: Mapping[str, Any], conditions: Sequence[Mapping[str, Any]
     `ncood train` prints for it (ncood.data.check_available, the loaders' own file lists). Called by the jobs before
     Ray, MLflow or the storage are touched: otherwise every trial fails on it (and is retried) and the message is
     lost among Ray's tracebacks. Reads only: no download, no Fashion-MNIST link (the trial makes it). Trials with
-    download=True fetch their own data and are not checked."""
+    download=True fetch their own data and are not checked. On a Ray cluster (RAY_ADDRESS set, as `ray job submit`
+    sets it) the trials read the data root on the worker nodes, which the driver may not see: a missing set is a
+    warning there, not an error."""
     from ncood.data import DatasetNotFoundError, check_available
 
     needed: dict[tuple[str, str], bool] = {}  # (root, dataset) -> loaded as ID by some trial (needs more files)
@@ -168,7 +173,10 @@ def check_data(shared: Mapping[str, Any], conditions: Sequence[Mapping[str, Any]
             check_available(name, root, as_id=as_id)
         except DatasetNotFoundError as e:
             missing.append(str(e))
-    if missing:
+    if missing and os.environ.get("RAY_ADDRESS"):
+        print("ncood: warning: the driver does not see these datasets; the sweep starts anyway, and its trials fail "
+              "on any worker node that lacks them too:\n" + "\n\n".join(missing), file=sys.stderr)
+    elif missing:
         raise DatasetNotFoundError("\n\n".join(missing))
 
 
