@@ -65,14 +65,13 @@ def describe_search(args: argparse.Namespace) -> str:
             + jobs.describe_grid(args.preset, one, [args.seed]))
 
 
-def search_space(args: argparse.Namespace) -> tuple[dict, str]:
-    """(param_space of the one tuned condition, its name)."""
+def search_space(args: argparse.Namespace, shared: dict, conditions: list[dict]) -> tuple[dict, str]:
+    """(param_space of the one tuned condition, its name); shared, conditions: grid_conditions of the flags."""
     from ray import tune
 
     if not (args.metric == keys.ACC_VAL or keys.parse_ood_key(args.metric) or args.metric.startswith("nc/")):
         raise ConfigError(f"--metric {args.metric!r}: use accuracy/val, nc/<metric> or ood/<set>/<score>/<metric> "
                           f"(it must be reported every epoch: ASHA and OptunaSearch read it from every result)")
-    shared, conditions = grid_conditions(args.preset, jobs.overrides_from_args(args))
     condition = conditions[0]
     space = {**shared, "condition": condition, "seed": args.seed,
              "lr": tune.loguniform(*LR_RANGE), "weight_decay": tune.loguniform(*WD_RANGE),
@@ -112,8 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = run_sweep(settings, resume=args.resume)
         else:
             shared, conditions = grid_conditions(args.preset, jobs.overrides_from_args(args))
+            space, condition = search_space(args, shared, conditions)
             jobs.check_data(shared, conditions[:1])  # the tuned condition's data, before Ray and MLflow start
-            space, condition = search_space(args)
             epochs = space["condition"]["epochs"]
             tune_extra = dict(
                 metric=args.metric, mode=args.mode, num_samples=args.trials,

@@ -147,16 +147,16 @@ GTSRB_URL = "https://sid.erda.dk/public/archives/daaeac0d7ce1152aea9b61d9f1e1937
 ), files=lambda root, as_id: _gtsrb_files(root, _parts(as_id)))
 def load_gtsrb(root: Path, split: str, *, download: bool, like: IDData | None, seed: int) -> RawImages:
     files = _gtsrb_files(root, (split,))
-    needed = [path for path, _ in files]
     if not download:
         require_files("gtsrb", root, files)  # torchvision checks the image folder only
     ds = _construct("gtsrb", root, files,
                     lambda: torchvision_datasets().GTSRB(str(root), split=split, download=download))
     if split == "train":  # torchvision numbers the class folders it finds: all 43 must be there
-        found = sorted(p.name for p in needed[0].iterdir() if p.is_dir())
+        training = files[0][0]  # <root>/gtsrb/GTSRB/Training
+        found = sorted(p.name for p in training.iterdir() if p.is_dir())
         if found != [f"{c:05d}" for c in range(43)]:
             raise DatasetNotFoundError.build("gtsrb", root, files, detail=(
-                f"{needed[0]} holds {len(found)} class folders, expected the 43 folders 00000 ... 00042 "
+                f"{training} holds {len(found)} class folders, expected the 43 folders 00000 ... 00042 "
                 f"(an incomplete extraction?)."))
     x = torch.empty((len(ds), 3, GTSRB_SIDE, GTSRB_SIDE))  # (N, 3, 32, 32) float in [0, 1]
     y = torch.empty(len(ds), dtype=torch.int64)

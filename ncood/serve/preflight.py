@@ -22,13 +22,15 @@ class ServeError(RuntimeError):
 
 
 def check_store(model_uri: str, tracking_uri: str) -> None:
-    """A sqlite store must exist before MLflow opens it: opening creates it (and its folders), empty."""
-    db = tracking.sqlite_path(tracking_uri)
-    if db is None or not model_uri.startswith(("models:/", "runs:/")) or db.is_file():
-        return  # a server URI, or a model that does not go through the store (a local path)
-    raise ServeError(f"no MLflow store at {db} (tracking URI {tracking_uri}), so no {model_uri} to serve; pass the "
-                     f"store `ncood register` wrote to with --tracking-uri, or register a model there first: "
-                     f"ncood register --experiment <sweep experiment> --tracking-uri {tracking_uri}")
+    """A sqlite store must exist before MLflow opens it: opening creates it (and its folders), empty
+    (ncood.tracking.existing_store, as `ncood register` and `ncood aggregate` check it)."""
+    if not model_uri.startswith(("models:/", "runs:/")):
+        return  # a model that does not go through the store (a local path)
+    try:
+        tracking.existing_store(tracking_uri)
+    except tracking.TrackingError as e:
+        raise ServeError(f"{e}, so no {model_uri} to serve; or register a model there first: "
+                         f"ncood register --experiment <sweep experiment> --tracking-uri {tracking_uri}") from None
 
 
 def _parse_models_uri(model_uri: str) -> tuple[str, str | None, str | None]:
