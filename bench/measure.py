@@ -81,7 +81,8 @@ def nc_reference(h: torch.Tensor, y: torch.Tensor, w: torch.Tensor, pred: torch.
         off = ~torch.eye(c, dtype=torch.bool, device=v.device)
         return (cos + 1 / (c - 1))[off].abs().sum() / (c * (c - 1))
 
-    mtm = m.T @ m
+    mn = m / m.norm(dim=0)  # slides Eq. 14: unit-length centred means
+    mtm = mn.T @ mn
     etf = (mtm / mtm.norm() - (torch.eye(c, dtype=torch.float64, device=h.device) - 1 / c) / math.sqrt(c - 1)).norm()
     out = {
         "nc1": nc1,

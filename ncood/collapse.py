@@ -12,7 +12,8 @@ the conventions used here. With h_i the features, y_i the labels, C classes and 
     nc2_equinorm_{means,classifier} = std_c ||v_c|| / mean_c ||v_c||   (v = columns of M, rows of W;
                                               std with Bessel's correction, as torch.std in Papyan's code)
     nc2_equiangular_{means,classifier} = sum_{c != c'} |cos(v_c, v_c') + 1/(C-1)| / (C (C-1))
-    nc2_etf_distance = || M^T M / ||M^T M||_F - (I - 11^T/C) / sqrt(C-1) ||_F        (slides Eq. 15)
+    nc2_etf_distance = || G / ||G||_F - (I - 11^T/C) / sqrt(C-1) ||_F,  G = M̂^T M̂   (slides Eqs. 14-15)
+                       with M̂ the centred means scaled to unit length (slides Eq. 14), so only their angles count
     nc3_self_duality = || W^T / ||W||_F - M / ||M||_F ||_F^2                       (paper Eq. 7)
     nc4_ncc_mismatch = mean_i [argmin_c ||h_i - mu_c|| != prediction_i]            (slides Eq. 19)
 
@@ -80,9 +81,11 @@ def _equiangular(v: Tensor) -> Tensor:
 
 
 def _etf_distance(m: Tensor) -> Tensor:
-    """(C, d) centred means (rows) -> || M^T M / ||M^T M||_F - (I - 11^T/C)/sqrt(C-1) ||_F."""
+    """(C, d) centred means (rows) -> || G/||G||_F - (I - 11^T/C)/sqrt(C-1) ||_F with G the (C, C) Gram matrix of the
+    means scaled to unit length: the DNC slides' Eq. 14 normalizes each mu_c - mu_G before Eq. 15 compares."""
     c = m.shape[0]
-    gram = m @ m.T  # (C, C) = M^T M with M = m.T
+    u = torch.nn.functional.normalize(m, dim=1)  # (C, d) unit rows (slides Eq. 14)
+    gram = u @ u.T  # (C, C)
     target = (torch.eye(c, dtype=m.dtype, device=m.device) - 1.0 / c) / math.sqrt(c - 1)
     return (gram / gram.norm() - target).norm()
 

@@ -39,7 +39,8 @@ def reference_nc(h, y, w, pred=None):
                     total += abs(cos + 1.0 / (c - 1))
         return total / (c * (c - 1))
 
-    gram = M.T @ M
+    unit = M / np.linalg.norm(M, axis=0)  # slides Eq. 14: each centred mean scaled to length 1
+    gram = unit.T @ unit
     etf = (np.eye(c) - np.ones((c, c)) / c) / math.sqrt(c - 1)
     out = {
         "nc1": nc1,
