@@ -293,6 +293,24 @@ def test_scores_separate_far_ood(name, id_ood):
     assert m["auroc"] > 0.9 and m["fpr95"] < 0.2
 
 
+def test_raw_logit_scores_are_tmlr_table3s_normalization_off_measurements(id_ood):
+    """TMLR 2024 App. A.2 measures logits with the normalization turned off at test time: W z + b on the raw z. For an
+    L2 model they carry ||z|| (max_logit's W z/||z|| + b does not); without L2 they are max_logit and logit_norm."""
+    x, y, head, test_x, ood_x = id_ood
+    names = ["raw_max_logit", "raw_logit_norm", "max_logit", "logit_norm"]
+    ref = head(test_x)  # (N, C) float64 W z + b
+    for l2 in (True, False):
+        got = compute_scores(inputs_of(test_x, head, l2), fit_all(x, y, head, l2, scores=names))
+        torch.testing.assert_close(got["raw_max_logit"], ref.amax(dim=1), rtol=0, atol=0)
+        torch.testing.assert_close(got["raw_logit_norm"], ref.norm(dim=1), rtol=0, atol=0)
+        same = torch.allclose(got["raw_max_logit"], got["max_logit"], atol=1e-5)
+        assert same == (not l2)  # an L2 model's logits see z/||z||, not z
+        assert torch.allclose(got["raw_logit_norm"], got["logit_norm"], atol=1e-5) == (not l2)
+    assert not any(SCORES[n].served for n in names[:2])  # analysis measurements: the endpoint is unchanged
+    with pytest.raises(ValueError, match="the classifier takes 8"):
+        compute_scores(ScoreInputs(test_x[:, :5], head(test_x).float(), test_x), fit_all(x, y, head, True, scores=names))
+
+
 def test_gmm_of_an_l2_model_lives_on_the_normalized_features(id_ood):
     x, y, head, *_ = id_ood
     fit = fit_all(x, y, head, True, scores=["gmm"])

@@ -18,21 +18,9 @@ A score is one decorated function `fn(inputs: ScoreInputs, fitted: Fitted) -> (N
              state -> {name: float}: what the fit chose, logged as <score>/<name> (gmm/jitter, vim/alpha, ...).
     served   whether the MLflow scorer computes it (KNN is not: its state is the whole train-feature bank).
 
-Scores defined here, on logits or needing only the DDU fit (the post-hoc detectors are in ncood/ood/posthoc.py):
-
-    gmm           logsumexp_c log N(x; mu_c, Sigma_c), x the classifier input, under the DDU class Gaussians
-                  (Mukhoti et al., "Deep Deterministic Uncertainty", CVPR 2023, Sec. 4; the seed paper fits them on
-                  the normalized features of L2 models, Sec. 3.3)
-    feature_norm  ||z||_2 of the PRE-normalization features (TMLR 2024 "Exploring Simple, High Quality OoD
-                  Detection with L2 Normalization", Sec. 3)
-    msp           max_c softmax(logits)_c                 (Hendrycks & Gimpel, ICLR 2017)
-    max_logit     max_c logits_c                          (Hendrycks et al., ICML 2022)
-    energy        logsumexp_c logits_c, i.e. -E(x) at T=1 (Liu et al., NeurIPS 2020)
-    logit_norm    ||logits||_2                            (TMLR 2024, Table 2 baseline)
-
-These are one-liners in float64, written here rather than taken from pytorch-ood (whose EnergyBased, MaxSoftmax
-and MaxLogit compute the same numbers with the opposite sign): nothing to get wrong, and no device round trip.
-Every score returns float64 and compute_scores refuses non-finite values (never dropped silently).
+The scores themselves: the DDU score, the TMLR feature norm and the logit baselines in ncood/ood/baselines.py,
+the post-hoc detectors in ncood/ood/posthoc.py. Every score returns float64 and compute_scores refuses
+non-finite values (never dropped silently).
 """
 from __future__ import annotations
 
@@ -46,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from ncood import keys
-from ncood.ood.gaussian import ClassGaussians, fit_class_gaussians
+from ncood.ood.gaussian import ClassGaussians
 
 __all__ = ["SCORES", "SPACES", "Space", "Score", "ScoreInputs", "FitData", "Fitted", "Head", "ScoreFit",
            "register_score", "fit_scores", "compute_scores", "score_params", "resolve_params", "fit_diagnostics",
@@ -359,46 +347,3 @@ def unpack_states(packed: Mapping[str, Mapping[str, Tensor]]) -> dict[str, Any]:
     if unknown:
         raise KeyError(f"saved score states {unknown} are not registered scores in this ncood")
     return {k: SCORES[k].unpack(v) if SCORES[k].unpack else dict(v) for k, v in packed.items()}
-
-
-# ---- the scores ------------------------------------------------------------------------------------------
-
-def _fit_gmm(data: FitData, params: None) -> ClassGaussians:
-    return fit_class_gaussians(data.train.space("input"), data.labels, data.num_classes)
-
-
-def _gmm_diagnostics(g: ClassGaussians) -> dict[str, float]:
-    """The jitter DDU's ladder chose and the worst class's count of zero-variance dims (keys.GMM_DEGENERATE_DIMS)."""
-    worst = float(g.degenerate_dims.max()) if g.degenerate_dims is not None else 0.0
-    return {"jitter": g.jitter, "degenerate_dims": worst}
-
-
-@register_score("gmm", space="input", fit=_fit_gmm, diagnostics=_gmm_diagnostics,
-                pack=ClassGaussians.state_dict, unpack=ClassGaussians.from_state_dict)
-def gmm(inputs: ScoreInputs, fitted: Fitted) -> Tensor:
-    return fitted.state.log_density(inputs.space("input"))  # (N,) float64
-
-
-@register_score("feature_norm", space="raw")
-def feature_norm(inputs: ScoreInputs, fitted: Fitted) -> Tensor:
-    return inputs.space64("raw").norm(dim=1)  # raw z whatever the model: the TMLR 2024 score
-
-
-@register_score("msp", space="logits")
-def msp(inputs: ScoreInputs, fitted: Fitted) -> Tensor:
-    return torch.softmax(inputs.space64("logits"), dim=1).amax(dim=1)  # float64: fewer ties at ~1.0
-
-
-@register_score("max_logit", space="logits")
-def max_logit(inputs: ScoreInputs, fitted: Fitted) -> Tensor:
-    return inputs.space64("logits").amax(dim=1)
-
-
-@register_score("energy", space="logits")
-def energy(inputs: ScoreInputs, fitted: Fitted) -> Tensor:
-    return torch.logsumexp(inputs.space64("logits"), dim=1)
-
-
-@register_score("logit_norm", space="logits")
-def logit_norm(inputs: ScoreInputs, fitted: Fitted) -> Tensor:
-    return inputs.space64("logits").norm(dim=1)

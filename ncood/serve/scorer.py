@@ -10,8 +10,8 @@ training and OoD evaluation data were (ncood.data.registry):
 
 Then one fp32 forward pass gives the pre-normalization features z, the classifier's input and the logits, and the
 scores come from the OoD score registry (ncood.ood) with the trial's fitted states. The response has one column per
-SERVED score (ncood.ood.served_scores(): every registered score except those whose state is the train-feature bank,
-i.e. KNN), named as in the registry except gmm, which keeps its first name, gmm_log_density; the package lists them
+SERVED score (ncood.ood.served_scores(): every registered score except KNN, whose state is the train-feature bank,
+and the TMLR 2024 Table 3 analysis measurements raw_max_logit and raw_logit_norm), named as in the registry except gmm, which keeps its first name, gmm_log_density; the package lists them
 (ScorerSpec.scores, the signature, the `ncood` metadata). For the default registry:
 
     gmm_log_density  logsumexp_c log N(x; mu_c, Sigma_c), x the classifier input       (DDU; higher = more ID)
