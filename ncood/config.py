@@ -1,9 +1,10 @@
 """One typed, frozen configuration per trial, built from a named preset plus validated overrides.
 
-The papers' training recipe (docs/method.md#training): SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 1024,
-cross-entropy, LR x0.1 at two milestones that depend on the epoch budget. The TMLR 2024 paper ("Exploring Simple,
-High Quality Out-of-Distribution Detection with L2 Normalization", appendix A.1) adds AdamW + cosine annealing
-(ConvNeXt, CCT) and the LogitNorm loss (Wei et al. 2022); lr and weight decay default to the chosen optimizer's
+The papers' training recipe (docs/method.md#training): SGD lr 0.1, batch 1024, cross-entropy, LR x0.1 at two
+milestones that depend on the epoch budget; momentum 0.9 and weight decay 5e-4 are DDU's code defaults (utils/args.py),
+which the papers do not state. The TMLR 2024 paper ("Exploring Simple, High Quality Out-of-Distribution Detection with
+L2 Normalization", appendix A.1) adds AdamW + cosine annealing (ConvNeXt; CCT: cosine there, AdamW in the
+Compact-Transformers recipe A.1 refers to) and the LogitNorm loss (Wei et al. 2022); lr and weight decay default to the chosen optimizer's
 values (OPTIMIZER_DEFAULTS). A config is stored in every checkpoint, every `summary.json` and every MLflow run (as
 params, with every default resolved), so any run can be repeated from it.
 
@@ -30,7 +31,8 @@ from typing import Any, Callable
 PAPER_MILESTONES = {60: (40, 50), 100: (75, 90), 350: (150, 250)}
 LOSSES = ("ce", "nc", "logitnorm")  # cross-entropy; the seed paper's NC intervention loss; LogitNorm (ncood.train)
 SCHEDULES = ("step", "cosine")  # MultiStepLR at `milestones` (the papers) | CosineAnnealingLR over the epochs
-# (lr, weight decay) when not given. SGD: the papers' (seed paper Sec. 3, TMLR A.1). AdamW: lr 1e-3 is torch's
+# (lr, weight decay) when not given. SGD: lr 0.1 is the papers' (seed paper Sec. 3.1, TMLR A.1); weight decay 5e-4
+# is DDU's code default (utils/args.py), which the papers do not state. AdamW: lr 1e-3 is torch's
 # default and ConvNeXt's 4e-3 at batch 4096 (Liu et al. 2022, "A ConvNet for the 2020s", Sec. 2) scaled linearly to
 # batch 1024; weight decay 0.05 is ConvNeXt's. TMLR A.1 gives no ConvNeXt values; CCT's recipe is in the tmlr presets.
 OPTIMIZER_DEFAULTS = {"sgd": (0.1, 5e-4), "adamw": (1e-3, 0.05)}
@@ -96,9 +98,10 @@ class TrialConfig:
     loss: str = _f("ce", "training loss: ce (cross-entropy) | nc (seed paper Sec. 4.2 NC intervention loss) | "
                          "logitnorm (Wei et al. 2022: cross-entropy of logits / (T * ||logits||))")
     entropy_reg: float = _f(0.0, "weight of the nearest-neighbour entropy regularizer on normalized features "
-                                 "(ICML 2025 NC control: 0.05; 0 = off)")
+                                 "(ICML 2025 NC control code, pretrain_resnet_nc.sh: 0.05; 0 = off)")
     # TMLR 2024 study (appendix A.1): optimizer, LR schedule, LogitNorm temperature
-    optimizer: str = _f("sgd", "sgd | adamw (TMLR A.1: ConvNeXt and CCT are trained with AdamW)")
+    optimizer: str = _f("sgd", "sgd | adamw (TMLR A.1: ConvNeXt is trained with AdamW; so is CCT in the "
+                               "Compact-Transformers recipe A.1 refers to)")
     schedule: str = _f("step", "step: LR x0.1 at the milestones (the papers) | cosine: CosineAnnealingLR to 0 over "
                                "the epochs, stepped once per epoch (TMLR A.1: ConvNeXt, CCT)")
     betas: tuple[float, float] = _f((0.9, 0.999), "AdamW betas, comma-separated (torch's default 0.9,0.999); "
@@ -162,7 +165,7 @@ class TrialConfig:
             (self.schedule in SCHEDULES, "schedule", f"must be one of {SCHEDULES}"),
             (self.logitnorm_temperature > 0, "logitnorm_temperature", "must be > 0 (Wei et al. 2022: 0.04)"),
             (all(0 <= b < 1 for b in self.betas), "betas", "AdamW betas must be in [0, 1), e.g. 0.9,0.999"),
-            (self.entropy_reg >= 0, "entropy_reg", "must be >= 0 (0 = off; the ICML 2025 paper uses 0.05)"),
+            (self.entropy_reg >= 0, "entropy_reg", "must be >= 0 (0 = off; the ICML 2025 code uses 0.05)"),
             (0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1) (0 = off; the ICML 2025 code: 0.1)"),
             (self.lr_steps is None or all(e >= 1 for e in self.lr_steps), "lr_steps", "epochs must be >= 1"),
             (self.eval_every >= 0, "eval_every", "must be >= 0 (0 = evaluate only after the last epoch)"),

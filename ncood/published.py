@@ -97,8 +97,9 @@ SEED_RECIPE = {"dataset": "cifar10", "width": 64, "batch_size": 1024, "lr": 0.1,
 TMLR_RECIPE = {"width": 64, "batch_size": 1024, "lr": 0.1, "loss": "ce", "spectral_norm": True, "leaky_gap": True,
                **_NC_OFF}
 _TMLR_BATCH = {("resnet50", "cifar10"): 768, ("resnet50", "tinyimagenet"): 512, ("resnet50", "cifar100"): None}
-# CCT-7/3x1 and ConvNeXt-Tiny (App. A.1): cosine annealing, ConvNeXt with AdamW; ncood has neither architecture
-# nor those optimizer fields yet, so these rows cannot match (listed for completeness).
+# CCT-7/3x1 and ConvNeXt-Tiny (App. A.1): cosine annealing, ConvNeXt with AdamW. The CCT rows match runs of the
+# tmlr_table4_cct preset; ConvNeXt's leave the epochs open (A.1 gives none), so they match no run (listed for
+# completeness).
 _TMLR_OTHER = {"cct_7_3x1": {"epochs": 300, "batch_size": 128, "spectral_norm": None, "leaky_gap": None,
                              "lr": None, "schedule": "cosine"},
                "convnext_tiny": {"epochs": None, "spectral_norm": None, "leaky_gap": None, "lr": None,

@@ -1,7 +1,8 @@
 """The training loop: optimizer + LR schedule, the training loss, per-epoch callbacks, exact checkpoint/resume.
 
 Optimizer and schedule (`make_optimizer`, `make_scheduler`): SGD + MultiStepLR at the papers' milestones by default;
-AdamW + CosineAnnealingLR as TMLR 2024 appendix A.1 trains ConvNeXt and CCT. AdamW takes no weight decay on biases
+AdamW + CosineAnnealingLR for ConvNeXt (TMLR 2024 appendix A.1) and CCT (cosine per A.1, AdamW per the
+Compact-Transformers recipe A.1 refers to). AdamW takes no weight decay on biases
 and 1-d (norm) parameters, as the ConvNeXt and CCT recipes do (timm's `param_groups_weight_decay`).
 The loss (`training_loss`) is cross-entropy by default; `cfg.loss="nc"` is the seed paper's NC intervention loss
 (Sec. 4.2: the differentiable NC metrics, no cross-entropy) on the features the classifier sees; `cfg.loss=

@@ -1,9 +1,9 @@
 """The result tables of a sweep, as pure pandas functions of the runs frame (ncood.aggregate.runs.SweepData.runs).
 
 Every value is the run's final-epoch value; a run lacking a metric is left out of that cell only (its `n` shows it).
-Layouts follow the seed paper (paper-early-nc-l2-ddu): Table 1 (AUROC / accuracy min, max, mean per condition),
-Table 2 (spectral norm x leaky/GAP x L2), Table 3 (NC metrics mean and SD). Formatting as there: 3 decimals,
-`mean ± sd` with the sample SD (ddof=1). Each function returns a `Table`: a numeric frame (the CSV, full precision)
+Layouts follow the seed paper (early NC with L2 feature normalization): Table 1 (AUROC / accuracy min, max, mean per
+condition), Table 2 (spectral norm x leaky/GAP x L2), Table 3 (NC metrics mean and SD). Formatting: 3 decimals as
+there, `mean ± sd` with the sample SD (ddof=1; the papers do not say which SD they report). Each function returns a `Table`: a numeric frame (the CSV, full precision)
 and a display frame (Markdown / LaTeX / HTML).
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""CIFAR VGG16 with batch norm as in DDU (Mukhoti et al. 2021, code `net/vgg.py`), used by the seed paper.
+"""CIFAR VGG16 with batch norm as in DDU (Mukhoti et al. 2021, code `net/vgg.py`), used by TMLR 2024 (Tables 2, 4).
 
 Simonyan & Zisserman 2015 configuration "D" for 32x32 inputs: 13 conv-BN-act layers and 5 max-pools,
 channels scaled by width / 64, then global average pooling (d = 8 * width = 512) and the linear head.

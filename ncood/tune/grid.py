@@ -6,7 +6,7 @@ axes arch x l2 x spectral_norm x leaky_gap x epochs (seed paper Table 1 gives Re
 budgets, so one `grid_search` runs over whole "condition" dicts), times a `grid_search` over seeds (docs/method.md#trap-ray:
 `num_samples` would repeat the whole grid).
 A product may also set any other TrialConfig field for its conditions (TMLR 2024 A.1: batch 768 for ResNet50,
-128 for LogitNorm and CCT, AdamW + cosine for ConvNeXt and CCT). Every condition is resolved to a full config; what
+128 for LogitNorm and CCT, AdamW + cosine for ConvNeXt; cosine for CCT, with AdamW from its recipe). Every condition is resolved to a full config; what
 differs between conditions goes into the condition dicts, the rest is shared. Two different conditions must have
 different names (TrialConfig.condition), else their runs would merge: grid_conditions refuses such a grid.
 """
@@ -67,9 +67,11 @@ _R50_CIFAR = {"batch_size": (768,)}  # A.1: ResNet50 on CIFAR-10 (and, same imag
 _LOGITNORM_PLUS = {"arch": ("resnet18",), "l2": (False,), **_SN_LG, "loss": ("logitnorm",), "batch_size": (128,),
                    "epochs": (200,), "lr_steps": ((80, 140),)}
 _ADAMW_COSINE = {"optimizer": ("adamw",), "schedule": ("cosine",)}
-# CCT-7/3x1: the CCT recipe's AdamW lr / weight decay, 300 epochs, batch 128. Not reproduced from that recipe: 10
-# warmup epochs, min lr 1e-5, label smoothing 0.1, AutoAugment, Mixup/CutMix (ncood trains every model with the
-# papers' crop + flip).
+# CCT-7/3x1: the CCT recipe's AdamW lr / weight decay, 300 epochs, batch 128 (Compact-Transformers
+# configs/pretrained/cct_7-3x1_cifar10_300epochs.yml, which TMLR A.1 refers to). Not reproduced from that recipe: 10
+# warm-up and 10 cool-down epochs, min lr 1e-5, label smoothing 0.1, RandAugment, Mixup/CutMix, random-resized crops
+# (scale 0.8-1, bicubic), its normalization std (ncood trains every model with the papers' crop + flip and CIFAR-10
+# statistics).
 _CCT = {"arch": ("cct_7_3x1",), **_PLAIN, "l2": _OFF_ON, **_ADAMW_COSINE, "epochs": (300,), "batch_size": (128,),
         "lr": (5.5e-4,), "weight_decay": (0.06,)}
 # ConvNeXt: A.1 gives neither epochs nor lr / weight decay: 300 epochs (ConvNeXt's own and CCT's budget) and the
@@ -138,7 +140,7 @@ GRIDS: dict[str, GridPreset] = {
                           {"arch": ("resnet50",), "epochs": (100, 350), "l2": _OFF_ON}),
                          help="seed paper Table 1 (CIFAR-10 vs SVHN/CIFAR-100/Tiny ImageNet, SN + leaky/GAP, batch "
                               "1024): ResNet18 No L2 350 / No L2 60 / L2 60 and ResNet50 No L2 350 / No L2 100 / L2 100, "
-                              "LR x0.1 at 150/250 (350), 40/50 (60), 75/90 (100); also L2 350 of both (TMLR Table 4); "
+                              "LR x0.1 at 150/250 (350), 40/50 (60), 75/90 (100); also L2 350 of both (TMLR Table 4 has L2 350 rows; its ResNet50 used batch 768, see tmlr_table4); "
                               "15 seeds = 120 trials",
                          keep_checkpoint_epochs=(50,)),  # seed paper Sec. 4.2: the NC intervention starts at 50
     "table2": GridPreset("cifar10", {"width": 64, "sn_coeff": 3.0, "arch": "resnet18", "epochs": 60, "batch_size": 1024},
