@@ -1,6 +1,6 @@
 """Training throughput: ncood's Trainer vs a reference loop written the usual way, same model, optimizer and data.
 
-    ncood      ncood.train.Trainer: the split resident on the device, batched crop/flip there, bf16 autocast,
+    ncood      ncood.train.Trainer: the split resident on the device, batched crop/flip there, bf16 autocast (--precision),
                channels_last and fused SGD on CUDA (fp32 + foreach SGD on CPU), one host sync per epoch.
     reference  the pytorch-cifar / DDU loop: a Dataset of uint8 HWC images (as torchvision's CIFAR10 keeps them),
                PIL -> RandomCrop(32, padding=4) -> RandomHorizontalFlip -> ToTensor -> Normalize in DataLoader
@@ -86,7 +86,8 @@ def build_model(args, arch: str, condition: str, device: torch.device) -> torch.
 
 def ncood_trainer(args, arch: str, condition: str, batch: int, data: IDData, device: torch.device) -> Trainer:
     cfg = make_config("cifar10", arch=arch, width=args.width, batch_size=batch, epochs=1000, eval_every=0,
-                      device=str(device), compile=args.compile, seed=0, **CONDITIONS[condition])
+                      device=str(device), compile=args.compile, precision=args.precision, seed=0,
+                      **CONDITIONS[condition])
     return Trainer(build_model(args, arch, condition, device), data, cfg, progress=False)
 
 
@@ -280,7 +281,8 @@ def pack_worker(rank: int, args: SimpleNamespace, barrier, queue) -> None:
     device = torch.device("cuda")
     data, _ = make_data(args.n_train, args.n_eval, device)
     cfg = make_config("cifar10", arch=args.pack_arch, width=args.width, batch_size=args.batch_size, epochs=1000,
-                      eval_every=0, device="cuda", compile=args.compile, seed=rank)
+                      eval_every=0, device="cuda", compile=args.compile, precision=args.precision,
+                      seed=rank)
     trainer = Trainer(build_model(args, args.pack_arch, "plain", device), data, cfg, progress=False)
     for e in range(args.warmup_epochs):
         trainer.train_epoch(e + 1)
@@ -331,6 +333,9 @@ def parse(argv):
     p.add_argument("--warmup-steps", type=int, default=3)
     p.add_argument("--workers", type=int, default=None, help="reference DataLoader workers; default 2 (CPU), 8 (CUDA)")
     p.add_argument("--compile", action="store_true", help="ncood trainer with torch.compile (cfg.compile)")
+    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+                   help="ncood trainer precision (cfg.precision; default bf16, what bench/README.md measured; fp32 is the "
+                        "papers' and the TrialConfig default)")
     p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
     p.add_argument("--no-reference", action="store_true", help="time the ncood trainer only")
     p.add_argument("--eval", action=argparse.BooleanOptionalAction, default=None,

@@ -30,6 +30,7 @@ from typing import Any, Callable
 # The papers' LR schedules (seed paper section 3; DDU): epochs -> the two epochs where LR is multiplied by 0.1.
 PAPER_MILESTONES = {60: (40, 50), 100: (75, 90), 350: (150, 250)}
 LOSSES = ("ce", "nc", "logitnorm")  # cross-entropy; the seed paper's NC intervention loss; LogitNorm (ncood.train)
+PRECISIONS = ("fp32", "bf16")  # training: IEEE fp32 (the papers) | bf16 autocast (ncood.train)
 SCHEDULES = ("step", "cosine")  # MultiStepLR at `milestones` (the papers) | CosineAnnealingLR over the epochs
 # (lr, weight decay) when not given. SGD: lr 0.1 is the papers' (seed paper Sec. 3.1, TMLR A.1); weight decay 5e-4
 # is DDU's code default (utils/args.py), which the papers do not state. AdamW: lr 1e-3 is torch's
@@ -89,6 +90,11 @@ class TrialConfig:
     # optimisation (docs/method.md#training)
     epochs: int = _f(60, "training epochs; LR x0.1 at 40/50 (60), 75/90 (100), 150/250 (350), else 2/3 and 5/6")
     batch_size: int | None = _f(None, "batch size; default: the dataset's (1024 for CIFAR as in the papers)")
+    bn_groups: int = _f(1, "BatchNorm statistics per chunk of each training batch, in this many chunks, as "
+                           "nn.DataParallel on that many GPUs computes them (the seed paper's presets: 4, its four "
+                           "V100s; ncood.models.batch_norm); 1 = over the whole batch")
+    precision: str = _f("fp32", "training precision: fp32 (IEEE, no TF32: the papers' V100s) | bf16 (autocast: "
+                                "faster on recent GPUs, not the papers')")
     lr: float | None = _f(None, "learning rate; default: the optimizer's (SGD 0.1 as in the papers, AdamW 1e-3)")
     momentum: float = _f(0.9, "SGD momentum (AdamW uses betas)")
     weight_decay: float | None = _f(None, "weight decay; default: the optimizer's (SGD 5e-4, AdamW 0.05)")
@@ -157,6 +163,8 @@ class TrialConfig:
              f"must be at least the number of classes ({info.num_classes}), or unset for the whole train set"),
             (self.width >= 1, "width", "must be >= 1"),
             (self.batch_size >= 1, "batch_size", "must be >= 1"),
+            (self.bn_groups >= 1, "bn_groups", "must be >= 1 (1 = BatchNorm over the whole batch)"),
+            (self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}"),
             (self.sn_coeff > 0, "sn_coeff", "spectral-norm coefficient must be > 0 (DDU uses 3)"),
             (self.lr > 0, "lr", "must be > 0"),
             (0 <= self.momentum < 1, "momentum", "must be in [0, 1)"),
@@ -346,13 +354,16 @@ CONDITION_FIELDS = ("arch", "width", "l2", "spectral_norm", "leaky_gap", "epochs
 # 0.9 / 5e-4). "cifar10" is the seed paper's ResNet18 setting (Sec. 3.1: batch 1024, 60 epochs with LR x0.1 at 40
 # and 50; Table 1 "L2 60" / "No L2 60"); "digits" the same recipe width-reduced on the embedded 8x8 digits (CPU-sized:
 # width 8, 15 epochs with LR x0.1 at 10 and 12, batch 128 for ~1.3k training images).
+# Seed paper Sec. 3.1: "All training was conducted on four NVIDIA V100 GPUs", with DDU's train.py, which wraps the
+# network in nn.DataParallel over every GPU: BatchNorm statistics per quarter batch (ncood.models.batch_norm).
+SEED_GPUS = 4
 PRESETS: dict[str, dict[str, Any]] = {
     "digits": dict(dataset="digits", width=8, epochs=15, batch_size=128, eval_every=5),
-    "cifar10": dict(dataset="cifar10", width=64, epochs=60, batch_size=1024, eval_every=10),
+    "cifar10": dict(dataset="cifar10", width=64, epochs=60, batch_size=1024, eval_every=10, bn_groups=SEED_GPUS),
     # Fashion-MNIST with the seed paper's recipe (Sec. 3.1: spectral norm, leaky ReLU and GAP on; ResNet18 width
     # 64, 60 epochs, LR x0.1 at 40/50, batch 1024): the papers' CIFAR-10 setting on offline data.
     "fmnist": dict(dataset="fashion_mnist", width=64, epochs=60, batch_size=1024, eval_every=10, spectral_norm=True,
-                   leaky_gap=True),
+                   leaky_gap=True, bn_groups=SEED_GPUS),
 }
 
 

@@ -19,7 +19,7 @@ from ncood import keys
 from ncood.config import TrialConfig
 from ncood.data import DatasetInfo, IDData, load_id, load_ood
 from ncood.evaluate import evaluate
-from ncood.models import create_model
+from ncood.models import create_model, split_batch_norm
 from ncood.train import EpochCallback, Trainer, every_epochs, resolve_device
 
 # Data splits and OoD sets are the same for every seed of a grid: only the model seed varies between trials.
@@ -134,7 +134,8 @@ def build_trial(cfg: TrialConfig, callbacks: Sequence[EpochCallback] = (), progr
     device = resolve_device(cfg.device)
     data, ood_sets = load_trial_data(cfg, device, reuse_data)
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.arch, **model_kwargs(cfg, data.info))
+    # BatchNorm per chunk of the batch, as the papers' multi-GPU DataParallel (cfg.bn_groups; same state_dict keys)
+    model = split_batch_norm(create_model(cfg.arch, **model_kwargs(cfg, data.info)), cfg.bn_groups)
     evaluation = Evaluation(ood_sets, cfg)
     trainer = Trainer(model, data, cfg, callbacks=[evaluation, *callbacks], progress=progress)
     return Trial(cfg, data, ood_sets, trainer, evaluation)

@@ -33,6 +33,7 @@ from ncood import checkpoint, keys
 from ncood.collapse import nc_loss
 from ncood.config import ConfigError, TrialConfig
 from ncood.data import DeviceLoader, IDData, normalized_zero
+from ncood.evaluate import exact_fp32
 
 
 class NonFiniteLossError(RuntimeError):
@@ -183,22 +184,25 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         seen = 0
         first_bad = torch.full((), -1, device=self.device, dtype=torch.int64)  # first step with non-finite loss
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
-        for step, (x, y) in enumerate(self.loader):
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast:
-                logits, z = self.forward(x)
-                loss = training_loss(self.model, logits, z, y, self.cfg)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            detached = loss.detach()
-            bad = ~torch.isfinite(detached)
-            first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
-            loss_sum += detached.double() * y.numel()
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += y.numel()
+        bf16 = self.cfg.precision == "bf16"
+        # fp32: IEEE, no TF32 in cuDNN or matmuls, as on the papers' V100s (which have none); bf16: autocast around the
+        # forward and the loss (backward outside it, as torch recommends).
+        with contextlib.nullcontext() if bf16 else exact_fp32(self.device):
+            for step, (x, y) in enumerate(self.loader):
+                if cuda:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+                    logits, z = self.forward(x)
+                    loss = training_loss(self.model, logits, z, y, self.cfg)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                detached = loss.detach()
+                bad = ~torch.isfinite(detached)
+                first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
+                loss_sum += detached.double() * y.numel()
+                correct += (logits.detach().argmax(1) == y).sum()
+                seen += y.numel()
         self.scheduler.step()
         if cuda:
             torch.cuda.synchronize()

@@ -10,6 +10,7 @@ Collapse in Deep Neural Networks for Improved OoD Detection"), which adds L2 fea
 """
 
 from ncood.models import cct, convnext, resnet, vgg, wide_resnet  # noqa: F401  (importing fills the registry)
+from ncood.models.batch_norm import SplitBatchNorm2d, split_batch_norm
 from ncood.models.layers import (ETFProjector, FeatureClassifier, LayerSpec, SNConv2d, freeze_spectral_norm,
                                  l2_normalize, simplex_etf, spectral_norm_layers)
 from ncood.models.registry import create_model, list_models, models_supporting, register_model
@@ -19,6 +20,7 @@ __all__ = [
     "FeatureClassifier",
     "LayerSpec",
     "SNConv2d",
+    "SplitBatchNorm2d",
     "create_model",
     "freeze_spectral_norm",
     "l2_normalize",
@@ -27,4 +29,5 @@ __all__ = [
     "register_model",
     "simplex_etf",
     "spectral_norm_layers",
+    "split_batch_norm",
 ]

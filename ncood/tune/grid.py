@@ -56,6 +56,9 @@ _CIFAR_OOD = ("svhn", "cifar100", "tinyimagenet")  # seed paper Table 1 / TMLR T
 # (configs/pretrained/cct_7-3x1_cifar10_300epochs.yml: AdamW lr 5.5e-4, weight decay 0.06); ConvNeXt: "a single
 # cosine annealing schedule with the AdamW optimizer". OoD sets: each ID set's defaults (ncood.data), which hold
 # every OoD column of its table. What A.1 leaves open is ours, said in each preset's help.
+# BatchNorm over the whole batch: TMLR states no GPU setup (the seed paper's four V100s give its presets bn_groups
+# 4, ncood.config.SEED_GPUS; pass --bn-groups 4 to assume TMLR trained on the same machines).
+_TMLR_FIXED = {"width": 64, "bn_groups": 1}
 _SN_LG = {"spectral_norm": (True,), "leaky_gap": (True,)}  # A.1: every ResNet
 # VGG16, ConvNeXt and CCT: A.1 names SN + leaky/GAP for the ResNets only, and ConvNeXt/CCT cannot take DDU's
 # toggles at all; the config defaults are the seed paper's ResNet (both on), so these products switch them off.
@@ -90,32 +93,32 @@ _TABLE4 = ({"arch": ("vgg16",), **_PLAIN, "l2": (False,), "epochs": (350,)},
            {"arch": ("resnet50",), **_SN_LG, **_R50_CIFAR, "l2": (True,), "epochs": (100, 350)},
            _CONVNEXT)
 TMLR_GRIDS: dict[str, GridPreset] = {
-    "tmlr_table1": GridPreset("cifar10", {"width": 64}, (
+    "tmlr_table1": GridPreset("cifar10", _TMLR_FIXED, (
         {"arch": ("resnet18",), **_SN_LG, "l2": (True,), "epochs": (60,)},
         {"arch": ("resnet50",), **_SN_LG, **_R50_CIFAR, "l2": (True,), "epochs": (100,)},
         _LOGITNORM_PLUS),
         help="TMLR 2024 Table 1, the trained rows: L2 ResNet18 60 epochs, L2 ResNet50 100 epochs (batch 768) vs "
              "LogitNorm+ (ResNet18, LogitNorm T=0.04, batch 128, 200 epochs at LR x0.1 80/140: LogitNorm's recipe, "
              "A.1 gives none), all with SN + leaky/GAP, CIFAR-10, 15 seeds"),
-    "tmlr_table4": GridPreset("cifar10", {"width": 64}, _TABLE4,
+    "tmlr_table4": GridPreset("cifar10", _TMLR_FIXED, _TABLE4,
                               help="TMLR 2024 Table 4 without CCT (see tmlr_table4_cct: 5 seeds): VGG16 (L2 60 / "
                                    "no L2 350 epochs), ResNet18 (L2 60 and 350 / no L2 350), ResNet50 (batch 768; L2 "
                                    "100 and 350 / no L2 350), ResNets with SN + leaky/GAP; ConvNeXt-Tiny (CIFAR "
                                    "variant) L2 off/on, AdamW + cosine, 300 epochs (A.1 gives none), CIFAR-10, "
                                    "15 seeds"),
-    "tmlr_table4_cct": GridPreset("cifar10", {"width": 64}, (_CCT,), seeds=5,
+    "tmlr_table4_cct": GridPreset("cifar10", _TMLR_FIXED, (_CCT,), seeds=5,
                                   help="TMLR 2024 Table 4, CCT-7/3x1 rows: L2 off/on, AdamW lr 5.5e-4 wd 0.06 + "
                                        "cosine, 300 epochs, batch 128, CIFAR-10, 5 seeds (a sweep has one seed "
                                        "count, so CCT is its own preset)"),
-    "tmlr_gtsrb": GridPreset("cifar10", {"width": 64, "dataset": "gtsrb"}, (
+    "tmlr_gtsrb": GridPreset("cifar10", {**_TMLR_FIXED, "dataset": "gtsrb"}, (
         {"arch": ("resnet18",), **_SN_LG, "l2": _OFF_ON, "epochs": (60,)},),
         help="TMLR 2024 Table 5: ResNet18 with SN + leaky/GAP, L2 off/on, both 60 epochs, GTSRB (32x32), 15 seeds"),
-    "tmlr_tinyimagenet": GridPreset("cifar10", {"width": 64, "dataset": "tinyimagenet"}, (
+    "tmlr_tinyimagenet": GridPreset("cifar10", {**_TMLR_FIXED, "dataset": "tinyimagenet"}, (
         {"arch": ("resnet18",), **_SN_LG, "l2": _OFF_ON, "epochs": (60,)},
         {"arch": ("resnet50",), **_SN_LG, "batch_size": (512,), "l2": _OFF_ON, "epochs": (60,)}),
         help="TMLR 2024 Table 6: ResNet18 and ResNet50 (batch 512) with SN + leaky/GAP, L2 off/on, all 60 epochs, "
              "Tiny ImageNet at 32x32, 15 seeds"),
-    "tmlr_cifar100": GridPreset("cifar10", {"width": 64, "dataset": "cifar100"}, (
+    "tmlr_cifar100": GridPreset("cifar10", {**_TMLR_FIXED, "dataset": "cifar100"}, (
         {"arch": ("resnet50",), **_SN_LG, **_R50_CIFAR, "l2": (False,), "epochs": (350,)},
         {"arch": ("resnet50",), **_SN_LG, **_R50_CIFAR, "l2": (True,), "epochs": (150,)}),
         help="TMLR 2024 Table 7: no-L2 ResNet50 350 epochs vs L2 ResNet50 150 epochs (LR x0.1 at 100/125), SN + "
@@ -172,7 +175,7 @@ GRIDS: dict[str, GridPreset] = {
     # epochs (88% in 20); batch 128 gives 79 steps per epoch (1024 would give 10); one full evaluation (NC + GMM + every
     # score, every OoD set) at the end.
     "fmnist_cpu": GridPreset("fmnist", {**_PAPERS_MODEL, "width": 8, "arch": "resnet18", "epochs": 15,
-                                        "train_subset": 10000, "batch_size": 128, "eval_every": 0},
+                                        "train_subset": 10000, "batch_size": 128, "eval_every": 0, "bn_groups": 1},
                              ({"l2": _OFF_ON},), seeds=3,
                              help="Fashion-MNIST on 2 CPU cores: the fmnist recipe (seed paper Table 1 ResNet18 rows) (SN + leaky/GAP) at width 8, "
                                   "15 epochs (LR x0.1 at 10/12), batch 128, a stratified 10k-image train subset, one evaluation at "
