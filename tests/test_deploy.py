@@ -89,6 +89,9 @@ def _cmdline(pid: int) -> str:
 class Postgres:
     port: int
     password: str  # of the `mlflow` role
+    socket_dir: Path  # the cluster's folder (owned by its owner): its socket, where the superuser logs in (trust)
+    as_owner: tuple[str, ...]  # prefix that runs a command as the cluster's owner: runuser as root, else nothing
+    bindir: Path
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +125,7 @@ def postgres(apt_lock):
         out = subprocess.run(["bash", str(DEPLOY / "mlflow" / "init-db.sh")], env=env, capture_output=True,
                              text=True, timeout=60)
         assert out.returncode == 0, out.stderr
-        yield Postgres(port, password)
+        yield Postgres(port, password, root, tuple(as_owner), bindir)
     except subprocess.CalledProcessError as e:
         pytest.fail(f"{e.cmd[len(as_owner)]} failed: {e.stderr!r}\n{_log_tail(log)}")
     finally:
@@ -134,6 +137,31 @@ def postgres(apt_lock):
             except (OSError, ValueError, IndexError):
                 pass
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("password_file", ["/dev/stdin", "-"])
+def test_init_db_reads_a_password_piped_to_the_postgres_user(postgres, password_file):
+    """deploy/README.md step 1 pipes the password into init-db.sh run as the `postgres` user (there `sudo -u
+    postgres`, here runuser). The pipe then belongs to root with mode 0600: postgres may read its fd 0 but not
+    reopen /dev/stdin, which init-db.sh used to do ("/dev/stdin: Permission denied"). That failure needs the user
+    switch, i.e. a root test run; run as another user, only the `-` form tells the old script from the new."""
+    import psycopg
+
+    role = "piped_stdin" if password_file == "/dev/stdin" else "piped_dash"  # its own role: the fixture's stays
+    password = secrets.token_urlsafe(24)
+    script = postgres.socket_dir / f"init-db-{role}.sh"  # a copy the postgres user can read (the docs: /opt/...)
+    shutil.copy(DEPLOY / "mlflow" / "init-db.sh", script)
+    settings = {"PATH": f"{postgres.bindir}:{os.environ['PATH']}", "PGHOST": str(postgres.socket_dir),
+                "PGPORT": str(postgres.port), "PGUSER": "postgres", "MLFLOW_DB_USER": role, "MLFLOW_DB_NAME": role,
+                "MLFLOW_AUTH_DB_NAME": f"{role}_auth", "MLFLOW_DB_PASSWORD_FILE": password_file}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PG"))}
+    out = subprocess.run([*postgres.as_owner, "env", *(f"{k}={v}" for k, v in settings.items()), "bash", str(script)],
+                         input=password + "\n", env=clean, cwd=postgres.socket_dir, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    with psycopg.connect(host="127.0.0.1", port=postgres.port, user=role, password=password, dbname=role) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (role,)
 
 
 @dataclass
