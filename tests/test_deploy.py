@@ -42,6 +42,7 @@ DEPLOY = REPO / "deploy"
 BIN = Path(sys.executable).parent  # the venv's mlflow and ray
 ADMIN = "admin"
 SERVICE_USER = "ray-job"  # the non-admin account the Ray job logs in as
+PROXY_NAME = "mlflow.example.internal"  # MLFLOW_ALLOWED_HOSTS of deploy/mlflow/mlflow-server.env.example
 
 # ---- integration: PostgreSQL + tracking server + Ray head + ray job submit ------------------------------------------
 def _free_port() -> int:
@@ -211,11 +212,13 @@ def _stop_group(proc: subprocess.Popen, grace: float) -> None:
     proc.wait(timeout=10)
 
 
-def _http_status(url: str, auth: tuple[str, str] | None = None) -> int:
-    """HTTP status of a GET (basic auth if given); -1 when nothing answers."""
+def _http_status(url: str, auth: tuple[str, str] | None = None, host: str | None = None) -> int:
+    """HTTP status of a GET (basic auth, a Host header other than the URL's, if given); -1 when nothing answers."""
     req = urllib.request.Request(url)
     if auth:
         req.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
+    if host:
+        req.add_header("Host", host)
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status
@@ -237,6 +240,7 @@ def mlflow_server(postgres):
         "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN, "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
         "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32), "MLFLOW_HOST": "127.0.0.1",
         "MLFLOW_PORT": str(port), "MLFLOW_WORKERS": "1", "MLFLOW_RUN_DIR": str(root / "run"),
+        "MLFLOW_ALLOWED_HOSTS": PROXY_NAME,  # as mlflow-server.env.example: every client here still uses 127.0.0.1
     })
     server = Server(f"http://127.0.0.1:{port}", admin_password, root / "artifacts", log, env)
     try:
@@ -295,6 +299,13 @@ def test_server_refuses_anonymous_and_wrong_password(mlflow_server):
     assert _http_status(search) == 401
     assert _http_status(search, (ADMIN, mlflow_server.admin_password + "x")) == 401
     assert _http_status(search, (ADMIN, mlflow_server.admin_password)) == 200
+    # MLFLOW_ALLOWED_HOSTS names the proxy; localhost stays allowed (start-server.sh appends MLflow's defaults,
+    # which the setting would replace: every API call to 127.0.0.1 got 403 "Invalid Host header") and an unknown
+    # Host is refused. /health is exempt from the check, so only an API call shows it (deploy/README.md step 1).
+    assert _http_status(search, (ADMIN, mlflow_server.admin_password), host=PROXY_NAME) == 200
+    assert _http_status(search.replace("127.0.0.1", "localhost"), (ADMIN, mlflow_server.admin_password)) == 200
+    assert _http_status(search, (ADMIN, mlflow_server.admin_password), host="rebound.example") == 403
+    assert _http_status(f"{mlflow_server.uri}/health", host="rebound.example") == 200
 
 
 @pytest.mark.slow
