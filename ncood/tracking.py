@@ -109,13 +109,28 @@ def set_tags(ref: SweepRef, run_id: str, tags: Mapping[str, str]) -> None:
 
 
 def set_status(ref: SweepRef, run_id: str, status: str, tags: Mapping[str, str] | None = None) -> None:
+    """Set a run's status (and tags). ACTIVE reopens it (a resumed sweep): its `error` and `failure_kind` become
+    `previous_*`, as a restarted trial's do, since a run that ends FINISHED must not keep a stale error."""
     client = MlflowClient(ref.tracking_uri)
     for k, v in (tags or {}).items():
         client.set_tag(run_id, k, v)
     if status == ACTIVE:
+        _keep_as_previous(client, client.get_run(run_id))
         client.update_run(run_id, status=ACTIVE)
     else:
         client.set_terminated(run_id, status)
+
+
+def _keep_as_previous(client: MlflowClient, run, extra: Sequence[RunTag] = ()) -> None:
+    """A run that runs again has recovered from its error: `error` -> `previous_error` and `failure_kind` ->
+    `previous_failure_kind` (kept for the record, no longer the run's state); `extra` tags in the same batch."""
+    tags = list(extra)
+    for now, before in ((TAG_ERROR, TAG_PREVIOUS_ERROR), (TAG_FAILURE_KIND, TAG_PREVIOUS_FAILURE_KIND)):
+        if now in run.data.tags:
+            tags.append(RunTag(before, run.data.tags[now]))
+            client.delete_tag(run.info.run_id, now)
+    if tags:
+        client.log_batch(run.info.run_id, tags=tags)
 
 
 def now_ms() -> int:
@@ -209,14 +224,7 @@ class TrialTracker:
         history = self.client.get_metric_history(run_id, keys.LOSS_TRAIN)  # logged every epoch
         self.last_step = max((m.step for m in history), default=0)
         restarts = int(run.data.tags.get(TAG_RESTARTS, "0")) + 1
-        tags = [RunTag(TAG_RESTARTS, str(restarts)), RunTag(TAG_TRIAL_ID, self.trial_id)]
-        if TAG_ERROR in run.data.tags:  # recovered from this error: keep it, but the run is no longer failed
-            tags.append(RunTag(TAG_PREVIOUS_ERROR, run.data.tags[TAG_ERROR]))
-            self.client.delete_tag(run_id, TAG_ERROR)
-        if TAG_FAILURE_KIND in run.data.tags:
-            tags.append(RunTag(TAG_PREVIOUS_FAILURE_KIND, run.data.tags[TAG_FAILURE_KIND]))
-            self.client.delete_tag(run_id, TAG_FAILURE_KIND)
-        self.client.log_batch(run_id, tags=tags)
+        _keep_as_previous(self.client, run, [RunTag(TAG_RESTARTS, str(restarts)), RunTag(TAG_TRIAL_ID, self.trial_id)])
         self.client.update_run(run_id, status=ACTIVE)
         self.monitor = run_fields.start_system_metrics(run_id, self.ref.tracking_uri, resume=True)
         return run_id

@@ -320,6 +320,9 @@ def test_interrupt_then_resume(local_ray, sqlite_store, tmp_path):
     finished = {r.info.run_id: client.get_metric_history(r.info.run_id, keys.LOSS_TRAIN)
                 for r in before if r.info.status == "FINISHED"}
     assert finished and len(before) < 4
+    # What `ray job stop` leaves besides (the driver's SystemExit in the sweep run's `error` tag): after the resume
+    # the sweep is FINISHED, and the old error only its `previous_error`.
+    client.set_tag(parents[0].info.run_id, keys.TAG_ERROR, "SystemExit: 15")
 
     ablation = load_job("ablation")
     rc = ablation.main(["--resume", "--experiment", "interrupt", "--storage-path", str(sqlite_store[1] / "ray"),
@@ -327,6 +330,8 @@ def test_interrupt_then_resume(local_ray, sqlite_store, tmp_path):
     assert rc == 0
     parents, after = _runs(uri, "interrupt")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    tags = parents[0].data.tags
+    assert keys.TAG_ERROR not in tags and tags[keys.TAG_PREVIOUS_ERROR] == "SystemExit: 15"
     names = sorted(r.info.run_name for r in after)
     assert names == sorted(f"resnet18-w4-{l2}-sn-lg-e{e}-s0" for l2 in ("l2", "nol2") for e in (2, 5))  # no duplicates
     assert {r.info.status for r in after} == {"FINISHED"}

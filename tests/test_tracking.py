@@ -87,6 +87,22 @@ def test_trial_run_lifecycle(store):
     assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 0.5)]
 
 
+def test_a_reopened_sweep_run_keeps_its_old_error_only_as_previous_error(store):
+    """A sweep cut off by `ray job stop` ends with an `error` tag (ncood.tune.sweep.run_sweep); `--resume` reopens
+    its run (set_status ACTIVE). A resumed sweep that then ends FINISHED kept the stale error: now it moves to
+    `previous_error` on reopening, as a restarted trial's does (test_trial_run_lifecycle)."""
+    ref = _sweep(store, "reopened")
+    client = MlflowClient(store)
+    tracking.set_status(ref, ref.parent_run_id, tracking.FAILED, {keys.TAG_ERROR: "SystemExit: 15"})
+    tracking.set_status(ref, ref.parent_run_id, tracking.ACTIVE)
+    run = client.get_run(ref.parent_run_id)
+    assert run.info.status == "RUNNING" and keys.TAG_ERROR not in run.data.tags
+    assert run.data.tags[keys.TAG_PREVIOUS_ERROR] == "SystemExit: 15"
+    tracking.set_status(ref, ref.parent_run_id, tracking.FINISHED, {"trials_finished": "2"})
+    run = client.get_run(ref.parent_run_id)
+    assert run.info.status == "FINISHED" and keys.TAG_ERROR not in run.data.tags
+
+
 def test_run_found_by_trial_id_without_checkpoint(store):
     ref = _sweep(store, "by-trial-id")
     cfg = make_config("digits", width=4, epochs=2)
