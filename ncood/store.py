@@ -6,8 +6,8 @@
   the busy timeout is MLflow 3.17's own (`PRAGMA busy_timeout = 20000` on every session it opens,
   mlflow/store/db/utils.py), so a writer waits up to 20 s for the lock. sqlite is for one machine
   (ncood.tune.cluster warns on a multi-node cluster); a cluster uses the server in deploy/.
-- Inside `ray job submit --working-dir` the job runs in a copy that Ray deletes when the job ends: the default
-  store would be in it, and is refused with the fix.
+- Inside `ray job submit --working-dir` the job runs in a copy that Ray deletes when the job ends: a store that
+  would resolve into it (the default, or a relative path) is refused with the fix.
 Split from ncood.tracking (which re-exports these names) to keep each module short.
 """
 from __future__ import annotations
@@ -58,13 +58,24 @@ def resolve_tracking_uri(uri: str | None) -> str:
         return default_tracking_uri()
     if uri.startswith("sqlite:///"):
         path = uri[len("sqlite:///"):]  # 'sqlite:////abs/x.db' -> '/abs/x.db'; 'sqlite:///rel.db' -> 'rel.db'
-        return "sqlite:///" + str(Path(path).expanduser().resolve())
+        return "sqlite:///" + str(_lasting(uri, Path(path).expanduser().resolve()))
     if "://" not in uri:
         if uri.endswith(".db"):
-            return "sqlite:///" + str(Path(uri).expanduser().resolve())
+            return "sqlite:///" + str(_lasting(uri, Path(uri).expanduser().resolve()))
         raise TrackingError(f"tracking URI {uri!r}: the file store is deprecated in MLflow 3; use a sqlite database "
                             f"(sqlite:////abs/path/mlflow.db or a path ending in .db) or an http(s):// server")
     return uri
+
+
+def _lasting(uri: str, db: Path) -> Path:
+    """`db`, unless it lies in a Ray job's working-dir copy (a relative path resolves against the job's cwd, the
+    copy): the job would succeed and its store vanish with the copy."""
+    if in_ray_job_copy(db):
+        raise TrackingError(
+            f"tracking URI {uri!r} is {db}, inside this Ray job's temporary working-dir copy, which Ray deletes "
+            f"when the job ends. Pass --tracking-uri sqlite:////ABS/PATH/mlflow.db (an absolute path on the head "
+            f"node) or an http(s):// tracking server")
+    return db
 
 
 def _artifact_location(tracking_uri: str, experiment: str) -> str | None:

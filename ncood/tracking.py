@@ -2,7 +2,7 @@
 
 Layout (docs/method.md#trap-mlflow has the traps this avoids):
 - Store: ncood.store (re-exported here): `sqlite:///<repo>/mlruns/mlflow.db` unless `--tracking-uri` or
-  MLFLOW_TRACKING_URI says otherwise, always absolute (Ray trials run in temporary working dirs).
+  MLFLOW_TRACKING_URI says otherwise, always absolute, never inside a Ray job's temporary working-dir copy.
 - The driver creates the database, the experiment and the sweep's parent run before any trial starts: trials
   racing to create them fail (duplicate column / UNIQUE constraint). Trials receive a `SweepRef` (URI + ids).
 - Each trial is a child run (`mlflow.parentRunId`) named `<condition>-s<seed>`, with every TrialConfig field as a

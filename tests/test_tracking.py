@@ -142,6 +142,24 @@ def test_git_state_and_ray_job_copy(tmp_path, monkeypatch):
     assert tracking.in_ray_job_copy(copy) and not tracking.in_ray_job_copy(tmp_path)
 
 
+def test_a_store_inside_a_ray_job_copy_is_refused(tmp_path, monkeypatch):
+    """Inside `ray job submit --working-dir` the cwd is Ray's temporary copy: a relative sqlite path resolved
+    there (flag or MLFLOW_TRACKING_URI) made a store that vanished with the job, which succeeded. Refused, as the
+    default store is, with the fix; an absolute path outside the copy is fine."""
+    copy = tmp_path / "session_1" / "runtime_resources" / "working_dir_files" / "_ray_pkg_x"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    for uri in ("mlruns/mlflow.db", "sqlite:///mlruns/mlflow.db", f"sqlite:///{copy}/m.db"):
+        with pytest.raises(tracking.TrackingError, match=r"inside this Ray job's temporary working-dir copy.*"
+                                                         r"--tracking-uri sqlite:////ABS/PATH/mlflow.db"):
+            tracking.resolve_tracking_uri(uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "mlruns/mlflow.db")
+    with pytest.raises(tracking.TrackingError, match="temporary working-dir copy"):
+        tracking.resolve_tracking_uri(None)
+    assert tracking.resolve_tracking_uri(f"{tmp_path}/m.db") == f"sqlite:///{tmp_path}/m.db"
+    assert tracking.resolve_tracking_uri("http://mlflow:5000") == "http://mlflow:5000"
+
+
 def test_trials_registering_the_same_datasets_at_once_all_get_their_inputs(store, tmp_path):
     """A sweep's first round starts its trials together, and each registers the same datasets (same digests) as
     MLflow dataset inputs. MLflow's SQL store inserts the experiment's missing datasets and links them in one

@@ -119,14 +119,21 @@ class Storage:
     uri: str | None = None  # as given, for URIs; None for local directories
 
     @classmethod
-    def parse(cls, where: str) -> Storage:
+    def parse(cls, where: str, flag: str = "--storage-path") -> Storage:
+        """`where` as given to `flag` (named in the errors)."""
         if "://" in where:
             try:
                 fs, path = pafs.FileSystem.from_uri(where)
             except (ValueError, OSError) as e:  # pyarrow.lib.ArrowInvalid is a ValueError
-                raise StorageError(f"--storage-path {where!r} is not a storage URI pyarrow can open: {e}") from e
+                raise StorageError(f"{flag} {where!r} is not a storage URI pyarrow can open: {e}") from e
             return cls(fs, path.rstrip("/"), where)
-        return cls(pafs.LocalFileSystem(), str(Path(where).expanduser().resolve()))
+        local = Path(where).expanduser().resolve()
+        if tracking.in_ray_job_copy(local):  # e.g. a relative path in a job: the job's cwd is Ray's temporary copy
+            raise StorageError(
+                f"{flag} {where!r} is {local}, inside this Ray job's temporary working-dir copy, which Ray deletes "
+                f"when the job ends (with every checkpoint). Pass an absolute path every node sees (e.g. "
+                f"/mnt/ncood/ray) or a URI such as s3://BUCKET/prefix")
+        return cls(pafs.LocalFileSystem(), str(local))
 
     def check(self) -> None:
         """Create the root (a no-op for an existing bucket prefix): fail here, before any MLflow run exists."""
@@ -170,7 +177,7 @@ def find_experiment(storage: Storage, experiment: str, resume: str) -> tuple[Sto
     """`--resume PATH` -> PATH (a directory or URI); `--resume` alone -> the newest `<experiment>_*` sweep under the
     storage (names end in a %Y%m%d-%H%M%S start time and a random tag). Returns (its storage, its path there)."""
     if resume != "latest":
-        storage = Storage.parse(resume)  # Tuner.restore needs an absolute path
+        storage = Storage.parse(resume, "--resume")  # Tuner.restore needs an absolute path
         path = storage.path
     else:
         listing = storage.fs.get_file_info(pafs.FileSelector(storage.path, allow_not_found=True))
