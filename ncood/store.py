@@ -8,6 +8,8 @@
   (ncood.tune.cluster warns on a multi-node cluster); a cluster uses the server in deploy/.
 - Inside `ray job submit --working-dir` the job runs in a copy that Ray deletes when the job ends: a store that
   would resolve into it (the default, or a relative path) is refused with the fix.
+- A shared server with basic auth (deploy/) lets every user read every experiment but write only their own:
+  `permission_denied` recognizes its refusal, `refusal` words it for the one-line errors the commands print.
 Split from ncood.tracking (which re-exports these names) to keep each module short.
 """
 from __future__ import annotations
@@ -98,6 +100,22 @@ def existing_store(uri: str | None) -> str:
     if (db := sqlite_path(uri)) is not None and not db.is_file():
         raise TrackingError(f"no MLflow store at {db}; pass --tracking-uri of the store the sweep logged to")
     return uri
+
+
+# ---- a shared server's refusals ----------------------------------------------------------------------------------
+def permission_denied(error: BaseException) -> bool:
+    """A tracking server's HTTP 403: this login may read but not write the experiment or registered model (MLflow's
+    basic-auth gives other users' objects `default_permission`, READ in deploy/). MLflow raises it as an
+    MlflowException with error code PERMISSION_DENIED, from a JSON body or a plain 'Permission denied'."""
+    return isinstance(error, MlflowException) and error.error_code == "PERMISSION_DENIED"
+
+
+def refusal(tracking_uri: str, what: str) -> str:
+    """'the tracking server <uri> refused to <what> for user <login> (permission denied)': the start of the
+    one-line errors; each caller adds its own fix."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    return (f"the tracking server {tracking_uri} refused to {what}{f' for user {user}' if user else ''} "
+            f"(permission denied)")
 
 
 # ---- creating the store and the experiment ------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH
@@ -34,7 +35,7 @@ from ncood import keys, run_fields, runs_query
 
 # The store's functions live in ncood.store; callers use them as ncood.tracking's, as before the split.
 from ncood.store import (TrackingError, default_tracking_uri, existing_store, in_ray_job_copy,  # noqa: F401
-                         prepare_experiment, repo_root, resolve_tracking_uri, sqlite_path)
+                         permission_denied, prepare_experiment, refusal, repo_root, resolve_tracking_uri, sqlite_path)
 
 # Tag names live in the schema module (ncood.keys); imported here because tracking writes them.
 from ncood.keys import (ROLE_SWEEP, ROLE_TRIAL, TAG_CONDITION, TAG_ERROR, TAG_FAILURE_KIND, TAG_GIT_DIRTY,
@@ -94,14 +95,29 @@ def _param_value(v: Any) -> str:
 
 def start_sweep(tracking_uri: str, experiment_id: str, name: str, params: Mapping[str, Any],
                 tags: Mapping[str, str]) -> SweepRef:
-    """Create the sweep's parent run (driver only) and return the reference trials log under."""
+    """Create the sweep's parent run (driver only) and return the reference trials log under. This is the sweep's
+    first write into the experiment: where a shared server refuses a user who may only read it (TrackingError)."""
     client = MlflowClient(tracking_uri)
     git = {**run_fields.context_tags(), **git_state()}  # mlflow.source.*, mlflow.user, git commit and dirty flag
-    run = client.create_run(experiment_id, run_name=name, tags={TAG_ROLE: ROLE_SWEEP, **git, **tags})
+    try:
+        run = client.create_run(experiment_id, run_name=name, tags={TAG_ROLE: ROLE_SWEEP, **git, **tags})
+    except MlflowException as e:
+        if not permission_denied(e):
+            raise
+        exp = client.get_experiment(experiment_id).name
+        raise TrackingError(f"{refusal(tracking_uri, f'create a run in experiment {exp!r}')}: it is another "
+                            f"user's. Pass --experiment <a name of your own> (a new experiment is yours), or ask "
+                            f"its owner for EDIT permission on {exp!r}") from None
+    ref = SweepRef(tracking_uri, experiment_id, run.info.run_id, dict(git))
+    log_params(ref, ref.parent_run_id, params)
+    return ref
+
+
+def log_params(ref: SweepRef, run_id: str, params: Mapping[str, Any]) -> None:
+    client = MlflowClient(ref.tracking_uri)
     items = [Param(k, _param_value(v)) for k, v in params.items()]
     for i in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
-        client.log_batch(run.info.run_id, params=items[i:i + MAX_PARAMS_TAGS_PER_BATCH])
-    return SweepRef(tracking_uri, experiment_id, run.info.run_id, dict(git))
+        client.log_batch(run_id, params=items[i:i + MAX_PARAMS_TAGS_PER_BATCH])
 
 
 def set_tags(ref: SweepRef, run_id: str, tags: Mapping[str, str]) -> None:

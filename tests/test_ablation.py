@@ -189,6 +189,7 @@ def test_tiny_grid_parent_and_children(tiny_grid):
     parents, children = _runs(uri, "tiny")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert parents[0].info.run_id == result.ref.parent_run_id
+    assert parents[0].data.params["gpus_per_trial"] == "0"  # logged once Ray said it has no GPU
     assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
     assert all(r.data.tags[MLFLOW_PARENT_RUN_ID] == result.ref.parent_run_id for r in children)
     assert sorted(r.info.run_name for r in children) == sorted(
