@@ -1,7 +1,7 @@
 """Two users of one tracking server with basic auth, set up as deploy/ does it (`default_permission = READ`): the
 second user may read the first one's experiment and registered model but not write them. ncood's commands that
 write there must say so in one line naming what was refused and the fix, exit 2 and print no traceback: the sweep
-(before Ray starts).
+(before Ray starts), the champion's registration.
 
 A real `mlflow server --app-name basic-auth` on 127.0.0.1 (sqlite stores; the PostgreSQL-backed server of
 deploy/ is tests/test_deploy.py's), a real tiny sweep of the first user in its own process; the second user's
@@ -146,4 +146,39 @@ def test_a_sweep_into_another_users_experiment_stops_before_ray(auth_server, tmp
     with _as_user(auth_server, OWNER):  # the owner's sweep run and trials, all FINISHED, untouched
         assert {r.info.status for r in _experiment_runs(auth_server)} == {"FINISHED"}
         assert sum(r.data.tags.get(keys.TAG_ROLE) == keys.ROLE_SWEEP for r in _experiment_runs(auth_server)) == 1
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_registering_under_another_users_model_name_says_to_use_ones_own(auth_server, capsys):
+    """Registered models are global: ncood-ood-scorer is the owner's (their job registered it), so the server
+    refuses the reader's version of it. The job's end used to print the MlflowException and suggest `ncood register`
+    with the same arguments, refused the same way; now it says the name is another user's and to pass a model
+    name of one's own (`--model-name`, which `ncood register` has and the job has not), and that works."""
+    from mlflow.tracking import MlflowClient
+
+    from ncood import tracking
+    from ncood.cli import main
+    from ncood.tune import jobs
+    from ncood.tune.sweep import SweepResult
+
+    with _as_user(auth_server, READER):
+        client = MlflowClient(auth_server.uri)
+        sweep = next(r for r in _experiment_runs(auth_server) if r.data.tags.get(keys.TAG_ROLE) == keys.ROLE_SWEEP)
+        ref = tracking.SweepRef(auth_server.uri, sweep.info.experiment_id, sweep.info.run_id)
+        jobs.register_champion(SweepResult(ref, "", [], interrupted=False, num_trials=2, num_errors=0))
+        out = capsys.readouterr().out.strip()
+        assert out.startswith("Champion not registered: the tracking server") and "\n" not in out, out
+        redo = f"ncood register --experiment {EXPERIMENT} --tracking-uri {auth_server.uri} --model-name <your-model>"
+        for part in ("write the registered model 'ncood-ood-scorer' for user reader", "belongs to another user",
+                     redo, "--no-register"):
+            assert part in out, (part, out)
+        # --mode min: the other condition's run, a new version (model-versions/create refused, as the reporter
+        # saw; above, the owner's version already held the model: model-versions/set-tag refused)
+        assert main(["register", "--experiment", EXPERIMENT, "--tracking-uri", auth_server.uri, "--mode", "min"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("ncood register: the tracking server") and "\n" not in err and "--model-name" in err
+        assert main(["register", "--experiment", EXPERIMENT, "--tracking-uri", auth_server.uri,
+                     "--model-name", "readers-scorer"]) == 0  # the way out the messages name
+        assert "registered: readers-scorer version 1" in capsys.readouterr().out
+        assert client.get_model_version_by_alias("ncood-ood-scorer", "champion").version == "1"  # the owner's
 
