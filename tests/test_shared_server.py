@@ -1,7 +1,7 @@
 """Two users of one tracking server with basic auth, set up as deploy/ does it (`default_permission = READ`): the
 second user may read the first one's experiment and registered model but not write them. ncood's commands that
 write there must say so in one line naming what was refused and the fix, exit 2 and print no traceback: the sweep
-(before Ray starts), the champion's registration.
+(before Ray starts), the aggregation (after writing its files), the champion's registration.
 
 A real `mlflow server --app-name basic-auth` on 127.0.0.1 (sqlite stores; the PostgreSQL-backed server of
 deploy/ is tests/test_deploy.py's), a real tiny sweep of the first user in its own process; the second user's
@@ -147,6 +147,7 @@ def test_a_sweep_into_another_users_experiment_stops_before_ray(auth_server, tmp
         assert {r.info.status for r in _experiment_runs(auth_server)} == {"FINISHED"}
         assert sum(r.data.tags.get(keys.TAG_ROLE) == keys.ROLE_SWEEP for r in _experiment_runs(auth_server)) == 1
 
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_registering_under_another_users_model_name_says_to_use_ones_own(auth_server, capsys):
@@ -182,3 +183,39 @@ def test_registering_under_another_users_model_name_says_to_use_ones_own(auth_se
         assert "registered: readers-scorer version 1" in capsys.readouterr().out
         assert client.get_model_version_by_alias("ncood-ood-scorer", "champion").version == "1"  # the owner's
 
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_aggregating_another_users_experiment_keeps_the_files_and_says_why_no_run(auth_server, tmp_path, capsys):
+    """`ncood aggregate` by the reader: the tables, figures and report are written and printed, then the server
+    refuses the sweep run's headline metrics (runs/log-batch 403). That was a traceback; now one line after the
+    report saying where the files are and that --no-log-run (or EDIT permission) is the fix, exit 2."""
+    from ncood.cli import main
+
+    out = tmp_path / "aggregate"
+    with _as_user(auth_server, READER):
+        before = len(_experiment_runs(auth_server))
+        rc = main(["aggregate", "--experiment", EXPERIMENT, "--tracking-uri", auth_server.uri, "--out", str(out),
+                   "--resamples", "200"])
+        printed = capsys.readouterr()
+        assert rc == 2 and "Traceback" not in printed.err, printed.err
+        line = printed.err.strip()
+        assert line.startswith(f"aggregate: the files are written ({out})") and "\n" not in line, line
+        for part in (f"refused to log to experiment '{EXPERIMENT}' for user reader", "EDIT permission",
+                     "--no-log-run"):
+            assert part in line, (part, line)
+        assert (out / "report.md").is_file() and "# Sweep" in printed.out  # written and printed first
+        assert len(_experiment_runs(auth_server)) == before  # no aggregate run left behind
+        assert main(["aggregate", "--experiment", EXPERIMENT, "--tracking-uri", auth_server.uri, "--out", str(out),
+                     "--resamples", "200", "--no-log-run"]) == 0
+    with _as_user(auth_server, OWNER):  # the other fix: the owner grants EDIT, as deploy/README.md shows
+        import mlflow.server
+
+        experiment_id = _experiment_runs(auth_server)[0].info.experiment_id
+        mlflow.server.get_app_client("basic-auth", tracking_uri=auth_server.uri).grant_user_permission(
+            READER, "experiment", experiment_id, "EDIT")
+    with _as_user(auth_server, READER):
+        assert main(["aggregate", "--experiment", EXPERIMENT, "--tracking-uri", auth_server.uri, "--out", str(out),
+                     "--resamples", "200"]) == 0
+        runs = _experiment_runs(auth_server)
+        assert [r.data.tags.get(keys.TAG_ROLE) for r in runs].count(keys.ROLE_AGGREGATE) == 1

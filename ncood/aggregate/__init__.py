@@ -53,6 +53,9 @@ def after_sweep(tracking_uri: str, experiment_id: str, parent_run_id: str,
                          f"under it. Open the UI on the headline view (docs/mlflow-ui.md):",
                          "  " + tracking.ui_command(tracking_uri, page=headline_url("", experiment_id).lstrip("/"))]))
         return res
+    except tracking.TrackingError as e:  # says what to do (e.g. a server that refuses this user's aggregate run)
+        print(f"aggregate: {e}", file=sys.stderr)
+        return None
     except Exception as e:  # noqa: BLE001 - an aggregation bug must not turn a finished sweep into a crash
         import traceback
 
@@ -81,7 +84,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """0: aggregated; 2: nothing to aggregate (unknown experiment, no sweep, bad store)."""
+    """0: aggregated; 2: nothing to aggregate (unknown experiment, no sweep, bad store), or the files are written
+    but the tracking server refused the aggregate run (another user's experiment: --no-log-run)."""
     from ncood import tracking
     from ncood.aggregate.report import aggregate
     from ncood.aggregate.runs import AggregateError
