@@ -102,8 +102,13 @@ def write_table(table: Table, folder: Path) -> list[Path]:
 
 # ---- the step --------------------------------------------------------------------------------------------------------
 def default_out(experiment_name: str) -> Path:
-    """<repo>/runs/aggregate/<experiment> (absolute, beside runs/ray)."""
-    return tracking.repo_root() / "runs" / "aggregate" / re.sub(r"[^A-Za-z0-9._-]+", "_", experiment_name)
+    """<repo>/runs/aggregate/<experiment> (absolute, beside runs/ray). Inside `ray job submit --working-dir` the
+    repo is Ray's temporary copy, deleted when the job ends (the report's path pointed into it): there
+    ~/ray_results/aggregate/<experiment> on the node of the job's driver, as the Ray storage's default moves to
+    ~/ray_results (ncood.tune.sweep.default_storage_path). The aggregate run's artifacts hold the same files."""
+    root = tracking.repo_root()
+    base = Path("~/ray_results").expanduser() if tracking.in_ray_job_copy(root) else root / "runs"
+    return base / "aggregate" / re.sub(r"[^A-Za-z0-9._-]+", "_", experiment_name)
 
 
 def score_names(data: SweepData) -> list[str]:
