@@ -174,6 +174,24 @@ def test_summary_table_keeps_early_stops_out_of_finished_and_the_means(tmp_store
     assert row[:5] == ["c", "1", "1", "1", "0"] and row[5] == "0.9000", row  # finished, early, failed, other, mean
 
 
+def test_summary_table_lists_the_ood_sets_in_the_trials_order(tmp_store):
+    """The OoD columns follow the trials' ood_sets param, not the order a store returns the metrics in (a server
+    sorts them by name, sqlite keeps the logged order; both are noise, photos, scrambled here)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tmp_store)
+    exp = client.create_experiment("order")
+    for seed in range(2):
+        run = client.create_run(exp, tags={keys.TAG_CONDITION: "c"})
+        client.log_param(run.info.run_id, "ood_sets", "scrambled,photos,noise")
+        for i, ood in enumerate(["noise", "photos", "scrambled"]):
+            client.log_metric(run.info.run_id, keys.ood_key(ood, "gmm", "auroc"), 0.5 + i / 10)
+        client.set_terminated(run.info.run_id, "FINISHED")
+    head, row = jobs.summary_table(client.search_runs([exp])).splitlines()
+    assert head.split("  ")[-3:] == ["gmm AUROC scrambled", "gmm AUROC photos", "gmm AUROC noise"], head
+    assert row.split()[-3:] == ["0.7000", "0.6000", "0.5000"]
+
+
 # ---- local Ray -----------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_grid(local_ray, sqlite_store):

@@ -239,8 +239,11 @@ def summary_table(runs: list) -> str:
     by_cond: dict[str, list] = defaultdict(list)
     for run in runs:
         by_cond[run.data.tags.get(keys.TAG_CONDITION, "?")].append(run)
-    ood_sets = list(dict.fromkeys(p[0] for r in runs for k in r.data.metrics
-                                  if (p := keys.parse_ood_key(k)) and p[1:] == ("gmm", "auroc")))
+    # Columns in the trials' dataset order (param ood_sets), as the aggregate tables have them: the metric dicts'
+    # key order differs between stores (a tracking server returns them sorted by name, sqlite as logged).
+    scored = [p[0] for r in runs for k in r.data.metrics if (p := keys.parse_ood_key(k)) and p[1:] == ("gmm", "auroc")]
+    configured = [s for r in runs for s in r.data.params.get("ood_sets", "").split(",") if s]
+    ood_sets = [s for s in dict.fromkeys([*configured, *scored]) if s in scored]
     head = ["condition", "finished", "stopped early", "failed", "other", "test accuracy"] + [
         f"gmm AUROC {s}" for s in ood_sets]
     rows = [head]
