@@ -1,12 +1,8 @@
 """MLflow tracking for sweeps: the store, one parent run per sweep, one child run per trial.
 
 Layout (docs/method.md#trap-mlflow has the traps this avoids):
-- Store: `sqlite:///<repo>/mlruns/mlflow.db`, artifacts in `<repo>/mlruns/artifacts/<experiment>`, both absolute
-  (Ray trials run in temporary working dirs); `--tracking-uri` or MLFLOW_TRACKING_URI override it. Concurrent
-  writers (every trial of one or several sweeps): the database is in WAL mode (set once, persistent in the file);
-  the busy timeout is MLflow 3.17's own (`PRAGMA busy_timeout = 20000` on every session it opens,
-  mlflow/store/db/utils.py), so a writer waits up to 20 s for the lock. sqlite is for one machine
-  (ncood.tune.cluster warns on a multi-node cluster); a cluster uses the server in deploy/.
+- Store: ncood.store (re-exported here): `sqlite:///<repo>/mlruns/mlflow.db` unless `--tracking-uri` or
+  MLFLOW_TRACKING_URI says otherwise, always absolute, never inside a Ray job's temporary working-dir copy.
 - The driver creates the database, the experiment and the sweep's parent run before any trial starts: trials
   racing to create them fail (duplicate column / UNIQUE constraint). Trials receive a `SweepRef` (URI + ids).
 - Each trial is a child run (`mlflow.parentRunId`) named `<condition>-s<seed>`, with every TrialConfig field as a
@@ -21,17 +17,13 @@ Measurement modules never import this one (docs/architecture.md#dependencies): t
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
-import re
-import sqlite3
 import subprocess
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -40,6 +32,10 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH
 
 from ncood import keys, run_fields, runs_query
+
+# The store's functions live in ncood.store; callers use them as ncood.tracking's, as before the split.
+from ncood.store import (TrackingError, default_tracking_uri, existing_store, in_ray_job_copy,  # noqa: F401
+                         permission_denied, prepare_experiment, refusal, repo_root, resolve_tracking_uri, sqlite_path)
 
 # Tag names live in the schema module (ncood.keys); imported here because tracking writes them.
 from ncood.keys import (ROLE_SWEEP, ROLE_TRIAL, TAG_CONDITION, TAG_ERROR, TAG_FAILURE_KIND, TAG_GIT_DIRTY,
@@ -51,122 +47,6 @@ ACTIVE, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
 # between machines would split the compare view); `device` is the resolved one (cpu / cuda).
 MACHINE_FIELDS = keys.MACHINE_FIELDS
 PARAM_MILESTONES = "lr_milestones"  # the effective LR x0.1 epochs (cfg.milestones; lr_steps=None means derived)
-
-
-class TrackingError(RuntimeError):
-    """The tracking store cannot be used as asked; the message says how to fix it."""
-
-
-# ---- the store ---------------------------------------------------------------------------------------------------
-def repo_root() -> Path:
-    """The source checkout (folder with pyproject.toml above the ncood package), else the current directory."""
-    root = Path(__file__).resolve().parent.parent
-    return root if (root / "pyproject.toml").exists() else Path.cwd().resolve()
-
-
-def in_ray_job_copy(path: Path | None = None) -> bool:
-    """True inside `ray job submit --working-dir` (an unpacked copy that Ray deletes when the job ends)."""
-    return "runtime_resources" in (path or repo_root()).parts
-
-
-def default_tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI if set, else sqlite:///<repo>/mlruns/mlflow.db (absolute)."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return resolve_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-    if in_ray_job_copy():
-        raise TrackingError(
-            "running inside a Ray job's temporary working-dir copy: the default store (its mlruns/) would be deleted "
-            "with the job. Pass --tracking-uri sqlite:////ABS/PATH/mlruns/mlflow.db (a path on the head node) or an "
-            "http://tracking-server URI, or set MLFLOW_TRACKING_URI in the job's runtime env."
-        )
-    return "sqlite:///" + str(repo_root() / "mlruns" / "mlflow.db")
-
-
-def resolve_tracking_uri(uri: str | None) -> str:
-    """Absolute tracking URI: sqlite paths are made absolute; a bare '*.db' path means sqlite; servers pass as is."""
-    if not uri:
-        return default_tracking_uri()
-    if uri.startswith("sqlite:///"):
-        path = uri[len("sqlite:///"):]  # 'sqlite:////abs/x.db' -> '/abs/x.db'; 'sqlite:///rel.db' -> 'rel.db'
-        return "sqlite:///" + str(Path(path).expanduser().resolve())
-    if "://" not in uri:
-        if uri.endswith(".db"):
-            return "sqlite:///" + str(Path(uri).expanduser().resolve())
-        raise TrackingError(f"tracking URI {uri!r}: the file store is deprecated in MLflow 3; use a sqlite database "
-                            f"(sqlite:////abs/path/mlflow.db or a path ending in .db) or an http(s):// server")
-    return uri
-
-
-def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
-    """sqlite stores keep artifacts beside the database (absolute); servers choose their own (None)."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment)
-    return (Path(tracking_uri[len("sqlite:///"):]).parent / "artifacts" / safe).as_uri()
-
-
-def sqlite_path(tracking_uri: str) -> Path | None:
-    """The database file of a sqlite:/// URI, else None."""
-    return Path(tracking_uri[len("sqlite:///"):]) if tracking_uri.startswith("sqlite:///") else None
-
-
-def existing_store(uri: str | None) -> str:
-    """resolve_tracking_uri for commands that only read (register, aggregate): a sqlite file that is not there is a
-    TrackingError, because MLflow would create it, empty, with its folders, and then find nothing in it."""
-    uri = resolve_tracking_uri(uri)
-    if (db := sqlite_path(uri)) is not None and not db.is_file():
-        raise TrackingError(f"no MLflow store at {db}; pass --tracking-uri of the store the sweep logged to")
-    return uri
-
-
-@contextlib.contextmanager
-def _exclusive(db: Path) -> Iterator[None]:
-    """One process at a time (flock on `<db>.lock`): MLflow creates a new database's schema with migrations that
-    fail when two processes run them at once (two sweeps started together on a fresh store)."""
-    with open(db.with_name(db.name + ".lock"), "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _use_wal(db: Path) -> None:
-    """Write-ahead logging: readers never block the writer and commits are cheaper. Persistent in the file, so
-    set once here; a no-op when it is on already. (The busy timeout is MLflow's own: 20 s on every session.)"""
-    with contextlib.closing(sqlite3.connect(db, timeout=60)) as con:
-        if con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-            con.execute("PRAGMA journal_mode=WAL")
-
-
-def prepare_experiment(name: str, tracking_uri: str) -> str:
-    """Create (or find) the experiment on the driver, before any trial starts; returns its id. Safe when several
-    drivers do it at once: a sqlite store is created under a file lock (and switched to WAL), and an experiment
-    that another driver created in the meantime is found instead of failing."""
-    db = sqlite_path(tracking_uri)
-    if db is None:
-        return _get_or_create_experiment(MlflowClient(tracking_uri), name, tracking_uri)
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(db):
-        client = MlflowClient(tracking_uri)
-        client.search_experiments(max_results=1)  # the first access creates the schema
-        _use_wal(db)
-        return _get_or_create_experiment(client, name, tracking_uri)
-
-
-def _get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        try:
-            return client.create_experiment(name, artifact_location=_artifact_location(tracking_uri, name))
-        except MlflowException as e:  # another driver created it between the lookup and here
-            if e.error_code != "RESOURCE_ALREADY_EXISTS" or client.get_experiment_by_name(name) is None:
-                raise
-            exp = client.get_experiment_by_name(name)
-    if exp.lifecycle_stage != "active":
-        raise TrackingError(f"MLflow experiment {name!r} is deleted; restore it in the UI, purge it with "
-                            f"`mlflow gc --backend-store-uri {tracking_uri}`, or choose another --experiment")
-    return exp.experiment_id
 
 
 def git_state(root: Path | None = None) -> dict[str, str]:
@@ -215,14 +95,29 @@ def _param_value(v: Any) -> str:
 
 def start_sweep(tracking_uri: str, experiment_id: str, name: str, params: Mapping[str, Any],
                 tags: Mapping[str, str]) -> SweepRef:
-    """Create the sweep's parent run (driver only) and return the reference trials log under."""
+    """Create the sweep's parent run (driver only) and return the reference trials log under. This is the sweep's
+    first write into the experiment: where a shared server refuses a user who may only read it (TrackingError)."""
     client = MlflowClient(tracking_uri)
     git = {**run_fields.context_tags(), **git_state()}  # mlflow.source.*, mlflow.user, git commit and dirty flag
-    run = client.create_run(experiment_id, run_name=name, tags={TAG_ROLE: ROLE_SWEEP, **git, **tags})
+    try:
+        run = client.create_run(experiment_id, run_name=name, tags={TAG_ROLE: ROLE_SWEEP, **git, **tags})
+    except MlflowException as e:
+        if not permission_denied(e):
+            raise
+        exp = client.get_experiment(experiment_id).name
+        raise TrackingError(f"{refusal(tracking_uri, f'create a run in experiment {exp!r}')}: it is another "
+                            f"user's. Pass --experiment <a name of your own> (a new experiment is yours), or ask "
+                            f"its owner for EDIT permission on {exp!r}") from None
+    ref = SweepRef(tracking_uri, experiment_id, run.info.run_id, dict(git))
+    log_params(ref, ref.parent_run_id, params)
+    return ref
+
+
+def log_params(ref: SweepRef, run_id: str, params: Mapping[str, Any]) -> None:
+    client = MlflowClient(ref.tracking_uri)
     items = [Param(k, _param_value(v)) for k, v in params.items()]
     for i in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
-        client.log_batch(run.info.run_id, params=items[i:i + MAX_PARAMS_TAGS_PER_BATCH])
-    return SweepRef(tracking_uri, experiment_id, run.info.run_id, dict(git))
+        client.log_batch(run_id, params=items[i:i + MAX_PARAMS_TAGS_PER_BATCH])
 
 
 def set_tags(ref: SweepRef, run_id: str, tags: Mapping[str, str]) -> None:
@@ -230,13 +125,28 @@ def set_tags(ref: SweepRef, run_id: str, tags: Mapping[str, str]) -> None:
 
 
 def set_status(ref: SweepRef, run_id: str, status: str, tags: Mapping[str, str] | None = None) -> None:
+    """Set a run's status (and tags). ACTIVE reopens it (a resumed sweep): its `error` and `failure_kind` become
+    `previous_*`, as a restarted trial's do, since a run that ends FINISHED must not keep a stale error."""
     client = MlflowClient(ref.tracking_uri)
     for k, v in (tags or {}).items():
         client.set_tag(run_id, k, v)
     if status == ACTIVE:
+        _keep_as_previous(client, client.get_run(run_id))
         client.update_run(run_id, status=ACTIVE)
     else:
         client.set_terminated(run_id, status)
+
+
+def _keep_as_previous(client: MlflowClient, run, extra: Sequence[RunTag] = ()) -> None:
+    """A run that runs again has recovered from its error: `error` -> `previous_error` and `failure_kind` ->
+    `previous_failure_kind` (kept for the record, no longer the run's state); `extra` tags in the same batch."""
+    tags = list(extra)
+    for now, before in ((TAG_ERROR, TAG_PREVIOUS_ERROR), (TAG_FAILURE_KIND, TAG_PREVIOUS_FAILURE_KIND)):
+        if now in run.data.tags:
+            tags.append(RunTag(before, run.data.tags[now]))
+            client.delete_tag(run.info.run_id, now)
+    if tags:
+        client.log_batch(run.info.run_id, tags=tags)
 
 
 def now_ms() -> int:
@@ -330,14 +240,7 @@ class TrialTracker:
         history = self.client.get_metric_history(run_id, keys.LOSS_TRAIN)  # logged every epoch
         self.last_step = max((m.step for m in history), default=0)
         restarts = int(run.data.tags.get(TAG_RESTARTS, "0")) + 1
-        tags = [RunTag(TAG_RESTARTS, str(restarts)), RunTag(TAG_TRIAL_ID, self.trial_id)]
-        if TAG_ERROR in run.data.tags:  # recovered from this error: keep it, but the run is no longer failed
-            tags.append(RunTag(TAG_PREVIOUS_ERROR, run.data.tags[TAG_ERROR]))
-            self.client.delete_tag(run_id, TAG_ERROR)
-        if TAG_FAILURE_KIND in run.data.tags:
-            tags.append(RunTag(TAG_PREVIOUS_FAILURE_KIND, run.data.tags[TAG_FAILURE_KIND]))
-            self.client.delete_tag(run_id, TAG_FAILURE_KIND)
-        self.client.log_batch(run_id, tags=tags)
+        _keep_as_previous(self.client, run, [RunTag(TAG_RESTARTS, str(restarts)), RunTag(TAG_TRIAL_ID, self.trial_id)])
         self.client.update_run(run_id, status=ACTIVE)
         self.monitor = run_fields.start_system_metrics(run_id, self.ref.tracking_uri, resume=True)
         return run_id

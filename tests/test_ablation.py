@@ -174,6 +174,24 @@ def test_summary_table_keeps_early_stops_out_of_finished_and_the_means(tmp_store
     assert row[:5] == ["c", "1", "1", "1", "0"] and row[5] == "0.9000", row  # finished, early, failed, other, mean
 
 
+def test_summary_table_lists_the_ood_sets_in_the_trials_order(tmp_store):
+    """The OoD columns follow the trials' ood_sets param, not the order a store returns the metrics in (a server
+    sorts them by name, sqlite keeps the logged order; both are noise, photos, scrambled here)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tmp_store)
+    exp = client.create_experiment("order")
+    for seed in range(2):
+        run = client.create_run(exp, tags={keys.TAG_CONDITION: "c"})
+        client.log_param(run.info.run_id, "ood_sets", "scrambled,photos,noise")
+        for i, ood in enumerate(["noise", "photos", "scrambled"]):
+            client.log_metric(run.info.run_id, keys.ood_key(ood, "gmm", "auroc"), 0.5 + i / 10)
+        client.set_terminated(run.info.run_id, "FINISHED")
+    head, row = jobs.summary_table(client.search_runs([exp])).splitlines()
+    assert head.split("  ")[-3:] == ["gmm AUROC scrambled", "gmm AUROC photos", "gmm AUROC noise"], head
+    assert row.split()[-3:] == ["0.7000", "0.6000", "0.5000"]
+
+
 # ---- local Ray -----------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_grid(local_ray, sqlite_store):
@@ -189,6 +207,7 @@ def test_tiny_grid_parent_and_children(tiny_grid):
     parents, children = _runs(uri, "tiny")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert parents[0].info.run_id == result.ref.parent_run_id
+    assert parents[0].data.params["gpus_per_trial"] == "0"  # logged once Ray said it has no GPU
     assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
     assert all(r.data.tags[MLFLOW_PARENT_RUN_ID] == result.ref.parent_run_id for r in children)
     assert sorted(r.info.run_name for r in children) == sorted(
@@ -320,6 +339,9 @@ def test_interrupt_then_resume(local_ray, sqlite_store, tmp_path):
     finished = {r.info.run_id: client.get_metric_history(r.info.run_id, keys.LOSS_TRAIN)
                 for r in before if r.info.status == "FINISHED"}
     assert finished and len(before) < 4
+    # What `ray job stop` leaves besides (the driver's SystemExit in the sweep run's `error` tag): after the resume
+    # the sweep is FINISHED, and the old error only its `previous_error`.
+    client.set_tag(parents[0].info.run_id, keys.TAG_ERROR, "SystemExit: 15")
 
     ablation = load_job("ablation")
     rc = ablation.main(["--resume", "--experiment", "interrupt", "--storage-path", str(sqlite_store[1] / "ray"),
@@ -327,6 +349,8 @@ def test_interrupt_then_resume(local_ray, sqlite_store, tmp_path):
     assert rc == 0
     parents, after = _runs(uri, "interrupt")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    tags = parents[0].data.tags
+    assert keys.TAG_ERROR not in tags and tags[keys.TAG_PREVIOUS_ERROR] == "SystemExit: 15"
     names = sorted(r.info.run_name for r in after)
     assert names == sorted(f"resnet18-w4-{l2}-sn-lg-e{e}-s0" for l2 in ("l2", "nol2") for e in (2, 5))  # no duplicates
     assert {r.info.status for r in after} == {"FINISHED"}

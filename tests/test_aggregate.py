@@ -317,6 +317,30 @@ def test_ncood_aggregate_subcommand(store, tmp_path, capsys):
     assert "no MLflow experiment 'no-such-exp'" in capsys.readouterr().err
 
 
+def test_default_folder_inside_a_ray_job_copy_outlives_the_job(tmp_path):
+    """`ray job submit --working-dir` runs the job from Ray's temporary copy of the repo, deleted when the job ends;
+    the report's default folder was in it (the printed "Full report" path vanished with the job). There it is
+    ~/ray_results/aggregate/<experiment>, beside the Ray storage's default in a job (~/ray_results). The copy is made
+    as Ray makes it: the package and pyproject.toml under .../runtime_resources/working_dir_files/_ray_pkg_<id>/."""
+    import shutil
+
+    from ncood.aggregate.report import default_out
+
+    repo = Path(__file__).resolve().parent.parent
+    assert default_out("abl x") == repo / "runs" / "aggregate" / "abl_x"  # a checkout: beside runs/ray
+    copy = tmp_path / "session_1" / "runtime_resources" / "working_dir_files" / "_ray_pkg_0"
+    shutil.copytree(repo / "ncood", copy / "ncood", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(repo / "pyproject.toml", copy)
+    code = ("from ncood.aggregate.report import default_out; from ncood.tune.sweep import default_storage_path; "
+            "print(default_out('abl x')); print(default_storage_path())")
+    home = tmp_path / "home"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=copy, capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(home), "PYTHONPATH": str(copy)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out, storage = proc.stdout.split()
+    assert (out, storage) == (str(home / "ray_results" / "aggregate" / "abl_x"), str(home / "ray_results"))
+
+
 def test_sweep_run_carries_the_headline(store, result):
     """The sweep (parent) run: per-condition mean/min/sd of every score's AUROC per OoD set, accuracy and NC1 (checked
     against the truth), the L2 effects equal to Table 4's numbers for every score, and the experiment's description."""

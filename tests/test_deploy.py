@@ -42,6 +42,7 @@ DEPLOY = REPO / "deploy"
 BIN = Path(sys.executable).parent  # the venv's mlflow and ray
 ADMIN = "admin"
 SERVICE_USER = "ray-job"  # the non-admin account the Ray job logs in as
+PROXY_NAME = "mlflow.example.internal"  # MLFLOW_ALLOWED_HOSTS of deploy/mlflow/mlflow-server.env.example
 
 # ---- integration: PostgreSQL + tracking server + Ray head + ray job submit ------------------------------------------
 def _free_port() -> int:
@@ -89,6 +90,9 @@ def _cmdline(pid: int) -> str:
 class Postgres:
     port: int
     password: str  # of the `mlflow` role
+    socket_dir: Path  # the cluster's folder (owned by its owner): its socket, where the superuser logs in (trust)
+    as_owner: tuple[str, ...]  # prefix that runs a command as the cluster's owner: runuser as root, else nothing
+    bindir: Path
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +126,7 @@ def postgres(apt_lock):
         out = subprocess.run(["bash", str(DEPLOY / "mlflow" / "init-db.sh")], env=env, capture_output=True,
                              text=True, timeout=60)
         assert out.returncode == 0, out.stderr
-        yield Postgres(port, password)
+        yield Postgres(port, password, root, tuple(as_owner), bindir)
     except subprocess.CalledProcessError as e:
         pytest.fail(f"{e.cmd[len(as_owner)]} failed: {e.stderr!r}\n{_log_tail(log)}")
     finally:
@@ -134,6 +138,31 @@ def postgres(apt_lock):
             except (OSError, ValueError, IndexError):
                 pass
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("password_file", ["/dev/stdin", "-"])
+def test_init_db_reads_a_password_piped_to_the_postgres_user(postgres, password_file):
+    """deploy/README.md step 1 pipes the password into init-db.sh run as the `postgres` user (there `sudo -u
+    postgres`, here runuser). The pipe then belongs to root with mode 0600: postgres may read its fd 0 but not
+    reopen /dev/stdin, which init-db.sh used to do ("/dev/stdin: Permission denied"). That failure needs the user
+    switch, i.e. a root test run; run as another user, only the `-` form tells the old script from the new."""
+    import psycopg
+
+    role = "piped_stdin" if password_file == "/dev/stdin" else "piped_dash"  # its own role: the fixture's stays
+    password = secrets.token_urlsafe(24)
+    script = postgres.socket_dir / f"init-db-{role}.sh"  # a copy the postgres user can read (the docs: /opt/...)
+    shutil.copy(DEPLOY / "mlflow" / "init-db.sh", script)
+    settings = {"PATH": f"{postgres.bindir}:{os.environ['PATH']}", "PGHOST": str(postgres.socket_dir),
+                "PGPORT": str(postgres.port), "PGUSER": "postgres", "MLFLOW_DB_USER": role, "MLFLOW_DB_NAME": role,
+                "MLFLOW_AUTH_DB_NAME": f"{role}_auth", "MLFLOW_DB_PASSWORD_FILE": password_file}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PG"))}
+    out = subprocess.run([*postgres.as_owner, "env", *(f"{k}={v}" for k, v in settings.items()), "bash", str(script)],
+                         input=password + "\n", env=clean, cwd=postgres.socket_dir, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    with psycopg.connect(host="127.0.0.1", port=postgres.port, user=role, password=password, dbname=role) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (role,)
 
 
 @dataclass
@@ -183,11 +212,13 @@ def _stop_group(proc: subprocess.Popen, grace: float) -> None:
     proc.wait(timeout=10)
 
 
-def _http_status(url: str, auth: tuple[str, str] | None = None) -> int:
-    """HTTP status of a GET (basic auth if given); -1 when nothing answers."""
+def _http_status(url: str, auth: tuple[str, str] | None = None, host: str | None = None) -> int:
+    """HTTP status of a GET (basic auth, a Host header other than the URL's, if given); -1 when nothing answers."""
     req = urllib.request.Request(url)
     if auth:
         req.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
+    if host:
+        req.add_header("Host", host)
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status
@@ -209,6 +240,7 @@ def mlflow_server(postgres):
         "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN, "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
         "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32), "MLFLOW_HOST": "127.0.0.1",
         "MLFLOW_PORT": str(port), "MLFLOW_WORKERS": "1", "MLFLOW_RUN_DIR": str(root / "run"),
+        "MLFLOW_ALLOWED_HOSTS": PROXY_NAME,  # as mlflow-server.env.example: every client here still uses 127.0.0.1
     })
     server = Server(f"http://127.0.0.1:{port}", admin_password, root / "artifacts", log, env)
     try:
@@ -267,6 +299,13 @@ def test_server_refuses_anonymous_and_wrong_password(mlflow_server):
     assert _http_status(search) == 401
     assert _http_status(search, (ADMIN, mlflow_server.admin_password + "x")) == 401
     assert _http_status(search, (ADMIN, mlflow_server.admin_password)) == 200
+    # MLFLOW_ALLOWED_HOSTS names the proxy; localhost stays allowed (start-server.sh appends MLflow's defaults,
+    # which the setting would replace: every API call to 127.0.0.1 got 403 "Invalid Host header") and an unknown
+    # Host is refused. /health is exempt from the check, so only an API call shows it (deploy/README.md step 1).
+    assert _http_status(search, (ADMIN, mlflow_server.admin_password), host=PROXY_NAME) == 200
+    assert _http_status(search.replace("127.0.0.1", "localhost"), (ADMIN, mlflow_server.admin_password)) == 200
+    assert _http_status(search, (ADMIN, mlflow_server.admin_password), host="rebound.example") == 403
+    assert _http_status(f"{mlflow_server.uri}/health", host="rebound.example") == 200
 
 
 @pytest.mark.slow

@@ -202,6 +202,38 @@ def test_ray_image_copies_what_exists():
                 assert f"!{src}" in allowed or f"!{src}/" in allowed, f"{src} is not in the build context"
 
 
+def test_start_server_keeps_mlflows_default_hosts_beside_the_proxy_name(tmp_path):
+    """MLFLOW_ALLOWED_HOSTS as mlflow-server.env.example sets it (the proxy's name) must not lock out 127.0.0.1:
+    MLflow's --allowed-hosts replaces its default hosts, so start-server.sh appends them (exactly the installed
+    MLflow's list). `mlflow` is a script here that prints the arguments start-server.sh passes; the real server
+    with this setting: tests/test_deploy.py."""
+    from mlflow.server.security_utils import get_default_allowed_hosts, is_allowed_host_header
+
+    fake = tmp_path / "mlflow"
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    fake.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "MLFLOW": str(fake), "MLFLOW_DB_PASSWORD": "x", "MLFLOW_AUTH_ADMIN_PASSWORD": "x",
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": "x", "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "artifacts"),
+           "MLFLOW_RUN_DIR": str(tmp_path / "run")}
+
+    def allowed_hosts(value: str | None) -> list[str] | None:
+        out = subprocess.run(["bash", str(DEPLOY / "mlflow" / "start-server.sh")], capture_output=True, text=True,
+                             env={**env, **({"MLFLOW_ALLOWED_HOSTS": value} if value is not None else {})}, timeout=60)
+        assert out.returncode == 0, out.stderr
+        argv = out.stdout.splitlines()
+        return argv[argv.index("--allowed-hosts") + 1].split(",") if "--allowed-hosts" in argv else None
+
+    example = (DEPLOY / "mlflow" / "mlflow-server.env.example").read_text()
+    proxy = re.search(r"^MLFLOW_ALLOWED_HOSTS=(.+)$", example, re.M).group(1)
+    hosts = allowed_hosts(proxy)
+    assert hosts[0] == proxy and hosts[1:] == get_default_allowed_hosts()
+    for host in (proxy, "127.0.0.1:5000", "localhost:5000", "10.0.0.7:5000"):
+        assert is_allowed_host_header(hosts, host), host
+    assert not is_allowed_host_header(hosts, "rebound.example")
+    assert allowed_hosts(None) is None and allowed_hosts("") is None  # no flag: MLflow's defaults as they are
+    assert allowed_hosts("*") == ["*"]  # every host (MLflow warns), nothing to append
+
+
 # ---- deploy/serving/client.py without a server ---------------------------------------------------------------------
 def _client(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(DEPLOY / "serving" / "client.py"), *argv], capture_output=True,

@@ -30,6 +30,27 @@ def test_storage_parse_local_and_uri(tmp_path):
                                             "&scheme=http&region=us-east-1")  # what --resume takes back
 
 
+def test_a_relative_store_in_a_ray_job_copy_stops_the_job(tmp_path, monkeypatch, capsys):
+    """In `ray job submit --working-dir` the job's cwd is Ray's temporary copy of the working dir: a relative
+    --storage-path or --tracking-uri resolved into it, the job succeeded and its results went with the copy.
+    Now exit 2 before Ray starts, naming the flag and the fix (the default stores were checked already)."""
+    copy = tmp_path / "session_1" / "runtime_resources" / "working_dir_files" / "_ray_pkg_x"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    with pytest.raises(FileNotFoundError, match=r"--storage-path 'runs/ray' is .*_ray_pkg_x/runs/ray, inside this "
+                                                r"Ray job's temporary working-dir copy.*an absolute path"):
+        Storage.parse("runs/ray")
+    ablation = load_job("ablation")
+    flags = ["--seeds", "1", "--epochs", "1", "--width", "2", "--quiet", "--no-aggregate", "--no-register"]
+    rc = ablation.main([*flags, "--storage-path", "runs/ray", "--tracking-uri", str(tmp_path / "mlflow.db")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--storage-path 'runs/ray'" in err and "temporary working-dir copy" in err, err
+    rc = ablation.main([*flags, "--storage-path", str(tmp_path / "ray"), "--tracking-uri", "mlruns/mlflow.db"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "tracking URI 'mlruns/mlflow.db'" in err and "temporary working-dir copy" in err, err
+    assert not (copy / "runs").exists() and not (copy / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
+
+
 def test_resume_without_a_sweep_names_the_storage(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no sweep 'nothing_\*' to resume under .*--storage-path"):
         find_experiment(Storage.parse(str(tmp_path)), "nothing", "latest")

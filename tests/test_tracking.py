@@ -87,6 +87,22 @@ def test_trial_run_lifecycle(store):
     assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 0.5)]
 
 
+def test_a_reopened_sweep_run_keeps_its_old_error_only_as_previous_error(store):
+    """A sweep cut off by `ray job stop` ends with an `error` tag (ncood.tune.sweep.run_sweep); `--resume` reopens
+    its run (set_status ACTIVE). A resumed sweep that then ends FINISHED kept the stale error: now it moves to
+    `previous_error` on reopening, as a restarted trial's does (test_trial_run_lifecycle)."""
+    ref = _sweep(store, "reopened")
+    client = MlflowClient(store)
+    tracking.set_status(ref, ref.parent_run_id, tracking.FAILED, {keys.TAG_ERROR: "SystemExit: 15"})
+    tracking.set_status(ref, ref.parent_run_id, tracking.ACTIVE)
+    run = client.get_run(ref.parent_run_id)
+    assert run.info.status == "RUNNING" and keys.TAG_ERROR not in run.data.tags
+    assert run.data.tags[keys.TAG_PREVIOUS_ERROR] == "SystemExit: 15"
+    tracking.set_status(ref, ref.parent_run_id, tracking.FINISHED, {"trials_finished": "2"})
+    run = client.get_run(ref.parent_run_id)
+    assert run.info.status == "FINISHED" and keys.TAG_ERROR not in run.data.tags
+
+
 def test_run_found_by_trial_id_without_checkpoint(store):
     ref = _sweep(store, "by-trial-id")
     cfg = make_config("digits", width=4, epochs=2)
@@ -124,6 +140,24 @@ def test_git_state_and_ray_job_copy(tmp_path, monkeypatch):
     assert tracking.git_state(tmp_path) == {"mlflow.source.git.commit": "abc123"}
     copy = tmp_path / "session_1" / "runtime_resources" / "working_dir_files" / "_ray_pkg_x"
     assert tracking.in_ray_job_copy(copy) and not tracking.in_ray_job_copy(tmp_path)
+
+
+def test_a_store_inside_a_ray_job_copy_is_refused(tmp_path, monkeypatch):
+    """Inside `ray job submit --working-dir` the cwd is Ray's temporary copy: a relative sqlite path resolved
+    there (flag or MLFLOW_TRACKING_URI) made a store that vanished with the job, which succeeded. Refused, as the
+    default store is, with the fix; an absolute path outside the copy is fine."""
+    copy = tmp_path / "session_1" / "runtime_resources" / "working_dir_files" / "_ray_pkg_x"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    for uri in ("mlruns/mlflow.db", "sqlite:///mlruns/mlflow.db", f"sqlite:///{copy}/m.db"):
+        with pytest.raises(tracking.TrackingError, match=r"inside this Ray job's temporary working-dir copy.*"
+                                                         r"--tracking-uri sqlite:////ABS/PATH/mlflow.db"):
+            tracking.resolve_tracking_uri(uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "mlruns/mlflow.db")
+    with pytest.raises(tracking.TrackingError, match="temporary working-dir copy"):
+        tracking.resolve_tracking_uri(None)
+    assert tracking.resolve_tracking_uri(f"{tmp_path}/m.db") == f"sqlite:///{tmp_path}/m.db"
+    assert tracking.resolve_tracking_uri("http://mlflow:5000") == "http://mlflow:5000"
 
 
 def test_trials_registering_the_same_datasets_at_once_all_get_their_inputs(store, tmp_path):

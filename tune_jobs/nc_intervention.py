@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MLflow experiment to log into (default: <experiment>-nc-intervention)")
     g.add_argument("--no-aggregate", action="store_true", help="skip the tables and figures")
     g.add_argument("--aggregate-out", default=None, metavar="DIR",
-                   help="folder for the tables and figures (default: <repo>/runs/aggregate/<intervention experiment>)")
+                   help="folder for the tables and figures (default: <repo>/runs/aggregate/<intervention experiment>; "
+                        "inside a Ray job ~/ray_results/aggregate/...)")
     jobs.add_run_flags(p, job="nc_intervention")
     jobs.add_version(p)
     p.set_defaults(experiment="ablation-default")

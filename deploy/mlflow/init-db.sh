@@ -8,13 +8,20 @@
 # on a VM: `sudo -u postgres deploy/mlflow/init-db.sh` uses the local socket). Also runs unchanged as a
 # /docker-entrypoint-initdb.d script of the postgres image (compose.yaml).
 #   MLFLOW_DB_USER       role MLflow logs in as                     (default mlflow)
-#   MLFLOW_DB_PASSWORD   its password, or MLFLOW_DB_PASSWORD_FILE   (required; a re-run resets it)
+#   MLFLOW_DB_PASSWORD   its password, or MLFLOW_DB_PASSWORD_FILE   (required; a re-run resets it; FILE may be
+#                        `-` or /dev/stdin: the password piped in)
 #   MLFLOW_DB_NAME       tracking store database                    (default mlflow)
 #   MLFLOW_AUTH_DB_NAME  basic-auth users/permissions database      (default mlflow_auth)
 set -euo pipefail
 
 if [[ -z "${MLFLOW_DB_PASSWORD:-}" && -n "${MLFLOW_DB_PASSWORD_FILE:-}" ]]; then
-  MLFLOW_DB_PASSWORD=$(<"$MLFLOW_DB_PASSWORD_FILE")
+  if [[ "$MLFLOW_DB_PASSWORD_FILE" == - || "$MLFLOW_DB_PASSWORD_FILE" == /dev/stdin ]]; then
+    # Read the inherited fd 0, never reopen /dev/stdin (= /proc/self/fd/0): after `... | sudo -u postgres` the
+    # pipe belongs to root with mode 0600, so the postgres user may read it but not open it again.
+    MLFLOW_DB_PASSWORD=$(cat)
+  else
+    MLFLOW_DB_PASSWORD=$(<"$MLFLOW_DB_PASSWORD_FILE")
+  fi
 fi
 : "${MLFLOW_DB_PASSWORD:?set MLFLOW_DB_PASSWORD or MLFLOW_DB_PASSWORD_FILE}"
 db_user=${MLFLOW_DB_USER:-mlflow}

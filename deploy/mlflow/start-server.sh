@@ -28,7 +28,11 @@
 #                                      up to this long.
 #   MLFLOW_HOST / MLFLOW_PORT          bind address / port (default 127.0.0.1 / 5000; 0.0.0.0 behind a proxy)
 #   MLFLOW_WORKERS                     server worker processes (default 4)
-#   MLFLOW_ALLOWED_HOSTS               Host headers to accept besides localhost/private IPs (--allowed-hosts)
+#   MLFLOW_ALLOWED_HOSTS               Host headers to accept besides MLflow's defaults (--allowed-hosts, comma-
+#                                      separated, * wildcards: the proxy's name, e.g. mlflow.example.internal;
+#                                      name:* if the proxy forwards a port). The defaults (localhost, 127.0.0.1,
+#                                      [::1], 0.0.0.0, each with any port; the private IP ranges) are appended:
+#                                      MLflow's own --allowed-hosts replaces them.
 #   MLFLOW_SERVER_ENABLE_JOB_EXECUTION  MLflow's server-side job runner (GenAI evaluation; 7 extra processes):
 #                                      ncood does not use it, so default false here
 set -euo pipefail
@@ -48,6 +52,18 @@ export MLFLOW_AUTH_ADMIN_USERNAME="${MLFLOW_AUTH_ADMIN_USERNAME:-admin}"
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
 
 MLFLOW=${MLFLOW:-mlflow}
+# MLflow 3.17 checks the Host header of every request but /health and /version against --allowed-hosts, and a
+# value there REPLACES its defaults (mlflow/server/security.py: `get_allowed_hosts_from_env() or
+# get_default_allowed_hosts()`): with the proxy's name alone, http://127.0.0.1:5000 on this VM (and a proxy that
+# forwards Host: 127.0.0.1:5000) got 403 "Invalid Host header". So the defaults are appended, as
+# mlflow/server/security_utils.py's get_default_allowed_hosts() lists them (fnmatch patterns; tests/
+# test_deploy_files.py checks this list against the installed MLflow's).
+mlflow_default_hosts="localhost,127.0.0.1,[::1],0.0.0.0,localhost:*,127.0.0.1:*,[[]::1]:*,0.0.0.0:*,192.168.*,10.*"
+mlflow_default_hosts+=",$(printf '172.%s.*,' {16..31})fc00:*,fd00:*"
+allowed_hosts=${MLFLOW_ALLOWED_HOSTS:-}
+if [[ -n "$allowed_hosts" && "$allowed_hosts" != "*" ]]; then
+  allowed_hosts+=",$mlflow_default_hosts"
+fi
 # Driver psycopg (3), named in the URI. The DB password reaches libpq as PGPASSWORD: it stays out of the URIs,
 # hence out of `ps`, the server log and the auth .ini.
 export PGPASSWORD="$MLFLOW_DB_PASSWORD"
@@ -87,4 +103,4 @@ exec "$MLFLOW" server \
   --host "${MLFLOW_HOST:-127.0.0.1}" \
   --port "${MLFLOW_PORT:-5000}" \
   --workers "${MLFLOW_WORKERS:-4}" \
-  ${MLFLOW_ALLOWED_HOSTS:+--allowed-hosts "$MLFLOW_ALLOWED_HOSTS"}
+  ${allowed_hosts:+--allowed-hosts "$allowed_hosts"}

@@ -37,9 +37,12 @@ __getattr__ = lazy_getattr(__name__, _EXPORTS, globals())  # PEP 562: ncood.lazy
 def after_sweep(tracking_uri: str, experiment_id: str, parent_run_id: str,
                 out: str | None = None):
     """The hook at the end of tune_jobs/ablation.py: aggregate the sweep that just ran into `out` (default
-    <repo>/runs/aggregate/<experiment>) and an aggregate MLflow run, then print the short summary (one line per
-    condition), the path of the full report and the MLflow UI command. A failure here is reported, not raised: the
-    sweep's runs are safe in MLflow and `python tune_jobs/aggregate.py --parent-run <id>` redoes this step."""
+    <repo>/runs/aggregate/<experiment>; in a Ray job ~/ray_results/aggregate/<experiment> on the driver's node, which
+    the printed path names) and an aggregate MLflow run, then print the short summary (one line per condition), the
+    path of the full report and the MLflow UI command. A failure here is reported, not raised: the sweep's runs are
+    safe in MLflow and `python tune_jobs/aggregate.py --parent-run <id>` redoes this step."""
+    import socket
+
     from ncood import tracking
     from ncood.aggregate.report import aggregate, ood_set_names
     from ncood.aggregate.summary import headline_lines, headline_url
@@ -47,12 +50,16 @@ def after_sweep(tracking_uri: str, experiment_id: str, parent_run_id: str,
     try:
         res = aggregate(tracking_uri, experiment_id=experiment_id, parent_run_id=parent_run_id, out=out, echo=None)
         sets = ood_set_names(res.data)
+        where = f" on {socket.gethostname()}, the node of this Ray job's driver" if tracking.in_ray_job_copy() else ""
         print("\n".join(["", *headline_lines(res.headline, res.data.conditions, sets),
-                         f"Full report (every score, tables, figures): {res.out / 'report.md'}",
+                         f"Full report (every score, tables, figures): {res.out / 'report.md'}{where}",
                          f"MLflow: sweep run {parent_run_id} (summary metrics), aggregate run {res.run_id} nested "
                          f"under it. Open the UI on the headline view (docs/mlflow-ui.md):",
                          "  " + tracking.ui_command(tracking_uri, page=headline_url("", experiment_id).lstrip("/"))]))
         return res
+    except tracking.TrackingError as e:  # says what to do (e.g. a server that refuses this user's aggregate run)
+        print(f"aggregate: {e}", file=sys.stderr)
+        return None
     except Exception as e:  # noqa: BLE001 - an aggregation bug must not turn a finished sweep into a crash
         import traceback
 
@@ -72,7 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--parent-run", default=None, metavar="RUN_ID",
                         help="the sweep run to aggregate (default: the newest run tagged ncood.role=sweep)")
     parser.add_argument("--out", default=None,
-                        help="folder for tables/ figures/ report.md (default: <repo>/runs/aggregate/<experiment>)")
+                        help="folder for tables/ figures/ report.md (default: <repo>/runs/aggregate/<experiment>; "
+                             "inside a Ray job ~/ray_results/aggregate/<experiment>)")
     parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (default 10000)")
     parser.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     parser.add_argument("--no-log-run", action="store_true",
@@ -81,7 +89,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """0: aggregated; 2: nothing to aggregate (unknown experiment, no sweep, bad store)."""
+    """0: aggregated; 2: nothing to aggregate (unknown experiment, no sweep, bad store), or the files are written
+    but the tracking server refused the aggregate run (another user's experiment: --no-log-run)."""
     from ncood import tracking
     from ncood.aggregate.report import aggregate
     from ncood.aggregate.runs import AggregateError

@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH
@@ -101,8 +102,13 @@ def write_table(table: Table, folder: Path) -> list[Path]:
 
 # ---- the step --------------------------------------------------------------------------------------------------------
 def default_out(experiment_name: str) -> Path:
-    """<repo>/runs/aggregate/<experiment> (absolute, beside runs/ray)."""
-    return tracking.repo_root() / "runs" / "aggregate" / re.sub(r"[^A-Za-z0-9._-]+", "_", experiment_name)
+    """<repo>/runs/aggregate/<experiment> (absolute, beside runs/ray). Inside `ray job submit --working-dir` the
+    repo is Ray's temporary copy, deleted when the job ends (the report's path pointed into it): there
+    ~/ray_results/aggregate/<experiment> on the node of the job's driver, as the Ray storage's default moves to
+    ~/ray_results (ncood.tune.sweep.default_storage_path). The aggregate run's artifacts hold the same files."""
+    root = tracking.repo_root()
+    base = Path("~/ray_results").expanduser() if tracking.in_ray_job_copy(root) else root / "runs"
+    return base / "aggregate" / re.sub(r"[^A-Za-z0-9._-]+", "_", experiment_name)
 
 
 def score_names(data: SweepData) -> list[str]:
@@ -196,6 +202,21 @@ def fail_run(client: MlflowClient, rid: str, error: BaseException) -> None:
     client.set_terminated(rid, tracking.FAILED)
 
 
+def _log_run(data: SweepData, result: AggregateResult, resamples: int, seed: int) -> str:
+    """The sweep run's headline and the aggregate run (returns its id), after the files are written. A shared server
+    refuses both to a user who may only read the experiment: a TrackingError saying where the files are."""
+    try:
+        log_headline(data, result.headline)
+        return log_aggregate_run(data, result, resamples, seed)
+    except MlflowException as e:
+        if not tracking.permission_denied(e):
+            raise
+        refused = tracking.refusal(data.sweep.tracking_uri, f"log to experiment {data.sweep.experiment_name!r}")
+        raise tracking.TrackingError(
+            f"the files are written ({result.out}), but {refused}: logging the aggregate run needs EDIT permission "
+            f"on the experiment. Rerun with --no-log-run (files only), or ask its owner for EDIT permission") from None
+
+
 def aggregate(tracking_uri: str | None = None, experiment: str | None = None, *, experiment_id: str | None = None,
               parent_run_id: str | None = None, out: str | Path | None = None, log_run: bool = True,
               resamples: int = 10_000, seed: int = 0, echo: Callable[[str], None] | None = print) -> AggregateResult:
@@ -226,8 +247,7 @@ def aggregate(tracking_uri: str | None = None, experiment: str | None = None, *,
     echo(report)
     echo(f"Files: {out}")
     if log_run:
-        log_headline(data, result.headline)
-        result.run_id = log_aggregate_run(data, result, resamples, seed)
+        result.run_id = _log_run(data, result, resamples, seed)
         echo(f"MLflow: aggregate run {result.run_id} in experiment {data.sweep.experiment_name} "
              f"(tag {keys.TAG_SWEEP_RUN_ID}={data.sweep.run_id})\n  " + tracking.ui_command(
                  data.sweep.tracking_uri, page=summary.headline_url("", data.sweep.experiment_id).lstrip("/")))

@@ -117,7 +117,8 @@ def experiment_note(experiment: str, sweep_name: str, conditions: Sequence[str],
             f"({', '.join(f'`{c}`' for c in conditions)}); OoD sets: {', '.join(ood_sets)}.\n\n"
             f"How to read it: the sweep run (role `sweep`) carries `summary/<condition>/<mean|min|sd>/<key>` over "
             f"seeds (keys `accuracy/test`, `nc/nc1`, `auroc/<score>/<set>`). {pair} Expand the sweep row for one "
-            f"child run per trial and the `aggregate-...` run with the tables (`tables/`) and figures (`figures/`). "
+            f"child run per trial and an `aggregate-...` run per aggregation (the newest is current) with the tables "
+            f"(`tables/`) and figures (`figures/`). "
             f"Chart view: section `auroc/<score>` shows a score's AUROC on every OoD set per trial. "
             f"See docs/mlflow-ui.md in the ncood repository.")
 

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 from collections import defaultdict
@@ -37,6 +38,10 @@ _LOWER_IS_BETTER_PREFIX = ("loss/", "nc/", "time/")
 
 class RegisterError(RuntimeError):
     """Nothing can be registered as asked; the message says why and what to do."""
+
+
+class ModelNotYours(RegisterError):
+    """The tracking server refused to write the registered model: another user's (READ for everyone else)."""
 
 
 @dataclass(frozen=True)
@@ -186,30 +191,47 @@ def register_best(experiment: str, *, metric: str | None = None, alias: str = DE
     candidates, notes = collect_candidates(client, runs, metric)
     choice = choose(candidates, metric, mode)
     model_id = scorer_model_id(client, choice.run.run_id)
+    reg = Registration(choice, experiment, uri, model_name, "", alias, model_id, tuple(notes))
     try:
-        client.create_registered_model(model_name, description="ncood OoD scorer (base64 images -> OoD scores); "
-                                                                "see deploy/serving/README.md")
+        return _write(client, reg)
+    except MlflowException as e:  # a shared server: the model name is taken by another user
+        if not tracking.permission_denied(e):
+            raise
+        raise ModelNotYours(
+            f"{tracking.refusal(uri, f'write the registered model {model_name!r}')}: the name belongs to another "
+            f"user of the server (registered models are global, not per experiment). Register under a name of "
+            f"your own: ncood register --experiment {experiment} --tracking-uri {uri} --model-name <your-model>, "
+            f"then serve models:/<your-model>@{alias}; or ask the model's owner for EDIT permission") from None
+
+
+def _write(client: MlflowClient, reg: Registration) -> Registration:
+    """The registry writes of register_best: the registered model if new, a version (or the one holding the model,
+    retagged), the alias; returns `reg` with its version (and a note when no version was added)."""
+    choice, best, name = reg.choice, reg.choice.ranking[0], reg.model_name
+    try:
+        client.create_registered_model(name, description="ncood OoD scorer (base64 images -> OoD scores); "
+                                                          "see deploy/serving/README.md")
     except MlflowException as e:
         if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
             raise
-    best = choice.ranking[0]
-    reason = {"ncood.metric": metric, "ncood.mode": choice.mode, "ncood.condition": best.condition,
+    reason = {"ncood.metric": choice.metric, "ncood.mode": choice.mode, "ncood.condition": best.condition,
               "ncood.condition_mean": f"{best.mean:.6g}", "ncood.n_seeds": str(len(best.runs)),
               "ncood.seed": str(choice.run.seed), "ncood.seed_value": f"{choice.run.value:.6g}",
-              "ncood.experiment": experiment}
-    version = _version_holding(client, model_name, model_id)
+              "ncood.experiment": reg.experiment}
+    version, notes = _version_holding(client, name, reg.model_id), list(reg.notes)
     if version is None:
-        with process_tracking_uri(uri):  # the sqlite registry looks the LoggedModel up through the global URI
-            version = str(client.create_model_version(
-                model_name, source=f"models:/{model_id}", run_id=choice.run.run_id, model_id=model_id, tags=reason,
-                description=f"median seed ({choice.run.seed}) of the best condition {best.condition} by mean "
-                            f"{metric} over {len(best.runs)} seeds in experiment {experiment}").version)
+        with process_tracking_uri(reg.tracking_uri):  # the sqlite registry looks the LoggedModel up through the
+            version = str(client.create_model_version(  # global URI
+                name, source=f"models:/{reg.model_id}", run_id=choice.run.run_id, model_id=reg.model_id,
+                tags=reason, description=f"median seed ({choice.run.seed}) of the best condition {best.condition} "
+                                         f"by mean {choice.metric} over {len(best.runs)} seeds in experiment "
+                                         f"{reg.experiment}").version)
     else:  # registering again (e.g. `ncood register` after the job registered): the alias moves, no copy is added
         for key, value in reason.items():  # the reason of this choice (metric, mode, ...), not the first one's
-            client.set_model_version_tag(model_name, version, key, value)
-        notes.append(f"{model_name} version {version} already holds this model: no new version")
-    client.set_registered_model_alias(model_name, alias, version)
-    return Registration(choice, experiment, uri, model_name, version, alias, model_id, tuple(notes))
+            client.set_model_version_tag(name, version, key, value)
+        notes.append(f"{name} version {version} already holds this model: no new version")
+    client.set_registered_model_alias(name, reg.alias, version)
+    return dataclasses.replace(reg, version=version, notes=tuple(notes))
 
 
 def _version_holding(client: MlflowClient, model_name: str, model_id: str) -> str | None:

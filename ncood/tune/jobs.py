@@ -239,8 +239,11 @@ def summary_table(runs: list) -> str:
     by_cond: dict[str, list] = defaultdict(list)
     for run in runs:
         by_cond[run.data.tags.get(keys.TAG_CONDITION, "?")].append(run)
-    ood_sets = list(dict.fromkeys(p[0] for r in runs for k in r.data.metrics
-                                  if (p := keys.parse_ood_key(k)) and p[1:] == ("gmm", "auroc")))
+    # Columns in the trials' dataset order (param ood_sets), as the aggregate tables have them: the metric dicts'
+    # key order differs between stores (a tracking server returns them sorted by name, sqlite as logged).
+    scored = [p[0] for r in runs for k in r.data.metrics if (p := keys.parse_ood_key(k)) and p[1:] == ("gmm", "auroc")]
+    configured = [s for r in runs for s in r.data.params.get("ood_sets", "").split(",") if s]
+    ood_sets = [s for s in dict.fromkeys([*configured, *scored]) if s in scored]
     head = ["condition", "finished", "stopped early", "failed", "other", "test accuracy"] + [
         f"gmm AUROC {s}" for s in ood_sets]
     rows = [head]
@@ -288,16 +291,22 @@ def exit_code(result: SweepResult) -> int:
 def register_champion(result: SweepResult) -> None:
     """The end of tune_jobs/ablation.py: register the best condition's median-seed model as
     ncood-ood-scorer@champion (ncood.serve.register), so `ncood serve` works right after the sweep. A failure is
-    reported with the one command that redoes it, not raised: the sweep itself succeeded."""
+    reported with the one command that redoes it, not raised: the sweep itself succeeded. On a shared server whose
+    ncood-ood-scorer is another user's, redoing it would be refused again: the message says to use a model name
+    of one's own instead (ModelNotYours)."""
     from mlflow.tracking import MlflowClient
 
-    from ncood.serve.register import RegisterError, register_best
+    from ncood.serve.register import ModelNotYours, RegisterError, register_best
 
     uri = result.ref.tracking_uri
     name = MlflowClient(uri).get_experiment(result.ref.experiment_id).name
     redo = f"ncood register --experiment {name} --tracking-uri {uri}"
     try:
         reg = register_best(name, tracking_uri=uri)
+    except ModelNotYours as e:
+        print(f"Champion not registered: {e}. (This job always registers as ncood-ood-scorer; --no-register "
+              f"skips it.)")
+        return
     except Exception as e:  # noqa: BLE001 - e.g. RegisterError (no scorer model), an unreachable store
         kind = "" if isinstance(e, RegisterError) else f"{type(e).__name__}: "
         print(f"Champion not registered ({kind}{e}); register it with:\n  {redo}")

@@ -119,14 +119,21 @@ class Storage:
     uri: str | None = None  # as given, for URIs; None for local directories
 
     @classmethod
-    def parse(cls, where: str) -> Storage:
+    def parse(cls, where: str, flag: str = "--storage-path") -> Storage:
+        """`where` as given to `flag` (named in the errors)."""
         if "://" in where:
             try:
                 fs, path = pafs.FileSystem.from_uri(where)
             except (ValueError, OSError) as e:  # pyarrow.lib.ArrowInvalid is a ValueError
-                raise StorageError(f"--storage-path {where!r} is not a storage URI pyarrow can open: {e}") from e
+                raise StorageError(f"{flag} {where!r} is not a storage URI pyarrow can open: {e}") from e
             return cls(fs, path.rstrip("/"), where)
-        return cls(pafs.LocalFileSystem(), str(Path(where).expanduser().resolve()))
+        local = Path(where).expanduser().resolve()
+        if tracking.in_ray_job_copy(local):  # e.g. a relative path in a job: the job's cwd is Ray's temporary copy
+            raise StorageError(
+                f"{flag} {where!r} is {local}, inside this Ray job's temporary working-dir copy, which Ray deletes "
+                f"when the job ends (with every checkpoint). Pass an absolute path every node sees (e.g. "
+                f"/mnt/ncood/ray) or a URI such as s3://BUCKET/prefix")
+        return cls(pafs.LocalFileSystem(), str(local))
 
     def check(self) -> None:
         """Create the root (a no-op for an existing bucket prefix): fail here, before any MLflow run exists."""
@@ -170,7 +177,7 @@ def find_experiment(storage: Storage, experiment: str, resume: str) -> tuple[Sto
     """`--resume PATH` -> PATH (a directory or URI); `--resume` alone -> the newest `<experiment>_*` sweep under the
     storage (names end in a %Y%m%d-%H%M%S start time and a random tag). Returns (its storage, its path there)."""
     if resume != "latest":
-        storage = Storage.parse(resume)  # Tuner.restore needs an absolute path
+        storage = Storage.parse(resume, "--resume")  # Tuner.restore needs an absolute path
         path = storage.path
     else:
         listing = storage.fs.get_file_info(pafs.FileSelector(storage.path, allow_not_found=True))
@@ -232,10 +239,8 @@ def run_sweep(settings: SweepSettings, spec: SweepSpec | None = None, *, resume:
     try:
         tuner.fit()  # per-trial outcomes are read back from MLflow and the experiment state below
     except BaseException as e:  # the driver itself failed (or a second Ctrl+C skipped Tune's own shutdown)
-        status = tracking.KILLED if isinstance(e, KeyboardInterrupt) else tracking.FAILED
         best_effort("close the runs of the sweep", lambda: tracking.close_orphans(ref, {}, interrupted=True))
-        best_effort("close the sweep run", lambda: tracking.set_status(
-            ref, ref.parent_run_id, status, {keys.TAG_ERROR: tracking.error_text(e)}))
+        _close_sweep_run(ref, e)
         raise
     # A trial neither TERMINATED nor ERROR was cut off (Ctrl+C): the sweep can be resumed. Statuses come from the
     # experiment state Tune wrote last (a result's `done` flag is not reliable after a restore).
@@ -260,24 +265,38 @@ def run_sweep(settings: SweepSettings, spec: SweepSpec | None = None, *, resume:
     return SweepResult(ref, storage.display(exp_dir), runs, interrupted, len(statuses), statuses.count("ERROR"))
 
 
+def _close_sweep_run(ref: tracking.SweepRef, error: BaseException) -> None:
+    """The sweep run of a driver that failed (KILLED for Ctrl+C), with the error in its `error` tag."""
+    status = tracking.KILLED if isinstance(error, KeyboardInterrupt) else tracking.FAILED
+    best_effort("close the sweep run", lambda: tracking.set_status(
+        ref, ref.parent_run_id, status, {keys.TAG_ERROR: tracking.error_text(error)}))
+
+
 def _new_tuner(settings: SweepSettings, storage: Storage, spec: SweepSpec):
-    """MLflow experiment + parent run (before any trial: no DB races), the sweep file for --resume, the Tuner."""
+    """MLflow experiment + parent run, the sweep file for --resume, the Tuner. The run comes first, before Ray:
+    no trial may race to create it (DB races), and its creation is the sweep's first write into the experiment,
+    the one a shared server refuses to a user who may only read it (a one-line TrackingError, not a traceback
+    after Ray's start-up)."""
     uri = tracking.resolve_tracking_uri(settings.tracking_uri)
     experiment_id = tracking.prepare_experiment(settings.experiment, uri)
-    init_ray(settings.num_cpus, settings.dashboard)
-    warn_if_sqlite_on_cluster(uri)
-    gpus = settings.gpus_per_trial
-    if gpus is None:
-        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    resources = {"cpu": settings.cpus_per_trial, "gpu": gpus}
     # start time, then a random tag: two sweeps started in the same second must not share a Ray experiment dir
     name = f"{settings.experiment}_{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     exp_dir = storage.join(name)
     where = ("tracking_uri", "storage_path", "num_cpus", "progress", "dashboard")  # where and how it ran, not what ran
-    params = {**spec.sweep_params, **{k: v for k, v in asdict(settings).items() if v is not None and k not in where},
-              "gpus_per_trial": gpus}
+    params = {**spec.sweep_params, **{k: v for k, v in asdict(settings).items() if v is not None and k not in where}}
     ref = tracking.start_sweep(uri, experiment_id, name, params,
                                {keys.TAG_KIND: spec.kind, keys.TAG_RAY_EXPERIMENT: storage.display(exp_dir)})
+    try:
+        init_ray(settings.num_cpus, settings.dashboard)
+        warn_if_sqlite_on_cluster(uri)
+        gpus = settings.gpus_per_trial
+        if gpus is None:  # the cluster's answer, once Ray runs: a param of its own
+            gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+            tracking.log_params(ref, ref.parent_run_id, {"gpus_per_trial": gpus})
+    except BaseException as e:  # no Ray: nothing will run in this sweep run
+        _close_sweep_run(ref, e)
+        raise
+    resources = {"cpu": settings.cpus_per_trial, "gpu": gpus}
     runtime = TrialRuntime(ref, settings.cpus_per_trial, settings.checkpoint_every,
                            tuple(settings.keep_checkpoint_epochs), spec.val_every_epoch, tune_keys(spec))
     storage.write_text(f"{exp_dir}/{SWEEP_FILE}", json.dumps({
