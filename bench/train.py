@@ -84,9 +84,14 @@ def build_model(args, arch: str, condition: str, device: torch.device) -> torch.
     return create_model(arch, num_classes=10, width=args.width, **CONDITIONS[condition]).to(device)
 
 
+def bench_precision(args, device: torch.device) -> str:
+    """--precision, else bf16 on CUDA (the figures in bench/README.md) and fp32 on CPU (as the reference loop)."""
+    return args.precision or ("bf16" if device.type == "cuda" else "fp32")
+
+
 def ncood_trainer(args, arch: str, condition: str, batch: int, data: IDData, device: torch.device) -> Trainer:
     cfg = make_config("cifar10", arch=arch, width=args.width, batch_size=batch, epochs=1000, eval_every=0,
-                      device=str(device), compile=args.compile, precision=args.precision, seed=0,
+                      device=str(device), compile=args.compile, precision=bench_precision(args, device), seed=0,
                       **CONDITIONS[condition])
     return Trainer(build_model(args, arch, condition, device), data, cfg, progress=False)
 
@@ -281,7 +286,7 @@ def pack_worker(rank: int, args: SimpleNamespace, barrier, queue) -> None:
     device = torch.device("cuda")
     data, _ = make_data(args.n_train, args.n_eval, device)
     cfg = make_config("cifar10", arch=args.pack_arch, width=args.width, batch_size=args.batch_size, epochs=1000,
-                      eval_every=0, device="cuda", compile=args.compile, precision=args.precision,
+                      eval_every=0, device="cuda", compile=args.compile, precision=bench_precision(args, device),
                       seed=rank)
     trainer = Trainer(build_model(args, args.pack_arch, "plain", device), data, cfg, progress=False)
     for e in range(args.warmup_epochs):
@@ -333,9 +338,9 @@ def parse(argv):
     p.add_argument("--warmup-steps", type=int, default=3)
     p.add_argument("--workers", type=int, default=None, help="reference DataLoader workers; default 2 (CPU), 8 (CUDA)")
     p.add_argument("--compile", action="store_true", help="ncood trainer with torch.compile (cfg.compile)")
-    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
-                   help="ncood trainer precision (cfg.precision; default bf16, what bench/README.md measured; fp32 is the "
-                        "papers' and the TrialConfig default)")
+    p.add_argument("--precision", choices=("bf16", "fp32"), default=None,
+                   help="ncood trainer precision (cfg.precision; default bf16 on CUDA, what bench/README.md measured, "
+                        "fp32 on CPU; fp32 is the papers' and the TrialConfig default)")
     p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
     p.add_argument("--no-reference", action="store_true", help="time the ncood trainer only")
     p.add_argument("--eval", action=argparse.BooleanOptionalAction, default=None,

@@ -91,10 +91,10 @@ class TrialConfig:
     epochs: int = _f(60, "training epochs; LR x0.1 at 40/50 (60), 75/90 (100), 150/250 (350), else 2/3 and 5/6")
     batch_size: int | None = _f(None, "batch size; default: the dataset's (1024 for CIFAR as in the papers)")
     bn_groups: int = _f(1, "BatchNorm statistics per chunk of each training batch, in this many chunks, as "
-                           "nn.DataParallel on that many GPUs computes them (the seed paper's presets: 4, its four "
-                           "V100s; ncood.models.batch_norm); 1 = over the whole batch")
-    precision: str = _f("fp32", "training precision: fp32 (IEEE, no TF32: the papers' V100s) | bf16 (autocast: "
-                                "faster on recent GPUs, not the papers')")
+                           "nn.DataParallel on that many GPUs computes them (ncood.models.batch_norm; 4 = the seed "
+                           "paper's four V100s IF each run used all four: not stated); 1 = over the whole batch")
+    precision: str = _f("fp32", "training precision: fp32 (IEEE, no TF32; V100s have no bf16 and DDU's code no "
+                                "autocast) | bf16 (autocast: faster on recent GPUs, not the papers')")
     lr: float | None = _f(None, "learning rate; default: the optimizer's (SGD 0.1 as in the papers, AdamW 1e-3)")
     momentum: float = _f(0.9, "SGD momentum (AdamW uses betas)")
     weight_decay: float | None = _f(None, "weight decay; default: the optimizer's (SGD 5e-4, AdamW 0.05)")
@@ -215,6 +215,10 @@ class TrialConfig:
                 raise ConfigError(f"{name}: architecture '{self.arch}' does not support DDU's {name} (it has no "
                                   f"conv/BN/ReLU stack to apply it to); turn it off (--no-{name.replace('_', '-')}) "
                                   f"or use one of {able}")
+        # The networks with DDU's toggles are exactly the conv/BatchNorm ones; ConvNeXt and CCT use LayerNorm.
+        if self.bn_groups > 1 and self.arch not in models_supporting("leaky_gap"):
+            raise ConfigError(f"bn_groups={self.bn_groups}: architecture '{self.arch}' has no BatchNorm (it uses "
+                              "LayerNorm), so there are no batch statistics to split; use --bn-groups 1")
 
     @property
     def milestones(self) -> tuple[int, ...]:
@@ -354,16 +358,13 @@ CONDITION_FIELDS = ("arch", "width", "l2", "spectral_norm", "leaky_gap", "epochs
 # 0.9 / 5e-4). "cifar10" is the seed paper's ResNet18 setting (Sec. 3.1: batch 1024, 60 epochs with LR x0.1 at 40
 # and 50; Table 1 "L2 60" / "No L2 60"); "digits" the same recipe width-reduced on the embedded 8x8 digits (CPU-sized:
 # width 8, 15 epochs with LR x0.1 at 10 and 12, batch 128 for ~1.3k training images).
-# Seed paper Sec. 3.1: "All training was conducted on four NVIDIA V100 GPUs", with DDU's train.py, which wraps the
-# network in nn.DataParallel over every GPU: BatchNorm statistics per quarter batch (ncood.models.batch_norm).
-SEED_GPUS = 4
 PRESETS: dict[str, dict[str, Any]] = {
     "digits": dict(dataset="digits", width=8, epochs=15, batch_size=128, eval_every=5),
-    "cifar10": dict(dataset="cifar10", width=64, epochs=60, batch_size=1024, eval_every=10, bn_groups=SEED_GPUS),
+    "cifar10": dict(dataset="cifar10", width=64, epochs=60, batch_size=1024, eval_every=10),
     # Fashion-MNIST with the seed paper's recipe (Sec. 3.1: spectral norm, leaky ReLU and GAP on; ResNet18 width
     # 64, 60 epochs, LR x0.1 at 40/50, batch 1024): the papers' CIFAR-10 setting on offline data.
     "fmnist": dict(dataset="fashion_mnist", width=64, epochs=60, batch_size=1024, eval_every=10, spectral_norm=True,
-                   leaky_gap=True, bn_groups=SEED_GPUS),
+                   leaky_gap=True),
 }
 
 

@@ -241,9 +241,11 @@ _TMLR_T2 = {("VGG16", "vgg16", 60): ("95.8 / 28.5", "94.8 / 36.4", "88.4 / 59.1"
                                            "91.1 / 44.6", "90.7 / 47.1"),
             ("ResNet50", "resnet50", 100): ("98.6 / 7.80", "98.5 / 9.10", "90.4 / 49.3", "90.5 / 49.5",
                                             "91.9 / 43.8", "91.9 / 43.4")}
-# Table 3: ResNet18 L2 60, 15 seeds, min / max / mean per score and OoD set. "Norm - Logits" and "MaxLogit" are
-# measured with the normalization turned off at test time (App. A.2), i.e. on W z + b: ncood's raw_logit_norm and
-# raw_max_logit, not logit_norm / max_logit (W z/||z|| + b for an L2 model).
+# Table 3: ResNet18 L2 60, 15 seeds, min / max / mean per score and OoD set. "Norm - Logits" and "MaxLogit": ncood
+# reads them as measured on W z + b, the normalization off at test time (raw_logit_norm, raw_max_logit). The paper
+# does not say so for Table 3; App. A.2 says "normalization must be turned off at test time" to keep the feature
+# magnitudes (in its argument about softmax), and Table 3's logit figures track feature_norm's, while W z/||z|| + b
+# (logit_norm / max_logit of an L2 model) carries nothing of ||z|| (docs/method.md#scores).
 _TMLR_T3 = {  # (score, ood) -> (min, max, mean) as 'AUROC / FPR95'
     ("feature_norm", "svhn"): ("96.3 / 6.93", "98.6 / 23.5", "97.4 / 14.8"),
     ("raw_logit_norm", "svhn"): ("95.9 / 7.51", "98.4 / 24.3", "97.2 / 15.9"),

@@ -117,6 +117,9 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrialConfig) -> torch.
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), gamma=0.1)
 
 
+RESUME_FIELDS = ("batch_size", "bn_groups", "precision")  # must match a checkpoint to resume from it
+
+
 @dataclass
 class Trainer:
     """Trains `model` on `data.train` as `cfg` says. `fit()` runs the remaining epochs and returns the history."""
@@ -241,6 +244,15 @@ class Trainer:
             raise ConfigError(f"the checkpoint is for {saved.condition} seed {saved.seed}, not {self.cfg.condition} "
                               f"seed {self.cfg.seed}; train this trial in another folder (ncood train --out; that "
                               "checkpoint is left as it is)")
+        # How the saved epochs were trained, beyond the condition name: resuming with other values would mix two
+        # recipes in one run (checkpoints written before a field existed read as its default).
+        changed = {f: (getattr(saved, f), getattr(self.cfg, f)) for f in RESUME_FIELDS
+                   if getattr(saved, f) != getattr(self.cfg, f)}
+        if changed:
+            flags = " ".join(f"--{f.replace('_', '-')} {old}" for f, (old, _) in changed.items())
+            raise ConfigError("the checkpoint was trained with " + ", ".join(
+                f"{f}={old} (this run: {new})" for f, (old, new) in changed.items()) + f"; resume with {flags}, or "
+                "train in another folder (that checkpoint is left as it is)")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

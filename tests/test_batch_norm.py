@@ -2,8 +2,8 @@
 
 The reference for split BatchNorm is what nn.DataParallel does with n GPUs, written out on one device: the batch is
 cut with torch.chunk, each piece goes through its own replica (a copy of the network), and only the first replica's
-buffers survive. The seed paper's presets use 4 groups (Sec. 3.1: "four NVIDIA V100 GPUs"; DDU's train.py wraps the
-network in nn.DataParallel)."""
+buffers survive (the seed paper's "four NVIDIA V100 GPUs" under DDU's nn.DataParallel, if each run used all four:
+`--bn-groups 4`)."""
 from __future__ import annotations
 
 import copy
@@ -73,13 +73,18 @@ def test_split_batch_norm_keeps_state_and_eval_and_one_group_is_the_plain_networ
 
 def test_trials_build_the_configured_batch_norm(tmp_path):
     base = dict(width=4, epochs=1, eval_every=0, device="cpu", data_root=str(tmp_path / "data"))
-    assert make_config("cifar10").bn_groups == 4 and make_config("digits").bn_groups == 1
+    assert make_config("cifar10").bn_groups == 1 and make_config("digits").bn_groups == 1  # opt-in: not stated
     split = build_trial(make_config("digits", bn_groups=4, **base), progress=False)
     assert sum(isinstance(m, SplitBatchNorm2d) for m in split.trainer.model.modules()) > 0
     plain = build_trial(make_config("digits", **base), progress=False)
     assert not any(isinstance(m, SplitBatchNorm2d) for m in plain.trainer.model.modules())
     with pytest.raises(ConfigError, match="bn_groups=0: must be >= 1"):
         make_config("digits", bn_groups=0)
+    for arch in ("convnext_tiny", "cct_7_3x1"):  # LayerNorm networks: nothing to split, refused (not ignored)
+        with pytest.raises(ConfigError, match=f"bn_groups=4: architecture '{arch}' has no BatchNorm"):
+            make_config("digits", arch=arch, bn_groups=4)
+    with pytest.raises(ValueError, match="no nn.BatchNorm2d"):
+        split_batch_norm(nn.Sequential(nn.Linear(2, 2)), 4)
 
 
 @pytest.mark.parametrize("precision,dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])

@@ -102,3 +102,18 @@ def test_train_resume_from_another_trials_checkpoint_is_refused_and_keeps_it(tmp
     err = capsys.readouterr().err
     assert "checkpoint is for resnet18-w4" in err and "-e1 seed 1, not" in err and "another folder (ncood train --out" in err
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == saved
+
+
+def test_train_resume_with_another_recipe_is_refused_and_keeps_the_checkpoint(tmp_path, capsys):
+    """Same condition and seed, but another batch size, BatchNorm grouping or precision: the saved epochs were trained
+    otherwise, so --resume is refused with the flags that match the checkpoint, which is left byte for byte."""
+    flags = ["train", "--dataset", "digits", "--width", "4", "--eval-every", "0", "--seed", "1", "--device", "cpu",
+             "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--no-progress", "--epochs", "2"]
+    assert main([*flags, "--batch-size", "64"]) == 0
+    saved = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    assert main([*flags, "--resume", "--bn-groups", "2", "--precision", "bf16"]) == 2
+    err = capsys.readouterr().err
+    assert "trained with batch_size=64 (this run: 128), bn_groups=1 (this run: 2), precision=fp32 (this run: bf16)" in err
+    assert "resume with --batch-size 64 --bn-groups 1 --precision fp32" in err
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == saved

@@ -117,7 +117,7 @@ def test_mlflow_params_rebuild_the_trial_config(tmp_path):
 
     cfg = make_config("digits", optimizer="adamw", lr=5.5e-4, weight_decay=0.06, betas="0.8,0.9", lr_steps="3,5",
                       loss="logitnorm", logitnorm_temperature=0.1, batch_size=64, schedule="cosine",
-                      data_root=str(tmp_path))
+                      bn_groups=4, precision="bf16", data_root=str(tmp_path))
     params = {k: _param_value(v) for k, v in cfg.to_dict().items()}  # as ncood.tracking logs them
     assert config_from_params({**params, keys.score_param_key("knn", "k"): "50"}) == cfg
     assert {f: aggregate_param(params, f) for f in RUN_FIELDS} == {f: getattr(cfg, f) for f in RUN_FIELDS}

@@ -28,9 +28,9 @@ MODEL = dict(spectral_norm=True, leaky_gap=True)
 # LR x0.1 at: seed paper Sec. 3.1 ("150 and 250 epochs for the 350 epoch models ... 75 and 90 for the 100 epoch
 # ResNet50 models, and at 40 and 50 for the 60 epoch ResNet18 models"); TMLR App. A.1 the same.
 MILESTONES = {60: (40, 50), 100: (75, 90), 350: (150, 250)}
-# Seed paper Sec. 3.1: batch 1024 for all; "All training was conducted on four NVIDIA V100 GPUs in PyTorch 1.10.1" with
-# DDU's nn.DataParallel (its train.py): BatchNorm statistics per quarter batch, IEEE fp32 (V100s have no bf16 or TF32).
-CIFAR = dict(dataset="cifar10", width=64, batch_size=1024, bn_groups=4, precision="fp32", **RECIPE)
+# Seed paper Sec. 3.1: batch 1024 for all. BatchNorm over the whole batch (bn_groups 1: "four NVIDIA V100 GPUs" does
+# not say whether a run used DataParallel over them, docs/method.md#bn-groups) in IEEE fp32 (V100s have no bf16/TF32).
+CIFAR = dict(dataset="cifar10", width=64, batch_size=1024, bn_groups=1, precision="fp32", **RECIPE)
 DIGITS = dict(dataset="digits", width=8, epochs=15, batch_size=128, bn_groups=1, precision="fp32", **RECIPE)  # CPU-sized, same recipe (README)
 SEED_OOD = ("svhn", "cifar100", "tinyimagenet")  # seed paper Table 1's OoD test sets
 

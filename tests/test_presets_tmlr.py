@@ -15,7 +15,7 @@ from ncood.tune.grid import GRIDS, GridPreset
 SN_LG = dict(spectral_norm=True, leaky_gap=True)  # A.1: "All ResNet models use spectral normalization, global
 NO_DDU = dict(spectral_norm=False, leaky_gap=False)  # average pooling, and Leaky ReLUs" (VGG/ConvNeXt/CCT: not said)
 SGD = dict(optimizer="sgd", schedule="step", lr=0.1, loss="ce", bn_groups=1, precision="fp32")  # A.1: "SGD optimizer
-# initialized to ... 1e-1"; fp32 as the seed paper's V100s; BatchNorm over the whole batch: TMLR states no GPU setup
+# initialized to ... 1e-1"; fp32 (V100s, the seed paper); BatchNorm over the whole batch (docs/method.md#bn-groups)
 ADAMW_COS = dict(optimizer="adamw", schedule="cosine", loss="ce", bn_groups=1, precision="fp32")  # A.1: ConvNeXt "cosine annealing ... AdamW"
 
 # preset -> (dataset, seeds, [expected condition rows]); milestones are the LR x0.1 epochs of the step schedule

@@ -13,6 +13,7 @@ from ncood import keys, tracking
 from ncood.aggregate import aggregate
 from ncood.config import make_config
 from ncood.published import PAPERS, PUBLISHED, REQUIRED_FIELDS, PublishedResult, matches
+from ncood.ood import SCORES
 
 L2_60 = make_config("cifar10", l2=True)  # the papers' ResNet18 L2 60 (SN + leaky/GAP, batch 1024)
 SVHN_GMM = keys.ood_key("svhn", "gmm", "auroc")
@@ -50,6 +51,9 @@ def test_transcription_is_consistent():
             assert 0 <= lo and hi <= 1, r  # fractions, as ncood logs them (TMLR's percent divided by 100)
         if r.metric in ("auroc", "fpr95"):
             assert keys.parse_ood_key(r.key) == (r.ood_set, r.score, r.metric)
+            # a score ncood computes (TMLR Table 2's scaled softmax is published but deliberately not computed)
+            assert r.score in SCORES or r.score == "msp_scaled", r
+    assert {r.score for r in _rows(paper="tmlr", table="Table 3")} == {"feature_norm", "raw_logit_norm", "raw_max_logit"}
 
 
 def test_matching_rule():

@@ -1,11 +1,13 @@
-"""BatchNorm statistics of a multi-GPU nn.DataParallel run, on one device.
+"""BatchNorm statistics of a multi-GPU nn.DataParallel run, on one device (TrialConfig.bn_groups, off by default).
 
-The seed paper trained on "four NVIDIA V100 GPUs in PyTorch 1.10.1" (Sec. 3.1) with DDU's code, whose train.py wraps
-the network in `nn.DataParallel(net, device_ids=range(torch.cuda.device_count()))`. DataParallel scatters each batch
-into `torch.chunk(batch, n_gpus)` pieces and runs a replica of the network on each, so every BatchNorm layer
-normalizes each piece with that piece's own mean and variance (batch 1024 on four GPUs: statistics over 256 images),
-and only the replica on the first device writes its running estimates back (the others are discarded with their
-replicas; PyTorch's DataParallel docs). The loss and the gradients are those of the whole batch.
+The seed paper trained on "four NVIDIA V100 GPUs in PyTorch 1.10.1" (Sec. 3.1) with DDU's models; DDU's train.py wraps
+the network in `nn.DataParallel(net, device_ids=range(torch.cuda.device_count()))`. Whether each run used all four
+GPUs that way is not stated (docs/method.md#bn-groups), so this is an option for measuring the difference. Under
+DataParallel each batch is scattered into `torch.chunk(batch, n_gpus)` pieces and a replica of the network runs on
+each, so every BatchNorm layer normalizes each piece with that piece's own mean and variance (batch 1024 on four GPUs:
+statistics over 256 images), and only the replica on the first device writes its running estimates back (the others
+are discarded with their replicas; PyTorch's DataParallel docs). The loss and the gradients are those of the whole
+batch.
 
 `split_batch_norm(model, groups)` gives a single-device network exactly that behaviour: every nn.BatchNorm2d becomes a
 `SplitBatchNorm2d` that, in training mode, normalizes each of `torch.chunk(x, groups)` with its own statistics and
@@ -50,6 +52,13 @@ def split_batch_norm(model: nn.Module, groups: int) -> nn.Module:
         raise ValueError(f"groups must be >= 1, got {groups}")
     if groups == 1:
         return model
+    if not any(type(m) is nn.BatchNorm2d for m in model.modules()):
+        raise ValueError(f"split_batch_norm: the model has no nn.BatchNorm2d to split into {groups} groups")
+    _replace(model, groups)
+    return model
+
+
+def _replace(model: nn.Module, groups: int) -> None:
     for name, child in list(model.named_children()):
         if type(child) is nn.BatchNorm2d:
             new = SplitBatchNorm2d(child.num_features, groups, eps=child.eps, momentum=child.momentum,
@@ -61,5 +70,4 @@ def split_batch_norm(model: nn.Module, groups: int) -> nn.Module:
             new.train(child.training)
             setattr(model, name, new)
         else:
-            split_batch_norm(child, groups)
-    return model
+            _replace(child, groups)

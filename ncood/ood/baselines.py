@@ -13,8 +13,9 @@ ncood/ood/posthoc.py):
     logit_norm    ||logits||_2
     raw_max_logit, raw_logit_norm
                   max_c and ||.||_2 of W z + b: the classifier applied to the raw z, i.e. with the normalization
-                  "turned off at test time" (TMLR 2024 App. A.2), the measurements of its Table 3 ("MaxLogit",
-                  "Norm - Logits", ResNet18 L2 60) set beside feature_norm. For a model without L2 they equal
+                  "turned off at test time" (TMLR 2024 App. A.2, said of softmax measurements). ncood's reading of
+                  its Table 3 ("MaxLogit", "Norm - Logits", ResNet18 L2 60, beside feature_norm), whose logit
+                  figures track the feature norm's; the paper does not state how Table 3 computed them. For a model without L2 they equal
                   max_logit and logit_norm; for an L2 model the logits of max_logit are W z/||z|| + b, which carry
                   none of ||z||. Not served: analysis measurements, which TMLR found no better than feature_norm.
                   ICML 2025 ETF-projector models: W z skips the projector too (no paper defines this case).

@@ -56,9 +56,7 @@ _CIFAR_OOD = ("svhn", "cifar100", "tinyimagenet")  # seed paper Table 1 / TMLR T
 # (configs/pretrained/cct_7-3x1_cifar10_300epochs.yml: AdamW lr 5.5e-4, weight decay 0.06); ConvNeXt: "a single
 # cosine annealing schedule with the AdamW optimizer". OoD sets: each ID set's defaults (ncood.data), which hold
 # every OoD column of its table. What A.1 leaves open is ours, said in each preset's help.
-# BatchNorm over the whole batch: TMLR states no GPU setup (the seed paper's four V100s give its presets bn_groups
-# 4, ncood.config.SEED_GPUS; pass --bn-groups 4 to assume TMLR trained on the same machines).
-_TMLR_FIXED = {"width": 64, "bn_groups": 1}
+_TMLR_FIXED = {"width": 64}
 _SN_LG = {"spectral_norm": (True,), "leaky_gap": (True,)}  # A.1: every ResNet
 # VGG16, ConvNeXt and CCT: A.1 names SN + leaky/GAP for the ResNets only, and ConvNeXt/CCT cannot take DDU's
 # toggles at all; the config defaults are the seed paper's ResNet (both on), so these products switch them off.
@@ -127,7 +125,7 @@ TMLR_GRIDS: dict[str, GridPreset] = {
 
 GRIDS: dict[str, GridPreset] = {
     # Every epoch gets its NC metrics and accuracy (nc_every 1: the seed paper's point is how early NC sets in), every
-    # third epoch the full OoD evaluation (eval_every 3): the 13 scores on 3 OoD sets at every epoch made a third of
+    # third epoch the full OoD evaluation (eval_every 3): the (then 13) scores on 3 OoD sets at every epoch made a third of
     # a trial's compute (2.7 of 12.5 s, measured), and the main job must stay under 5 minutes on 2 cores.
     "default": GridPreset("digits", {**_PAPERS_MODEL, "width": 8, "epochs": 15, "batch_size": 128, "eval_every": 3,
                                      "nc_every": 1},
@@ -170,12 +168,12 @@ GRIDS: dict[str, GridPreset] = {
                               "train images), L2 off/on x 15 seeds = 30 trials (GPU)",
                          keep_checkpoint_epochs=(50,)),  # as table1: tune_jobs/nc_intervention.py --from-epoch 50
     # Sized for 3 seeds x L2 off/on on 2 CPU cores (two 1-core trials at a time, three rounds): an epoch takes ~16 s
-    # and the final evaluation of all 13 scores on 5 OoD sets ~1 min, so 20 epochs took ~23 min in all; 15 took 16 min
+    # and the final evaluation of all (then 13) scores on 5 OoD sets ~1 min, so 20 epochs took ~23 min in all; 15 took 16 min
     # 25 s (fresh clone, 2 cores, 2026-11-30). Width 8 on a 10k-image subset reaches 86-89% test accuracy in 15
     # epochs (88% in 20); batch 128 gives 79 steps per epoch (1024 would give 10); one full evaluation (NC + GMM + every
     # score, every OoD set) at the end.
     "fmnist_cpu": GridPreset("fmnist", {**_PAPERS_MODEL, "width": 8, "arch": "resnet18", "epochs": 15,
-                                        "train_subset": 10000, "batch_size": 128, "eval_every": 0, "bn_groups": 1},
+                                        "train_subset": 10000, "batch_size": 128, "eval_every": 0},
                              ({"l2": _OFF_ON},), seeds=3,
                              help="Fashion-MNIST on 2 CPU cores: the fmnist recipe (seed paper Table 1 ResNet18 rows) (SN + leaky/GAP) at width 8, "
                                   "15 epochs (LR x0.1 at 10/12), batch 128, a stratified 10k-image train subset, one evaluation at "
