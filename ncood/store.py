@@ -69,6 +69,17 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri
 
 
+def lasting_folder(where: str | Path, flag: str) -> Path:
+    """`where` (as given to `flag`) made absolute, unless it lies in a Ray job's working-dir copy (a relative path
+    resolves against the job's cwd, the copy), which Ray deletes when the job ends: TrackingError naming the fix."""
+    path = Path(where).expanduser().resolve()
+    if in_ray_job_copy(path):
+        raise TrackingError(f"{flag} {str(where)!r} is {path}, inside this Ray job's temporary working-dir copy, which "
+                            f"Ray deletes when the job ends. Pass an absolute path (e.g. ~/ray_results/aggregate or a "
+                            f"shared folder), or leave {flag} out for the default")
+    return path
+
+
 def _lasting(uri: str, db: Path) -> Path:
     """`db`, unless it lies in a Ray job's working-dir copy (a relative path resolves against the job's cwd, the
     copy): the job would succeed and its store vanish with the copy."""

@@ -51,6 +51,24 @@ def test_a_relative_store_in_a_ray_job_copy_stops_the_job(tmp_path, monkeypatch,
     assert not (copy / "runs").exists() and not (copy / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+def test_a_relative_report_folder_in_a_ray_job_copy_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    """The aggregation's --out and the intervention's --aggregate-out resolved into the job's temporary copy too: the
+    tables and figures vanished with the job. Now exit 2 naming the flag, before the sweep or the aggregation runs."""
+    from ncood.cli import main as ncood_main
+
+    copy = tmp_path / "session_1" / "runtime_resources" / "working_dir_files" / "_ray_pkg_y"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    assert ncood_main(["aggregate", "--out", "report", "--tracking-uri", str(tmp_path / "none.db")]) == 2
+    err = capsys.readouterr().err
+    assert "--out 'report' is" in err and "temporary working-dir copy" in err and "absolute path" in err, err
+    rc = load_job("nc_intervention").main(["--aggregate-out", "report", "--tracking-uri", str(tmp_path / "none.db"),
+                                           "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--aggregate-out 'report' is" in err and "temporary working-dir copy" in err, err
+    assert not (copy / "report").exists() and not (tmp_path / "none.db").exists()
+
+
 def test_resume_without_a_sweep_names_the_storage(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no sweep 'nothing_\*' to resume under .*--storage-path"):
         find_experiment(Storage.parse(str(tmp_path)), "nothing", "latest")

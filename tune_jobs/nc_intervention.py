@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ncood.intervention import default_experiment
     from ncood.runs_query import RunsQueryError
-    from ncood.tracking import TrackingError
+    from ncood.tracking import TrackingError, lasting_folder
     from ncood.tune import SweepSettings, run_sweep
     from ncood.tune.intervention import SourceSelection, run_intervention
 
@@ -71,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, retries=args.retries,
         num_cpus=args.num_cpus, progress=not args.quiet, dashboard=args.dashboard)
     try:
+        if args.aggregate_out:  # checked before the sweep: the aggregation runs after it
+            lasting_folder(args.aggregate_out, "--aggregate-out")
         if args.resume:
             result = run_sweep(settings, resume=args.resume)
         else:

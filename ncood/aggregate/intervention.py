@@ -173,7 +173,7 @@ def aggregate_intervention(tracking_uri: str | None, experiment: str, *, parent_
     tables = [nc_summary_table(hist), nc_curves_table(hist)]
     if key:
         tables.insert(0, auroc_change_table(hist, key))
-    out = Path(out).expanduser().resolve() if out else default_out(exp_name)
+    out = tracking.lasting_folder(out, "--aggregate-out") if out else default_out(exp_name)
     result = InterventionResult(runs, hist, tables, out)
     for t in tables:
         result.files += write_table(t, out / "tables")

@@ -224,8 +224,9 @@ def aggregate(tracking_uri: str | None = None, experiment: str | None = None, *,
 
     echo: where the tables and messages go (None: silent)."""
     echo = echo or (lambda _: None)
+    out = tracking.lasting_folder(out, "--out") if out else None  # before any work: a job copy would lose it
     data = load_sweep(tracking_uri, experiment, parent_run_id, experiment_id=experiment_id)
-    out = Path(out).expanduser().resolve() if out else default_out(data.sweep.experiment_name)
+    out = out or default_out(data.sweep.experiment_name)
     sets, scores = ood_set_names(data), score_names(data)
     tables = all_tables(data.runs, data.conditions, data.expected_seeds, sets, scores, resamples, seed)
     comparison = published_table(data.runs, data.used, data.conditions, len(data.expected_seeds))
