@@ -69,26 +69,26 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri
 
 
-def lasting_folder(where: str | Path, flag: str) -> Path:
-    """`where` (as given to `flag`) made absolute, unless it lies in a Ray job's working-dir copy (a relative path
-    resolves against the job's cwd, the copy), which Ray deletes when the job ends: TrackingError naming the fix."""
-    path = Path(where).expanduser().resolve()
+def outside_job_copy(path: Path, what: str, fix: str, error: type[Exception] = TrackingError) -> Path:
+    """`path` (absolute), unless it lies in a Ray job's working-dir copy: a relative path resolves against the job's
+    cwd, the copy, which Ray deletes when the job ends, so the job would succeed and what it wrote there vanish.
+    Then `error` naming `what` (e.g. "--out 'report'"), where it resolved and `fix`."""
     if in_ray_job_copy(path):
-        raise TrackingError(f"{flag} {str(where)!r} is {path}, inside this Ray job's temporary working-dir copy, which "
-                            f"Ray deletes when the job ends. Pass an absolute path (e.g. ~/ray_results/aggregate or a "
-                            f"shared folder), or leave {flag} out for the default")
+        raise error(f"{what} is {path}, inside this Ray job's temporary working-dir copy, which Ray deletes when the "
+                    f"job ends. {fix}")
     return path
 
 
+def lasting_folder(where: str | Path, flag: str) -> Path:
+    """`where` as given to `flag`, made absolute and checked by outside_job_copy."""
+    return outside_job_copy(Path(where).expanduser().resolve(), f"{flag} {str(where)!r}",
+                            f"Pass an absolute path (e.g. ~/ray_results/aggregate or a shared folder), or leave {flag} "
+                            f"out for the default")
+
+
 def _lasting(uri: str, db: Path) -> Path:
-    """`db`, unless it lies in a Ray job's working-dir copy (a relative path resolves against the job's cwd, the
-    copy): the job would succeed and its store vanish with the copy."""
-    if in_ray_job_copy(db):
-        raise TrackingError(
-            f"tracking URI {uri!r} is {db}, inside this Ray job's temporary working-dir copy, which Ray deletes "
-            f"when the job ends. Pass --tracking-uri sqlite:////ABS/PATH/mlflow.db (an absolute path on the head "
-            f"node) or an http(s):// tracking server")
-    return db
+    return outside_job_copy(db, f"tracking URI {uri!r}", "Pass --tracking-uri sqlite:////ABS/PATH/mlflow.db (an "
+                            "absolute path on the head node) or an http(s):// tracking server")
 
 
 def _artifact_location(tracking_uri: str, experiment: str) -> str | None:

@@ -35,8 +35,8 @@ from ncood import keys, run_fields, runs_query
 
 # The store's functions live in ncood.store; callers use them as ncood.tracking's, as before the split.
 from ncood.store import (TrackingError, default_tracking_uri, existing_store, in_ray_job_copy,  # noqa: F401
-                         lasting_folder, permission_denied, prepare_experiment, refusal, repo_root,
-                         resolve_tracking_uri, sqlite_path)
+                         lasting_folder, outside_job_copy, permission_denied, prepare_experiment, refusal,
+                         repo_root, resolve_tracking_uri, sqlite_path)
 
 # Tag names live in the schema module (ncood.keys); imported here because tracking writes them.
 from ncood.keys import (ROLE_SWEEP, ROLE_TRIAL, TAG_CONDITION, TAG_ERROR, TAG_FAILURE_KIND, TAG_GIT_DIRTY,

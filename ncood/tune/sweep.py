@@ -127,12 +127,9 @@ class Storage:
             except (ValueError, OSError) as e:  # pyarrow.lib.ArrowInvalid is a ValueError
                 raise StorageError(f"{flag} {where!r} is not a storage URI pyarrow can open: {e}") from e
             return cls(fs, path.rstrip("/"), where)
-        local = Path(where).expanduser().resolve()
-        if tracking.in_ray_job_copy(local):  # e.g. a relative path in a job: the job's cwd is Ray's temporary copy
-            raise StorageError(
-                f"{flag} {where!r} is {local}, inside this Ray job's temporary working-dir copy, which Ray deletes "
-                f"when the job ends (with every checkpoint). Pass an absolute path every node sees (e.g. "
-                f"/mnt/ncood/ray) or a URI such as s3://BUCKET/prefix")
+        local = tracking.outside_job_copy(  # e.g. a relative path in a job: its checkpoints would go with the copy
+            Path(where).expanduser().resolve(), f"{flag} {where!r}", "Pass an absolute path every node sees (e.g. "
+            "/mnt/ncood/ray) or a URI such as s3://BUCKET/prefix", StorageError)
         return cls(pafs.LocalFileSystem(), str(local))
 
     def check(self) -> None:
