@@ -69,11 +69,12 @@ def stop_tree(proc) -> None:
 
 
 def stop_group(proc, grace_s: float = 20) -> None:
-    """SIGTERM the process group a server was started in (start_new_session=True), SIGKILL it after `grace_s`."""
+    """SIGTERM the process group a server was started in (start_new_session=True); after `grace_s` s, or as soon as
+    its leader is gone, SIGKILL what is left of the group (workers that outlived the leader, or a hung leader)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+    proc.wait(timeout=10)

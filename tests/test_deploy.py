@@ -11,8 +11,6 @@ repeated step; two grids started at once into one experiment both finish. Finali
 """
 from __future__ import annotations
 
-import base64
-import importlib.util  # find_spec
 import json
 import os
 import pwd
@@ -20,87 +18,34 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from deploy_support import (DEPLOY, REPO, Postgres, Server, cmdline, http_status, kill_leftovers, log_tail, pgid,
+                            postgres_bindir, require_server_deps)
 from ncood import keys
+from ncood.serve.server import free_port
 from ncood.tune.outbox import retry_budget
-
 from sweep_procs import job_env, logged_steps, stop_tree, sweep_command
 
-REPO = Path(__file__).resolve().parents[1]
-DEPLOY = REPO / "deploy"
 BIN = Path(sys.executable).parent  # the venv's mlflow and ray
 ADMIN = "admin"
 SERVICE_USER = "ray-job"  # the non-admin account the Ray job logs in as
 PROXY_NAME = "mlflow.example.internal"  # MLFLOW_ALLOWED_HOSTS of deploy/mlflow/mlflow-server.env.example
 
+
 # ---- integration: PostgreSQL + tracking server + Ray head + ray job submit ------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _require_server_deps() -> None:
-    """The server's PostgreSQL driver and the basic-auth app's Flask-WTF (pyproject's dev extra)."""
-    missing = [m for m in ("psycopg", "flask_wtf") if importlib.util.find_spec(m) is None]
-    if missing:
-        pytest.fail(f"the tracking server needs {missing}: pip install 'psycopg[binary]>=3.1' 'Flask-WTF<2'")
-
-
-def _postgres_bindir() -> Path:
-    """deploy/mlflow/install-postgres.sh: the server binaries' folder, installing them with apt-get if needed."""
-    out = subprocess.run(["bash", str(DEPLOY / "mlflow" / "install-postgres.sh")], capture_output=True, text=True,
-                         timeout=900)
-    if out.returncode == 3 and os.geteuid() != 0:
-        pytest.skip(f"PostgreSQL is not installed and installing it needs root: {out.stderr.strip()}")
-    assert out.returncode == 0, f"install-postgres.sh failed:\n{out.stdout[-2000:]}{out.stderr[-4000:]}"
-    return Path(out.stdout.strip().splitlines()[-1])
-
-
-def _log_tail(path: Path, n: int = 4000) -> str:
-    return path.read_text(errors="replace")[-n:] if path.exists() else "(no log)"
-
-
-def _pgid(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except OSError:  # gone meanwhile
-        return None
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="ignore").replace("\0", " ")
-    except OSError:
-        return ""
-
-
-@dataclass(frozen=True)
-class Postgres:
-    port: int
-    password: str  # of the `mlflow` role
-    socket_dir: Path  # the cluster's folder (owned by its owner): its socket, where the superuser logs in (trust)
-    as_owner: tuple[str, ...]  # prefix that runs a command as the cluster's owner: runuser as root, else nothing
-    bindir: Path
-
-
 @pytest.fixture(scope="module")
 def postgres(apt_lock):
     """A throwaway cluster in a temp dir on 127.0.0.1:<free port>, set up with deploy/mlflow/init-db.sh."""
-    _require_server_deps()
+    require_server_deps()
     with apt_lock():  # another xdist worker may be apt-installing too
-        bindir = _postgres_bindir()
+        bindir = postgres_bindir()
     root = Path(tempfile.mkdtemp(prefix="deploy-pg-", dir="/tmp"))  # short: the socket path must fit 107 bytes
     as_owner: list[str] = []
     if os.geteuid() == 0:  # initdb refuses root: the server runs as the `postgres` user the package created
@@ -110,7 +55,7 @@ def postgres(apt_lock):
             pytest.fail("running as root but there is no `postgres` user to run the server as")
         os.chown(root, owner.pw_uid, owner.pw_gid)
         as_owner = ["runuser", "-u", "postgres", "--"]
-    data, log, port = root / "data", root / "postgres.log", _free_port()
+    data, log, port = root / "data", root / "postgres.log", free_port()
     pg_ctl = [*as_owner, str(bindir / "pg_ctl"), "-D", str(data)]
     try:
         # trust on the socket (in our 0700 dir), passwords over TCP: the server logs in like a remote client
@@ -128,7 +73,7 @@ def postgres(apt_lock):
         assert out.returncode == 0, out.stderr
         yield Postgres(port, password, root, tuple(as_owner), bindir)
     except subprocess.CalledProcessError as e:
-        pytest.fail(f"{e.cmd[len(as_owner)]} failed: {e.stderr!r}\n{_log_tail(log)}")
+        pytest.fail(f"{e.cmd[len(as_owner)]} failed: {e.stderr!r}\n{log_tail(log)}")
     finally:
         if (data / "postmaster.pid").exists():
             subprocess.run([*pg_ctl, "-m", "fast", "-w", "-t", "30", "stop"], capture_output=True, timeout=60)
@@ -165,74 +110,11 @@ def test_init_db_reads_a_password_piped_to_the_postgres_user(postgres, password_
         assert conn.execute("SELECT current_user").fetchone() == (role,)
 
 
-@dataclass
-class Server:
-    """deploy/mlflow/start-server.sh as a process group of ours; `stop` and `start` again (an outage) keep the
-    address, the store and the settings."""
-
-    uri: str
-    admin_password: str
-    artifacts: Path
-    log: Path
-    env: dict
-    proc: subprocess.Popen | None = None
-
-    @property
-    def pgid(self) -> int:
-        return self.proc.pid
-
-    def start(self, timeout: float = 150) -> None:
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(["bash", str(DEPLOY / "mlflow" / "start-server.sh")], env=self.env,
-                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.time() + timeout
-        while self.proc.poll() is None and _http_status(f"{self.uri}/health") != 200:
-            assert time.time() < deadline, f"tracking server not up after {timeout:.0f} s:\n{_log_tail(self.log)}"
-            time.sleep(1)
-        assert self.proc.poll() is None, f"start-server.sh exited with {self.proc.returncode}:\n{_log_tail(self.log)}"
-
-    def stop(self, grace: float = 15) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            _stop_group(self.proc, grace)
-
-
-def _stop_group(proc: subprocess.Popen, grace: float) -> None:
-    """SIGTERM the process group we started (start_new_session=True); SIGKILL whatever is left after `grace` s."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=grace)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # workers that outlived the leader, or a leader that hung
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=10)
-
-
-def _http_status(url: str, auth: tuple[str, str] | None = None, host: str | None = None) -> int:
-    """HTTP status of a GET (basic auth, a Host header other than the URL's, if given); -1 when nothing answers."""
-    req = urllib.request.Request(url)
-    if auth:
-        req.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
-    if host:
-        req.add_header("Host", host)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except OSError:
-        return -1
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(postgres):
     """deploy/mlflow/start-server.sh on 127.0.0.1 with basic-auth, against the throwaway PostgreSQL."""
     root = Path(tempfile.mkdtemp(prefix="deploy-mlflow-", dir="/tmp"))
-    port, admin_password, log = _free_port(), secrets.token_urlsafe(18), root / "server.log"
+    port, admin_password, log = free_port(), secrets.token_urlsafe(18), root / "server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PG"))}
     env.update({
         "PATH": f"{BIN}:{env['PATH']}", "MLFLOW_DB_HOST": "127.0.0.1", "MLFLOW_DB_PORT": str(postgres.port),
@@ -251,35 +133,25 @@ def mlflow_server(postgres):
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _kill_leftovers(marker: str) -> None:
-    """SIGKILL any process still running from our Ray temp dir (ours alone: the path is unique)."""
-    for pid in os.listdir("/proc"):
-        try:
-            if pid.isdigit() and marker in _cmdline(int(pid)):
-                os.kill(int(pid), signal.SIGKILL)
-        except OSError:  # gone meanwhile
-            pass
-
-
 @pytest.fixture(scope="module")
 def ray_head():
     """`ray start --head --block` on 127.0.0.1 with token auth (RAY_AUTH_MODE=token + a random RAY_AUTH_TOKEN:
     the head, its job drivers and the submitting CLI all need both); yields (dashboard address, env)."""
     temp = tempfile.mkdtemp(prefix="deploy-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    dash = _free_port()
+    dash = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_") and k != "RAY_ADDRESS"}
     env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)})
     head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
+        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true", "--num-cpus=2",
-         f"--temp-dir={temp}", "--disable-usage-stats", f"--ray-client-server-port={_free_port()}",
-         f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-         f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"],
+         f"--temp-dir={temp}", "--disable-usage-stats", f"--ray-client-server-port={free_port()}",
+         f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+         f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"http://127.0.0.1:{dash}"
     try:
         deadline = time.time() + 120
-        while _http_status(f"{address}/api/version") == -1:  # the job server is up once the dashboard answers
+        while http_status(f"{address}/api/version") == -1:  # the job server is up once the dashboard answers
             assert head.poll() is None and time.time() < deadline, "ray start --head did not come up"
             time.sleep(1)
         yield address, env
@@ -289,23 +161,23 @@ def ray_head():
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
             head.kill()
-        _kill_leftovers(temp)
+        kill_leftovers(temp)
         shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.mark.slow
 def test_server_refuses_anonymous_and_wrong_password(mlflow_server):
     search = f"{mlflow_server.uri}/api/2.0/mlflow/experiments/search?max_results=1"
-    assert _http_status(search) == 401
-    assert _http_status(search, (ADMIN, mlflow_server.admin_password + "x")) == 401
-    assert _http_status(search, (ADMIN, mlflow_server.admin_password)) == 200
+    assert http_status(search) == 401
+    assert http_status(search, (ADMIN, mlflow_server.admin_password + "x")) == 401
+    assert http_status(search, (ADMIN, mlflow_server.admin_password)) == 200
     # MLFLOW_ALLOWED_HOSTS names the proxy; localhost stays allowed (start-server.sh appends MLflow's defaults,
     # which the setting would replace: every API call to 127.0.0.1 got 403 "Invalid Host header") and an unknown
     # Host is refused. /health is exempt from the check, so only an API call shows it (deploy/README.md step 1).
-    assert _http_status(search, (ADMIN, mlflow_server.admin_password), host=PROXY_NAME) == 200
-    assert _http_status(search.replace("127.0.0.1", "localhost"), (ADMIN, mlflow_server.admin_password)) == 200
-    assert _http_status(search, (ADMIN, mlflow_server.admin_password), host="rebound.example") == 403
-    assert _http_status(f"{mlflow_server.uri}/health", host="rebound.example") == 200
+    assert http_status(search, (ADMIN, mlflow_server.admin_password), host=PROXY_NAME) == 200
+    assert http_status(search.replace("127.0.0.1", "localhost"), (ADMIN, mlflow_server.admin_password)) == 200
+    assert http_status(search, (ADMIN, mlflow_server.admin_password), host="rebound.example") == 403
+    assert http_status(f"{mlflow_server.uri}/health", host="rebound.example") == 200
 
 
 @pytest.mark.slow
@@ -369,8 +241,8 @@ def test_ray_job_tracks_into_the_shared_server(postgres, mlflow_server, ray_head
                             "WHERE e.name = %s", ("deploy-e2e",)).fetchall()
     assert sorted(rows) == [("FINISHED",)] * 3
 
-    server_text = _log_tail(mlflow_server.log, 10**7) + " ".join(
-        _cmdline(int(p)) for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == mlflow_server.pgid)
+    server_text = log_tail(mlflow_server.log, 10**7) + " ".join(
+        cmdline(int(p)) for p in os.listdir("/proc") if p.isdigit() and pgid(int(p)) == mlflow_server.pgid)
     for secret in (postgres.password, mlflow_server.admin_password, service_password):
         assert secret not in server_text  # neither on the server's command lines nor in its log
 

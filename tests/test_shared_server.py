@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util  # find_spec
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from ncood import keys
+from ncood.serve.server import free_port
 
 from job_scripts import load_job
 from sweep_procs import job_env, stop_group, sweep_command
@@ -39,12 +39,6 @@ class AuthServer:
     uri: str
     passwords: dict[str, str]  # user -> password
     root: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _up(url: str) -> bool:
@@ -87,7 +81,7 @@ def auth_server(tmp_path_factory, new_store):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(MLFLOW_AUTH_CONFIG_PATH=str(ini), MLFLOW_AUTH_ADMIN_PASSWORD=passwords["admin"],
                MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16), MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    port, log = _free_port(), root / "server.log"
+    port, log = free_port(), root / "server.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--backend-store-uri",

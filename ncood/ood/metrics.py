@@ -22,8 +22,9 @@ fpr95 and fpr95_id_rejected differ in general (ncood's Mahalanobis 0.203 vs pyto
 scorer, issue 15): compare a number with a paper's only under the same name.
 
 All ranking metrics come from two sorts of the pooled scores (tie groups -> cumulative TP/FP counts, one for each
-orientation). sklearn's functions give the same numbers (tests/test_ood.py checks them against sklearn to 1e-12), but
-their input validation costs ~2 ms a call: 3 calls x (sets x scores) made them half of a digits evaluation.
+orientation). sklearn's functions give the same numbers (tests/test_ood_metrics.py checks them against sklearn to
+1e-12), but their input validation costs ~2 ms a call: 3 calls x (sets x scores) made them half of a digits
+evaluation.
 """
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ wrapper only reads the column out of it (ncood.serve.decoding.request_column); t
 (one record per image in the JSON).
 
 The response frame (`response_frame`) is the frame `pd.DataFrame(cols, columns=...)` gives, column for column and
-dtype for dtype (tests/test_serve.py), built without pandas' per-column inference, which cost as much as the scores
-for a one-image request (~1,300 Python calls): the class names get the dtype pandas infers for them once at load
+dtype for dtype (tests/test_serve_parts.py), built without pandas' per-column inference, which cost as much as the
+scores for a one-image request (~1,300 Python calls): the class names get the dtype pandas infers for them once at load
 (pandas 3: its string dtype), and on pandas >= 3 the frame is assembled from its three blocks (the (S, N) float64
 scores, the class names, is_ood) with pandas' public `pandas.api.internals.create_dataframe_from_blocks` (~300
 calls); older pandas build it from the dict of columns in response order.
