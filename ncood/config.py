@@ -14,7 +14,7 @@ explicitly noted in the ablation study) use spectral normalization, leaky ReLUs 
 TMLR 2024 ("Exploring Simple, High Quality OoD Detection with L2 Normalization", App. A.1): "All ResNet models use
 spectral normalization, global average pooling, and Leaky ReLUs". The coefficient 3 is DDU's default (code
 `utils/args.py`: `sn_coeff = 3.0`); the papers build on DDU's models. `--no-spectral-norm --no-leaky-gap` trains
-the plain network (seed paper Table 2 ablates both).
+the plain network (seed paper Table 2 ablates both). VGG16 defaults to the plain network: A.1 names only the ResNets.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from typing import Any, Callable
 # The papers' LR schedules (seed paper section 3; DDU): epochs -> the two epochs where LR is multiplied by 0.1.
 PAPER_MILESTONES = {60: (40, 50), 100: (75, 90), 350: (150, 250)}
 LOSSES = ("ce", "nc", "logitnorm")  # cross-entropy; the seed paper's NC intervention loss; LogitNorm (ncood.train)
-PRECISIONS = ("fp32", "bf16")  # training: IEEE fp32 (the papers) | bf16 autocast (ncood.train)
+PRECISIONS = ("fp32", "bf16")  # training: IEEE fp32 (default; the papers state none) | bf16 autocast (ncood.train)
 SCHEDULES = ("step", "cosine")  # MultiStepLR at `milestones` (the papers) | CosineAnnealingLR over the epochs
 # (lr, weight decay) when not given. SGD: lr 0.1 is the papers' (seed paper Sec. 3.1, TMLR A.1); weight decay 5e-4
 # is DDU's code default (utils/args.py), which the papers do not state. AdamW: lr 1e-3 is torch's
@@ -81,10 +81,11 @@ class TrialConfig:
                         "channels scale by width/64; CCT embedding = 4 * width); 8 is a CPU-sized variant")
     l2: bool = _f(False, "L2-normalize the features before the classifier")
     spectral_norm: bool | None = _f(None, "DDU soft spectral normalization on every conv; default: on for the "
-                                          "architectures that take it (the papers' models), off for the others")
+                                          "ResNets (the papers' models) and WideResNet, off for VGG16 and the "
+                                          "others")
     sn_coeff: float = _f(3.0, "spectral-norm coefficient (DDU: 3)")
     leaky_gap: bool | None = _f(None, "DDU 'mod': leaky ReLU + average-pool/zero-pad shortcuts; default: on for the "
-                                      "architectures that take it (the papers' models), off for the others")
+                                      "ResNets (the papers' models) and WideResNet, off for VGG16 and the others")
     etf_projector: bool = _f(False, "ICML 2025 NC control: fixed simplex-ETF projector whose L2-normalized output "
                                     "feeds the classifier")
     # optimisation (docs/method.md#training)
@@ -202,15 +203,17 @@ class TrialConfig:
         object.__setattr__(self, "betas", betas)
 
     def _check_model_toggles(self) -> None:
-        """DDU's spectral norm and leaky/GAP exist only for the conv/BN networks. Unset (None), each is on where the
-        architecture takes it (the papers' model) and off elsewhere (ConvNeXt, CCT); set on for an architecture
-        without it, it is refused (never silently train a different network than the config says)."""
-        from ncood.models import models_supporting
+        """DDU's spectral norm and leaky/GAP exist only for the conv/BN networks. Unset (None), each takes the
+        architecture's default (ncood.models.toggle_default): on for the ResNets (the papers' models) and
+        WideResNet (DDU's), off for VGG16 (TMLR App. A.1 names only the ResNets) and where the architecture lacks
+        it (ConvNeXt, CCT); set on for an architecture without it, it is refused (never silently train a different
+        network than the config says)."""
+        from ncood.models import models_supporting, toggle_default
 
         for name in ("spectral_norm", "leaky_gap"):
             able = models_supporting(name)
             if getattr(self, name) is None:
-                object.__setattr__(self, name, self.arch in able)
+                object.__setattr__(self, name, toggle_default(self.arch, name))
             if getattr(self, name) and self.arch not in able:
                 raise ConfigError(f"{name}: architecture '{self.arch}' does not support DDU's {name} (it has no "
                                   f"conv/BN/ReLU stack to apply it to); turn it off (--no-{name.replace('_', '-')}) "

@@ -185,11 +185,21 @@ def test_search_dry_run_names_the_tuned_condition(capsys):
 
 
 def test_unset_ddu_toggles_follow_the_architecture():
-    """Unset, spectral norm and leaky/GAP are on where the architecture takes them (the papers' ResNets, WRN, VGG)
-    and off for ConvNeXt and CCT, which have no conv/BN/ReLU stack for them; set on there, they are refused."""
+    """Unset, spectral norm and leaky/GAP are on for the papers' ResNets and DDU's WRN, off for VGG16 (TMLR A.1 names
+    only the ResNets; it takes them when asked) and off for ConvNeXt and CCT, which have no conv/BN/ReLU stack for
+    them; set on there, they are refused."""
     from ncood.config import ConfigError
+    from ncood.models import register_model
 
-    assert make_config("digits", arch="resnet18").spectral_norm is True
+    for arch in ("resnet18", "resnet50", "wide_resnet28_10"):
+        cfg = make_config("digits", arch=arch)
+        assert (cfg.spectral_norm, cfg.leaky_gap) == (True, True), arch
+    vgg = make_config("digits", arch="vgg16")
+    assert (vgg.spectral_norm, vgg.leaky_gap) == (False, False) and "-sn" not in vgg.condition
+    asked = make_config("digits", arch="vgg16", spectral_norm=True, leaky_gap=True)
+    assert (asked.spectral_norm, asked.leaky_gap) == (True, True) and "-sn-lg" in asked.condition
+    with pytest.raises(ValueError, match="defaults .* must be among the model's toggles"):
+        register_model(toggles=(), defaults=("spectral_norm",))
     cct = make_config("digits", arch="cct_7_3x1")
     assert (cct.spectral_norm, cct.leaky_gap) == (False, False) and "-sn" not in cct.condition
     with pytest.raises(ConfigError, match="spectral_norm: architecture 'cct_7_3x1'"):

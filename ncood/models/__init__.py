@@ -13,7 +13,7 @@ from ncood.models import cct, convnext, resnet, vgg, wide_resnet  # noqa: F401  
 from ncood.models.batch_norm import SplitBatchNorm2d, split_batch_norm
 from ncood.models.layers import (ETFProjector, FeatureClassifier, LayerSpec, SNConv2d, freeze_spectral_norm,
                                  l2_normalize, simplex_etf, spectral_norm_layers)
-from ncood.models.registry import create_model, list_models, models_supporting, register_model
+from ncood.models.registry import create_model, list_models, models_supporting, register_model, toggle_default
 
 __all__ = [
     "ETFProjector",
@@ -27,6 +27,7 @@ __all__ = [
     "list_models",
     "models_supporting",
     "register_model",
+    "toggle_default",
     "simplex_etf",
     "spectral_norm_layers",
     "split_batch_norm",

@@ -5,7 +5,8 @@ imported by `ncood/models/__init__.py`. The function receives num_classes, in_ch
 l2 and `spec` (a LayerSpec with DDU's leaky/GAP and spectral-norm toggles, Mukhoti et al. 2021).
 `@register_model` says the model supports both DDU toggles; `@register_model(toggles=())` registers one that
 does not (LayerNorm/GELU networks such as ConvNeXt and CCT): create_model then refuses them instead of
-silently building a different network.
+silently building a different network. `defaults` says which supported toggles a config turns on when it leaves
+them unset (ncood.config): all of them unless the model says otherwise (VGG16: none, see ncood/models/vgg.py).
 """
 
 from __future__ import annotations
@@ -20,19 +21,25 @@ ModelFn = Callable[..., FeatureClassifier]
 DDU_TOGGLES = ("spectral_norm", "leaky_gap")
 _MODELS: dict[str, ModelFn] = {}
 _TOGGLES: dict[str, frozenset[str]] = {}  # name -> the DDU toggles the model implements
+_DEFAULTS: dict[str, frozenset[str]] = {}  # name -> the toggles on when a config leaves them unset
 
 
-def register_model(fn: ModelFn | None = None, *, toggles: tuple[str, ...] = DDU_TOGGLES):
-    """Decorator (bare or with toggles=...): register `fn` under its function name (duplicates are an error)."""
+def register_model(fn: ModelFn | None = None, *, toggles: tuple[str, ...] = DDU_TOGGLES,
+                   defaults: tuple[str, ...] | None = None):
+    """Decorator (bare or with toggles=... / defaults=...): register `fn` under its function name (duplicates are an
+    error). defaults: the toggles on by default, a subset of `toggles` (None: all of them)."""
+    defaults = toggles if defaults is None else defaults
     unknown = set(toggles) - set(DDU_TOGGLES)
     if unknown:
         raise ValueError(f"unknown toggles {sorted(unknown)}; known: {DDU_TOGGLES}")
+    if not set(defaults) <= set(toggles):
+        raise ValueError(f"defaults {sorted(defaults)} must be among the model's toggles {sorted(toggles)}")
 
     def decorate(f: ModelFn) -> ModelFn:
         name = f.__name__
         if name in _MODELS:
             raise ValueError(f"model {name!r} is already registered")
-        _MODELS[name], _TOGGLES[name] = f, frozenset(toggles)
+        _MODELS[name], _TOGGLES[name], _DEFAULTS[name] = f, frozenset(toggles), frozenset(defaults)
         return f
 
     return decorate if fn is None else decorate(fn)
@@ -48,6 +55,13 @@ def models_supporting(toggle: str) -> list[str]:
     if toggle not in DDU_TOGGLES:
         raise ValueError(f"unknown toggle {toggle!r}; known: {DDU_TOGGLES}")
     return sorted(n for n, t in _TOGGLES.items() if toggle in t)
+
+
+def toggle_default(name: str, toggle: str) -> bool:
+    """Whether DDU toggle `toggle` is on for model `name` when a config leaves it unset."""
+    if toggle not in DDU_TOGGLES:
+        raise ValueError(f"unknown toggle {toggle!r}; known: {DDU_TOGGLES}")
+    return toggle in _DEFAULTS.get(name, frozenset())
 
 
 def _check_positive_int(name: str, value: int) -> None:

@@ -2,7 +2,10 @@
 
 Simonyan & Zisserman 2015 configuration "D" for 32x32 inputs: 13 conv-BN-act layers and 5 max-pools,
 channels scaled by width / 64, then global average pooling (d = 8 * width = 512) and the linear head.
-Spectral norm applies to every conv; leaky_gap only switches the activation (VGG has no shortcuts).
+Spectral norm applies to every conv; leaky_gap only switches the activation (VGG has no shortcuts). Both are off
+unless asked for: TMLR 2024 App. A.1 says "All ResNet models use spectral normalization, global average pooling,
+and Leaky ReLUs" and nothing of the kind for VGG16 (the seed paper has no VGG), so ncood's default VGG16 is the plain
+network, as its tmlr_table4 preset trains it.
 """
 
 from __future__ import annotations
@@ -43,6 +46,6 @@ class VGG(FeatureClassifier):
         return self.pool(self.features(x)).flatten(1)  # (B, d)
 
 
-@register_model
+@register_model(defaults=())
 def vgg16(**kw) -> VGG:
     return VGG(VGG16, **kw)
