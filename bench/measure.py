@@ -92,6 +92,7 @@ def nc_reference(h: torch.Tensor, y: torch.Tensor, w: torch.Tensor, pred: torch.
         "nc2_equiangular_classifier": equiangular(w),
         "nc2_etf_distance": etf,
         "nc3_self_duality": (w.T / w.norm() - m / m.norm()).pow(2).sum(),
+        "nc4_ncc_error": (torch.cdist(h, mu).argmin(1) != y).double().mean(),
         "nc4_ncc_mismatch": (torch.cdist(h, mu).argmin(1) != pred).double().mean(),
     }
     return {k: float(v) for k, v in out.items()}

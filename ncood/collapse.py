@@ -15,7 +15,13 @@ the conventions used here. With h_i the features, y_i the labels, C classes and 
     nc2_etf_distance = || G / ||G||_F - (I - 11^T/C) / sqrt(C-1) ||_F,  G = M̂^T M̂   (slides Eqs. 14-15)
                        with M̂ the centred means scaled to unit length (slides Eq. 14), so only their angles count
     nc3_self_duality = || W^T / ||W||_F - M / ||M||_F ||_F^2                       (paper Eq. 7)
+    nc4_ncc_error    = mean_i [argmin_c ||h_i - mu_c|| != y_i]                      (paper Sec. 3.2, Eq. 8)
     nc4_ncc_mismatch = mean_i [argmin_c ||h_i - mu_c|| != prediction_i]            (slides Eq. 19)
+
+NC4 two ways: the seed paper words it as "the proportion of training set samples that are misclassified when a
+simple decision rule based on the distance ... to the nearest class is used" (Sec. 3.2): the nearest-class-mean rule
+against the labels, which its Table 3 reports. Papyan et al. and the DNC slides measure the rule's disagreement
+with the network's own argmax. Both are logged; on a network that fits its training set they coincide.
 
 NC1 without a d x d pseudo-inverse: Sigma_B has rank r <= min(d, C-1). With the thin SVD M = U S V^T
 (U: (d, r)), Sigma_B^+ = C U S^-2 U^T, so nc1 = Tr(U^T Sigma_W U S^-2) = sum_k ||P_k||^2 / (N s_k^2) where
@@ -101,7 +107,7 @@ def nc_metrics(features: Tensor, labels: Tensor, classifier_weight: Tensor,
     """NC1-NC4 of a feature set (module docstring for formulas). Computed in float64 on the inputs' device.
 
     features (N, d), labels (N,) in [0, C), classifier_weight (C, d); predictions (N,) the network's argmax,
-    optional: nc4_ncc_mismatch is returned only when it is given. Every class 0..C-1 must be present
+    optional: nc4_ncc_mismatch is returned only when it is given (nc4_ncc_error always). Every class 0..C-1 must be present
     (ValueError otherwise). Returns python floats keyed as ncood.keys.NC_METRICS.
 
     Degenerate cases: zero within-class spread gives nc1 = 0 (0 * finite); if all class means coincide
@@ -137,8 +143,7 @@ def nc_metrics(features: Tensor, labels: Tensor, classifier_weight: Tensor,
     mean_sq = means.pow(2).sum(dim=1)  # (C,)
     for a, b in blocks:
         h = features[a:b].double()  # (B, d)
-        if predictions is not None:
-            ncc.append((mean_sq - 2.0 * h @ means.T).argmin(dim=1))  # (B,)
+        ncc.append((mean_sq - 2.0 * h @ means.T).argmin(dim=1))  # (B,)
         proj_sq += ((h - means[labels[a:b]]) @ u).pow(2).sum(dim=0)  # centred rows projected on the span of M
     if u.shape[1] > 0:
         nc1 = (proj_sq / s[keep].pow(2)).sum() / n  # Tr(U^T Sigma_W U S^-2) = Tr(Sigma_W Sigma_B^+)/C
@@ -154,8 +159,9 @@ def nc_metrics(features: Tensor, labels: Tensor, classifier_weight: Tensor,
         "nc2_etf_distance": _etf_distance(m),
         "nc3_self_duality": _self_duality(w, m),
     }
+    ncc = torch.cat(ncc)  # (N,) nearest class mean, from the blocks above
+    out["nc4_ncc_error"] = (ncc != labels).double().mean()
     if predictions is not None:
-        ncc = torch.cat(ncc)  # (N,) nearest class mean, from the blocks above
         out["nc4_ncc_mismatch"] = (ncc != predictions.to(ncc.device).long()).double().mean()
     return {k: float(v) for k, v in out.items()}  # one host transfer per scalar, nothing large leaves the device
 

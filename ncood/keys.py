@@ -40,8 +40,15 @@ NC_METRICS = (
     "nc2_equiangular_classifier",
     "nc2_etf_distance",
     "nc3_self_duality",
+    "nc4_ncc_error",
     "nc4_ncc_mismatch",
 )
+# The seed paper's Table 3 columns, in its order (NC1, EA means, EA class, EN means, EN class, NC3, NC4); its NC4 is
+# the NCC error against the labels (Sec. 3.2: "the proportion of training set samples that are misclassified").
+SEED_TABLE3_NC = ("nc1", "nc2_equiangular_means", "nc2_equiangular_classifier", "nc2_equinorm_means",
+                  "nc2_equinorm_classifier", "nc3_self_duality", "nc4_ncc_error")
+# The NC table's column order: the seed paper's Table 3 first, then the metrics it does not report.
+NC_TABLE_ORDER = (*SEED_TABLE3_NC, *(m for m in NC_METRICS if m not in SEED_TABLE3_NC))
 # Detection metrics returned by ncood.ood.detection_metrics (docs/method.md#detection). fpr95 is the papers' FPR95
 # (OoD accepted at 95% ID accepted); fpr95_id_rejected is OpenOOD's number of the same name (ID rejected at 95% OoD
 # caught): see ncood/ood/metrics.py.

@@ -3,7 +3,7 @@
 Sources (values transcribed from the papers' tables; AUROC, FPR95 and accuracy as fractions, as ncood logs them):
 
     SEED  "Inducing Early Neural Collapse in Deep Neural Networks for Improved Out-of-Distribution Detection"
-          (Haas, Yolland, Rabus): Table 1 (GMM AUROC on SVHN / CIFAR-100 / Tiny ImageNet and CIFAR-10 test accuracy,
+          (anonymous for double-blind review; by its content the work TMLR 2024 cites as Haas, Yolland & Rabus 2023): Table 1 (GMM AUROC on SVHN / CIFAR-100 / Tiny ImageNet and CIFAR-10 test accuracy,
           min / max / mean +- SD over 15 seeds), Table 2 (the ablation: GMM AUROC on SVHN and accuracy, min / max /
           mean), Table 3 (NC metrics, mean and SD over 15 seeds).
     TMLR  "Exploring Simple, High Quality Out-of-Distribution Detection with L2 Normalization" (TMLR 2/2024):
@@ -166,8 +166,7 @@ _SEED_T2 = {  # (spectral_norm, leaky_gap, l2) -> ((AUROC min, max, mean), (accu
 }
 
 # ---- seed paper Table 3: NC metrics, ResNet18 60 epochs, mean and SD; same row order as Table 2 (marks intact) -------
-_NC_COLUMNS = ("nc1", "nc2_equiangular_means", "nc2_equiangular_classifier", "nc2_equinorm_means",
-               "nc2_equinorm_classifier", "nc3_self_duality", "nc4_ncc_mismatch")
+_NC_COLUMNS = keys.SEED_TABLE3_NC  # NC4 there is the NCC error against the labels (Sec. 3.2's wording)
 _SEED_T3 = {  # (spectral_norm, leaky_gap, l2) -> (mean, sd) per _NC_COLUMNS
     (False, False, False): ((1.967, 0.136), (0.076, 0.007), (0.033, 0.011), (0.098, 0.008), (0.094, 0.005),
                             (0.169, 0.015), (0.002, 0.001)),

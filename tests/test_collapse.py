@@ -51,12 +51,10 @@ def reference_nc(h, y, w, pred=None):
         "nc2_etf_distance": np.linalg.norm(gram / np.linalg.norm(gram) - etf),
         "nc3_self_duality": np.linalg.norm(w.T / np.linalg.norm(w) - M / np.linalg.norm(M)) ** 2,
     }
+    nearest = [min(range(c), key=lambda k: np.linalg.norm(h[i] - mu[k])) for i in range(n)]
+    out["nc4_ncc_error"] = sum(nearest[i] != y[i] for i in range(n)) / n  # seed paper Sec. 3.2: vs the labels
     if pred is not None:
-        mismatches = 0
-        for i in range(n):
-            nearest = min(range(c), key=lambda k: np.linalg.norm(h[i] - mu[k]))
-            mismatches += nearest != pred[i]
-        out["nc4_ncc_mismatch"] = mismatches / n
+        out["nc4_ncc_mismatch"] = sum(nearest[i] != pred[i] for i in range(n)) / n  # Papyan: vs the network
     return out
 
 
@@ -83,9 +81,22 @@ def test_nc_metrics_match_reference(n, d, c):
         assert got[k] == pytest.approx(v, rel=1e-6, abs=1e-12), k
 
 
-def test_nc4_only_with_predictions():
+def test_nc4_mismatch_only_with_predictions_error_always():
     h, y, w = torch.randn(50, 4), torch.arange(50) % 3, torch.randn(3, 4)
-    assert "nc4_ncc_mismatch" not in nc_metrics(h, y, w)
+    got = nc_metrics(h, y, w)
+    assert "nc4_ncc_mismatch" not in got and 0 < got["nc4_ncc_error"] < 1
+
+
+def test_nc4_error_counts_labels_mismatch_counts_predictions():
+    """Two well separated classes, 3 of 20 samples labelled with the other class: the NCC rule misclassifies exactly
+    those 3 (the seed paper's NC4, Sec. 3.2) and agrees with a network that predicts the nearest cluster (Papyan's)."""
+    centres = torch.tensor([[10.0, 0.0], [-10.0, 0.0]])
+    cluster = torch.arange(20) % 2
+    h = centres[cluster] + 0.1 * torch.randn(20, 2, generator=torch.Generator().manual_seed(0))
+    y = cluster.clone()
+    y[[0, 1, 2]] = 1 - y[[0, 1, 2]]  # label noise: 3 samples sit in the other class's cluster
+    got = nc_metrics(h, y, torch.randn(2, 2), predictions=cluster)
+    assert got["nc4_ncc_error"] == pytest.approx(3 / 20) and got["nc4_ncc_mismatch"] == 0.0
 
 
 def test_exact_etf_is_fully_collapsed():

@@ -2,7 +2,8 @@
 
 (a) NC2 equiangularity of the class means vs OoD AUROC over every logged evaluation of every run, coloured by
     epoch range, Pearson r in the title (seed paper Fig. 2);
-(b) NC metrics vs epoch per condition: mean over seeds with a min-max band (seed paper Fig. 3);
+(b) NC metrics vs epoch per condition: mean over seeds with a min-max band (drawn after the seed paper's Fig. 3,
+    which plots them for the NC intervention's two groups);
 (c) per-seed AUROC per condition (strip plot): the worst seed is the lower bound the papers stress.
 Inputs are the runs frame and the long metric-history frame of ncood.aggregate.runs.
 """
@@ -27,7 +28,8 @@ LABELS = {
     "nc1": "NC1  Tr(Σ_W Σ_B⁺)/C", "nc2_equinorm_means": "NC2 equinorm (means)",
     "nc2_equinorm_classifier": "NC2 equinorm (classifier)", "nc2_equiangular_means": "NC2 equiangularity (means)",
     "nc2_equiangular_classifier": "NC2 equiangularity (classifier)", "nc2_etf_distance": "NC2 distance to simplex ETF",
-    "nc3_self_duality": "NC3 self-duality", "nc4_ncc_mismatch": "NC4 nearest-class-mean mismatch",
+    "nc3_self_duality": "NC3 self-duality", "nc4_ncc_error": "NC4 nearest-class-mean error",
+    "nc4_ncc_mismatch": "NC4 nearest-class-mean mismatch",
 }
 DPI = 130
 

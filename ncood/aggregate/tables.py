@@ -215,8 +215,9 @@ def ablation_table(runs: pd.DataFrame, used: pd.DataFrame, conditions: Sequence[
 
 # ---- Table 3: Neural Collapse ----------------------------------------------------------------------------------------
 def nc_table(used: pd.DataFrame, conditions: Sequence[str], expected: int, reasons: Mapping[str, str] | None = None,
-             metrics: Sequence[str] = keys.NC_METRICS) -> Table:
-    """NC metrics (train-set features, final epoch) per condition: mean ± sd over seeds (seed paper Table 3)."""
+             metrics: Sequence[str] = keys.NC_TABLE_ORDER) -> Table:
+    """NC metrics (train-set features, final epoch) per condition: mean ± sd over seeds; the seed paper's Table 3
+    columns in its order, then the metrics it does not report (keys.NC_TABLE_ORDER)."""
     rows, disp = [], []
     for cond in conditions:
         g = used[used["condition"] == cond]
