@@ -2,8 +2,9 @@
 
 The whole split already lives on the training device (docs/architecture.md#device-data): an epoch is one permutation, and each batch is
 gathered and augmented there with a few vectorized tensor ops (no torch DataLoader, no loop over images).
-The papers' augmentation (docs/method.md#augmentation) is a random 32x32 crop of the image zero-padded by 4 pixels plus a random
-horizontal flip; the images here are already normalized, so "zero" padding is the normalized zero (0 - mean) / std.
+The augmentation (DDU's CIFAR transform; the papers state none: docs/method.md#augmentation) is a random 32x32 crop
+of the image zero-padded by 4 pixels plus a random horizontal flip; the images here are already normalized, so
+"zero" padding is the normalized zero (0 - mean) / std.
 
 Reproducibility: every random draw (epoch permutation, crop offsets, flips) comes from the `torch.Generator` passed
 in, in a fixed order, so a trainer that saves `generator.get_state()` between epochs and restores it on resume

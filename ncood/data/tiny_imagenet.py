@@ -5,7 +5,8 @@ tiny-imagenet-200.zip): `tiny-imagenet-200/wnids.txt` (the 200 class ids), `trai
 class) and `val/images/val_<i>.JPEG` listed with their class in `val/val_annotations.txt` (10,000 images; the
 official test split has no labels, so the validation split is the test set here, as usual).
 
-- As OoD (seed paper, TMLR 2024 Tables 2-4): the 10,000 validation images, resized to the ID set's 32x32.
+- As OoD (seed paper Table 1, TMLR 2024 Tables 2-4): the 10,000 validation images, resized to the ID set's 32x32
+  (neither paper states a size: ncood's choice, the CIFAR input size).
 - As ID (TMLR 2024 Table 6: "trained on TinyImageNet", OoD SVHN and CIFAR-100): the 100k train images (minus a
   seeded 10% validation hold-out) and the labelled validation images as test set, at 32x32. The paper does not
   say which size it trained at; we use 32x32 because (1) its batch sizes only fit that reading: A.1 says 1024
@@ -30,7 +31,7 @@ from ncood.data.torchvision_sets import CIFAR_RECIPE
 
 TINY_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 TINY_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"  # of the zip, as used by public TinyImageNet loaders
-TINY_SIDE, TINY_TARGET, TINY_CLASSES = 64, 32, 200  # native side; the papers' 32x32; classes
+TINY_SIDE, TINY_TARGET, TINY_CLASSES = 64, 32, 200  # native side; 32x32 (ncood's choice, above); classes
 
 
 def _files(root: Path, labelled: bool) -> list[tuple[Path, None]]:

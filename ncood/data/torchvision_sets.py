@@ -1,14 +1,15 @@
 """The papers' downloadable sets (seed paper Sec. 3; TMLR 2024 Tables 1-7), loaded the standard way from a data root.
 Every one can be the ID set (TMLR 2024 trains on CIFAR-10, CIFAR-100, Tiny ImageNet and GTSRB) and every one can be
-an OoD set of another; all are 32x32 RGB model inputs with CIFAR-10 normalization (as the papers do for every set).
+an OoD set of another; all are 32x32 RGB model inputs with CIFAR-10 normalization (DDU's code does so for every set;
+the papers state no normalization: docs/method.md#normalization).
 
 - cifar10, cifar100: torchvision.datasets.CIFAR10 / CIFAR100, python-pickle batches
   (https://www.cs.toronto.edu/~kriz/cifar.html). CIFAR-100 as ID: TMLR Table 7 (OoD SVHN, CIFAR-10, Tiny ImageNet).
 - svhn (far OoD): torchvision.datasets.SVHN, `test_32x32.mat` (26,032 images; http://ufldl.stanford.edu/housenumbers/).
 (Tiny ImageNet, the fifth, has no torchvision class: ncood.data.tiny_imagenet.)
-- gtsrb: torchvision.datasets.GTSRB, the German Traffic Sign Recognition Benchmark, 43 classes (TMLR Table 5:
-  "resized to 32x32"; OoD SVHN, CIFAR-100, Tiny ImageNet). Its images range from 15x15 to 250x250 pixels, so each
-  is resized to 32x32 (antialiased bilinear, as `to_model_input`) while loading.
+- gtsrb: torchvision.datasets.GTSRB, the German Traffic Sign Recognition Benchmark, 43 classes (TMLR Table 5; OoD
+  SVHN, CIFAR-100, Tiny ImageNet). Its images range from 15x15 to 250x250 pixels; the paper gives no input size, so
+  resizing each to 32x32 (antialiased bilinear, as `to_model_input`) while loading is ncood's choice.
 torchvision verifies each file against its own md5 table and raises RuntimeError("Dataset not found or corrupted");
 we turn that into DatasetNotFoundError naming every file looked at and its state (missing / checksum mismatch).
 """
@@ -28,7 +29,8 @@ from ncood.data.registry import (
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # docs/method.md#normalization: used for every dataset of the CIFAR benchmark
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 _NETWORK_ERRORS = (URLError, ConnectionError, TimeoutError)
-# The papers' CIFAR recipe (docs/method.md#augmentation): batch 1024, 4-pixel zero padding (in pixel space) + crop, h-flip.
+# The CIFAR recipe (docs/method.md#augmentation): batch 1024 (the papers'), 4-pixel zero padding (in pixel space) +
+# crop and h-flip (DDU's code; the papers state no augmentation).
 CIFAR_RECIPE = dict(  # also Tiny ImageNet's and GTSRB's (TMLR A.1 gives no other)
     mean=CIFAR10_MEAN, std=CIFAR10_STD, default_batch_size=1024, crop_pad=4)
 _GENERATED = ("noise", "scrambled")

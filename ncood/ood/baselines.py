@@ -2,8 +2,9 @@
 ncood/ood/posthoc.py):
 
     gmm           logsumexp_c log N(x; mu_c, Sigma_c), x the classifier input, under the DDU class Gaussians
-                  (Mukhoti et al., "Deep Deterministic Uncertainty", CVPR 2023, Sec. 4; the seed paper fits them on
-                  the normalized features of L2 models, Sec. 3.3)
+                  (Mukhoti et al., "Deep Deterministic Uncertainty", CVPR 2023, Sec. 4); for L2 models on the
+                  normalized features, as TMLR 2024 Sec. 2.2 describes the seed paper's method ("density estimation
+                  over L2-normed feature space ... requires L2 normalization at test time as well as at training")
     feature_norm  ||z||_2 of the PRE-normalization features (TMLR 2024 "Exploring Simple, High Quality OoD
                   Detection with L2 Normalization", Sec. 2.1: "the L2 norm of each image's unnormalized feature
                   vector z")

@@ -4,7 +4,8 @@ Detection with L2 Normalization", Table 2; OpenOOD v1.5 for the last one).
 In-distribution (ID) images are the positive class and a higher score means "more ID".
 
     auroc     P(s_id > s_ood) + P(s_id = s_ood)/2       (= sklearn.metrics.roc_auc_score; ties count half)
-    fpr95     THE PAPERS' FPR95: the fraction of OoD images ACCEPTED (s >= t) at the threshold t that accepts 95%
+    fpr95     FPR95 as the TMLR 2024 tables report it (the paper does not define it; this is the usual FPR at 95%
+              TPR with ID positive): the fraction of OoD images ACCEPTED (s >= t) at the threshold t that accepts 95%
               of ID images: t = the largest t with mean(s_id >= t) >= 0.95, i.e. the k-th largest ID score with
               k = ceil(0.95 n_id) (exact integer arithmetic). Ties at t are accepted on both sides.
     aupr_in   average precision with ID positive, ranked by s       (= sklearn average_precision_score)

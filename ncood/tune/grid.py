@@ -100,8 +100,8 @@ TMLR_GRIDS: dict[str, GridPreset] = {
              "A.1 gives none), all with SN + leaky/GAP, CIFAR-10, 15 seeds"),
     "tmlr_table4": GridPreset("cifar10", _TMLR_FIXED, _TABLE4,
                               help="TMLR 2024 Table 4 without CCT (see tmlr_table4_cct: 5 seeds): VGG16 (L2 60 / "
-                                   "no L2 350 epochs), ResNet18 (L2 60 and 350 / no L2 350), ResNet50 (batch 768; L2 "
-                                   "100 and 350 / no L2 350), ResNets with SN + leaky/GAP; ConvNeXt-Tiny (CIFAR "
+                                   "no L2 350 epochs: ncood's choice, the table gives no No-L2 budget), ResNet18 "
+                                   "(L2 60 and 350 / no L2 350), ResNet50 (batch 768; L2 100 and 350 / no L2 350), ResNets with SN + leaky/GAP; ConvNeXt-Tiny (CIFAR "
                                    "variant) L2 off/on, AdamW + cosine, 300 epochs (A.1 gives none), CIFAR-10, "
                                    "15 seeds"),
     "tmlr_table4_cct": GridPreset("cifar10", _TMLR_FIXED, (_CCT,), seeds=5,
@@ -110,17 +110,19 @@ TMLR_GRIDS: dict[str, GridPreset] = {
                                        "count, so CCT is its own preset)"),
     "tmlr_gtsrb": GridPreset("cifar10", {**_TMLR_FIXED, "dataset": "gtsrb"}, (
         {"arch": ("resnet18",), **_SN_LG, "l2": _OFF_ON, "epochs": (60,)},),
-        help="TMLR 2024 Table 5: ResNet18 with SN + leaky/GAP, L2 off/on, both 60 epochs, GTSRB (32x32), 15 seeds"),
+        help="TMLR 2024 Table 5: ResNet18 with SN + leaky/GAP, L2 off/on, both 60 epochs, GTSRB (resized to "
+             "32x32: ncood's choice, the paper gives no size), 15 seeds"),
     "tmlr_tinyimagenet": GridPreset("cifar10", {**_TMLR_FIXED, "dataset": "tinyimagenet"}, (
         {"arch": ("resnet18",), **_SN_LG, "l2": _OFF_ON, "epochs": (60,)},
         {"arch": ("resnet50",), **_SN_LG, "batch_size": (512,), "l2": _OFF_ON, "epochs": (60,)}),
         help="TMLR 2024 Table 6: ResNet18 and ResNet50 (batch 512) with SN + leaky/GAP, L2 off/on, all 60 epochs, "
-             "Tiny ImageNet at 32x32, 15 seeds"),
+             "Tiny ImageNet at 32x32 (ncood's choice, the paper gives no size), 15 seeds"),
     "tmlr_cifar100": GridPreset("cifar10", {**_TMLR_FIXED, "dataset": "cifar100"}, (
         {"arch": ("resnet50",), **_SN_LG, **_R50_CIFAR, "l2": (False,), "epochs": (350,)},
         {"arch": ("resnet50",), **_SN_LG, **_R50_CIFAR, "l2": (True,), "epochs": (150,)}),
-        help="TMLR 2024 Table 7: no-L2 ResNet50 350 epochs vs L2 ResNet50 150 epochs (LR x0.1 at 100/125), SN + "
-             "leaky/GAP, batch 768, CIFAR-100, 15 seeds"),
+        help="TMLR 2024 Table 7: no-L2 ResNet50 350 epochs vs L2 ResNet50 150 epochs, SN + leaky/GAP, CIFAR-100, "
+             "15 seeds; LR x0.1 at 100/125 for 150 epochs and batch 768 (A.1 gives 768 for CIFAR-10) are ncood's "
+             "choices"),
 }
 
 GRIDS: dict[str, GridPreset] = {
