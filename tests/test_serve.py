@@ -327,6 +327,7 @@ def _bad_payloads(good: str) -> dict[str, tuple[dict, list[str]]]:
         "too many pixels": (split([[huge]]), ["row 0", "400x400", "over the cap of 100000 pixels"]),
         "too many images": (split([[good]] * 41), ["too many images", "41", "40"]),
         "null": (split([[None]]), ["row 0", "null"]),
+        "null in inputs": ({"inputs": {"image": [good, None]}}, ["row 1", "no image ('None': a JSON null"]),
     }
 
 

@@ -87,6 +87,9 @@ def limits_from_env() -> dict[str, Any]:
 
 
 # ---- decoding -------------------------------------------------------------------------------------------------
+_NULL_TEXTS = (b"None", b"nan", b"NaN", b"null")  # how a null cell reads once made a string (str(None), NaN)
+
+
 def _decode_base64(value: Any, limits: ServingLimits) -> bytes:
     """One request cell -> image bytes; ValueError with the problem (the caller adds the row)."""
     if isinstance(value, bytes):
@@ -100,6 +103,9 @@ def _decode_base64(value: Any, limits: ServingLimits) -> bytes:
     text = _WHITESPACE.sub(b"", text)  # `base64` wraps lines at 76 characters
     if not text:
         raise ValueError("empty string; send the image file's bytes as a base64 string")
+    if text in _NULL_TEXTS:  # valid base64 of 3 bytes, which no image is: a null that became text on its way here
+        raise ValueError(f"no image ({text.decode()!r}: a JSON null, which MLflow's `inputs` form turns into this "
+                         "string); send the image file's bytes as a base64 string")
     approx = len(text) * 3 // 4  # decoded size, checked before decoding
     if approx > limits.max_image_bytes + 2:
         raise ValueError(f"image is about {approx} bytes, over the cap of {limits.max_image_bytes} bytes")
