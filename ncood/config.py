@@ -133,7 +133,10 @@ class TrialConfig:
         except ValueError as e:
             raise ConfigError(f"dataset: {e}") from None
         if not info.can_be_id:
-            raise ConfigError(f"dataset: '{self.dataset}' is an OoD-only set and cannot be trained on")
+            from ncood.data import list_datasets
+
+            raise ConfigError(f"dataset: '{self.dataset}' is an OoD-only set and cannot be trained on; ID sets: "
+                              f"{', '.join(list_datasets(id_only=True))}")
         if self.ood_sets is None:
             object.__setattr__(self, "ood_sets", tuple(info.default_ood))
         elif isinstance(self.ood_sets, (list, str)):

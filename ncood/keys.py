@@ -112,6 +112,8 @@ def parse_ood_key(key: str) -> tuple[str, str, str] | None:
 
 
 # ---- run tags, roles and kinds ---------------------------------------------------------------------------------------
+DEFAULT_EXPERIMENT = "ablation-default"  # the MLflow experiment of tune_jobs/ablation.py without flags (and of the
+# commands that read it: ncood aggregate, ncood register)
 # What ncood.tracking writes on runs and ncood.runs_query, aggregation and serving filter on: spelled here only.
 TAG_ROLE = "ncood.role"  # which kind of run: one of the ROLE_* values
 ROLE_SWEEP, ROLE_TRIAL, ROLE_AGGREGATE = "sweep", "trial", "aggregate"  # parent, child, the aggregate run

@@ -18,7 +18,9 @@ Measurement modules never import this one (docs/architecture.md#dependencies): t
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -66,10 +68,20 @@ def git_state(root: Path | None = None) -> dict[str, str]:
         return {MLFLOW_GIT_COMMIT: env_sha} if env_sha else {}
 
 
+def executable(name: str) -> str:
+    """How to call console script `name` (mlflow, ncood) of this Python environment in a printed command: the bare
+    name when this shell's PATH finds exactly that one, else its absolute path (`make run` never activates .venv, so
+    a bare `mlflow ui` would be 'command not found' or another installation's)."""
+    mine = Path(sys.executable).parent / name
+    if not mine.exists() or shutil.which(name) == str(mine):
+        return name
+    return str(mine)
+
+
 def ui_command(tracking_uri: str, port: int = 5000, page: str = "") -> str:
     """How to open the MLflow UI on this store (at `page`, e.g. '#/experiments/1/runs', if given)."""
     if tracking_uri.startswith("sqlite:///"):
-        return (f"mlflow ui --backend-store-uri {tracking_uri} --port {port}\n"
+        return (f"{executable('mlflow')} ui --backend-store-uri {tracking_uri} --port {port}\n"
                 f"  then open http://127.0.0.1:{port}/{page} (remote machine: ssh -L {port}:127.0.0.1:{port} <host> "
                 f"first)")
     return f"open {tracking_uri.rstrip('/')}/{page} in a browser (tracking server)"

@@ -2,6 +2,8 @@
 per-epoch metrics, resume without duplicate steps, FAILED with an error tag) and the driver's orphan sweep."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -133,6 +135,20 @@ def test_ui_command_names_the_store(store):
     assert f"mlflow ui --backend-store-uri {store}" in tracking.ui_command(store)
 
 
+def test_printed_commands_name_this_environments_scripts_when_path_lacks_them(monkeypatch):
+    """`make run` runs .venv/bin/python without activating .venv: a printed bare `mlflow ui` would not be found."""
+    import sys
+
+    mine = Path(sys.executable).parent / "mlflow"
+    assert mine.exists()
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert tracking.executable("mlflow") == str(mine)
+    assert tracking.ui_command("sqlite:////x/mlflow.db").startswith(f"{mine} ui --backend-store-uri sqlite:////x/")
+    monkeypatch.setenv("PATH", f"{mine.parent}:/usr/bin:/bin")
+    assert tracking.executable("mlflow") == "mlflow"  # the shell finds this one: the short form
+    assert tracking.executable("no-such-script") == "no-such-script"
+
+
 def test_git_state_and_ray_job_copy(tmp_path, monkeypatch):
     monkeypatch.delenv("NCOOD_GIT_COMMIT", raising=False)
     assert tracking.git_state(tmp_path) == {}  # not a checkout (e.g. a Ray job's working-dir copy)
@@ -203,3 +219,19 @@ def test_trials_registering_the_same_datasets_at_once_all_get_their_inputs(store
     assert len(digests) == len(names)  # one dataset row per set, shared by the 8 runs
     for t in trackers:
         t.finish()
+
+
+def test_a_second_sweep_in_an_experiment_says_so_before_it_starts(store, capsys):
+    """`make run` twice adds a sweep beside the first: the driver says so, with --resume and --experiment."""
+    from ncood.tune.sweep import _say_if_not_the_first
+
+    exp = tracking.prepare_experiment("second-sweep", store)
+    _say_if_not_the_first(store, exp, "second-sweep", keys.KIND_ABLATION)
+    assert capsys.readouterr().out == ""  # the first sweep: nothing to say
+    first = tracking.start_sweep(store, exp, "second-sweep-a", {"preset": "test"}, {keys.TAG_KIND: keys.KIND_ABLATION})
+    _say_if_not_the_first(store, exp, "second-sweep", keys.KIND_ABLATION)
+    out = capsys.readouterr().out
+    assert "already holds 1 ablation sweep(s) (newest: second-sweep-a)" in out
+    assert "--resume" in out and "--experiment" in out
+    _say_if_not_the_first(store, exp, "second-sweep", keys.KIND_NC_INTERVENTION)  # another kind of sweep: silent
+    assert capsys.readouterr().out == "" and first.parent_run_id

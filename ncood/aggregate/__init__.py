@@ -16,9 +16,8 @@ import argparse
 import sys
 from typing import Sequence
 
+from ncood.keys import DEFAULT_EXPERIMENT  # what tune_jobs/ablation.py names its experiment without flags
 from ncood.lazy import lazy_getattr
-
-DEFAULT_EXPERIMENT = "ablation-default"  # what tune_jobs/ablation.py names its experiment without flags
 
 # The names below load their module on first use (PEP 562): `ncood aggregate --help` and tune_jobs/aggregate.py
 # --help build their parser without importing MLflow, pandas or matplotlib (seconds).
@@ -64,7 +63,7 @@ def after_sweep(tracking_uri: str, experiment_id: str, parent_run_id: str,
         import traceback
 
         traceback.print_exc()
-        print(f"aggregate: failed ({type(e).__name__}: {e}); redo with: python tune_jobs/aggregate.py "
+        print(f"aggregate: failed ({type(e).__name__}: {e}); redo with: {sys.executable} tune_jobs/aggregate.py "
               f"--tracking-uri {tracking_uri} --experiment {experiment_id} --parent-run {parent_run_id}",
               file=sys.stderr)
         return None

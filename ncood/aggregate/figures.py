@@ -184,11 +184,11 @@ def auroc_strip(used: pd.DataFrame, conditions: Sequence[str], ood_sets: Sequenc
                       ha="right", fontsize=8)
         ax.set_xlim(-0.6, len(conditions) - 0.4)
         ax.set_ylabel(f"{score.upper()} AUROC (final epoch)")
-        ax.set_title(f"{score.upper()} AUROC, ID vs {ood}: one dot per seed", fontsize=10)
+        ax.set_title(f"ID vs {ood}", fontsize=10)  # short: a long title overran the last panel's edge
         ax.grid(axis="y", alpha=0.3)
     handles = [Line2D([], [], ls="", marker="o", color="tab:blue", label="seed"),
                Line2D([], [], color="black", lw=2, label="mean"),
                Line2D([], [], ls="", marker="$s$", color="tab:red", label="worst seed")]
-    fig.legend(handles=handles, loc="outside upper right", fontsize=8, ncols=3)
-    fig.suptitle(f"Per-seed {score.upper()} AUROC per condition", fontsize=11)
+    fig.legend(handles=handles, loc="outside lower center", fontsize=8, ncols=3)
+    fig.suptitle(f"Per-seed {score.upper()} AUROC per condition: one dot per seed", fontsize=11)
     return _save(fig, path)

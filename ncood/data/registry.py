@@ -136,7 +136,9 @@ def require_files(name: str, root: Path, files: list[tuple[Path, str | None]]) -
 
 def _entry(name: str) -> DatasetEntry:
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}")
+        ood_only = sorted(set(list_datasets()) - set(list_datasets(id_only=True)))
+        raise ValueError(f"unknown dataset {name!r}; ID (trainable) sets: {', '.join(list_datasets(id_only=True))}; "
+                         f"OoD-only sets: {', '.join(ood_only)}")
     return DATASETS[name]
 
 

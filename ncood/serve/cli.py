@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ncood.keys import DEFAULT_EXPERIMENT
+
 MODEL_NAME = "ncood-ood-scorer"  # the registered model `ncood register` writes and `ncood serve` reads
 DEFAULT_ALIAS = "champion"
 DEFAULT_PORT = 5001
@@ -14,7 +16,8 @@ TRACKING_HELP = "MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<re
 
 
 def add_register_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--experiment", required=True, help="MLflow experiment of the sweep (e.g. ablation-default)")
+    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
+                        help=f"MLflow experiment of the sweep (default: {DEFAULT_EXPERIMENT}, the ablation job's)")
     parser.add_argument("--metric", default=None,
                         help="metric key to rank conditions by (default: auroc/gmm/<first OoD set>)")
     parser.add_argument("--mode", choices=("max", "min"), default=None,

@@ -87,6 +87,12 @@ def limits_from_env() -> dict[str, Any]:
 
 
 # ---- decoding -------------------------------------------------------------------------------------------------
+def _raise_cap(field: str, needed: int) -> str:
+    """The fix for an image over a serving cap: what the client can do, and the server's setting."""
+    return (f"downscale or recompress it, or start the server with {LIMITS_ENV}='{{\"{field}\": {needed}}}' "
+            "(deploy/serving/README.md)")
+
+
 _NULL_TEXTS = (b"None", b"nan", b"NaN", b"null")  # how a null cell reads once made a string (str(None), NaN)
 
 
@@ -108,13 +114,15 @@ def _decode_base64(value: Any, limits: ServingLimits) -> bytes:
                          "string); send the image file's bytes as a base64 string")
     approx = len(text) * 3 // 4  # decoded size, checked before decoding
     if approx > limits.max_image_bytes + 2:
-        raise ValueError(f"image is about {approx} bytes, over the cap of {limits.max_image_bytes} bytes")
+        raise ValueError(f"image is about {approx} bytes, over the cap of {limits.max_image_bytes} bytes; "
+                         f"{_raise_cap('max_image_bytes', approx)}")
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as e:
         raise ValueError(f"not valid base64 ({e}); encode the file's bytes, e.g. `base64 -w0 img.png`") from None
     if len(data) > limits.max_image_bytes:
-        raise ValueError(f"image is {len(data)} bytes, over the cap of {limits.max_image_bytes} bytes")
+        raise ValueError(f"image is {len(data)} bytes, over the cap of {limits.max_image_bytes} bytes; "
+                         f"{_raise_cap('max_image_bytes', len(data))}")
     return data
 
 
@@ -148,7 +156,8 @@ def decode_image(data: bytes, limits: ServingLimits) -> Tensor:
         raise ValueError(f"image has too many pixels ({e})") from None
     w, h = im.size
     if w * h > limits.max_pixels:
-        raise ValueError(f"image is {w}x{h} = {w * h} pixels, over the cap of {limits.max_pixels} pixels")
+        raise ValueError(f"image is {w}x{h} = {w * h} pixels, over the cap of {limits.max_pixels} pixels; "
+                         f"{_raise_cap('max_pixels', w * h)}")
     if w == 0 or h == 0:
         raise ValueError(f"image is {w}x{h}: empty")
     try:

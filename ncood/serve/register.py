@@ -29,7 +29,7 @@ from mlflow.tracking import MlflowClient
 
 from ncood import keys, runs_query, tracking
 from ncood.run_fields import process_tracking_uri
-from ncood.serve.cli import DEFAULT_ALIAS, DEFAULT_PORT, MODEL_NAME  # noqa: F401  (re-exported)
+from ncood.serve.cli import DEFAULT_ALIAS, DEFAULT_MODEL_URI, DEFAULT_PORT, MODEL_NAME  # noqa: F401  (re-exported)
 from ncood.serve.guard import PROTOCOL
 
 _LOWER_IS_BETTER = ("fpr95",)  # the detection metric of an OoD key (ncood.keys.parse_ood_key)
@@ -241,9 +241,18 @@ def _version_holding(client: MlflowClient, model_name: str, model_id: str) -> st
 
 
 def serve_command(reg: Registration, port: int = DEFAULT_PORT) -> str:
-    # UVICORN_HTTP: ncood's request limits in front of MLflow's parser (ncood.serve.guard)
-    return (f"MLFLOW_TRACKING_URI={reg.tracking_uri} UVICORN_HTTP={PROTOCOL} "
-            f"mlflow models serve -m models:/{reg.model_name}@{reg.alias} --env-manager local -h 127.0.0.1 -p {port}")
+    """`mlflow models serve` of the registration as `ncood serve` runs it (UVICORN_HTTP: ncood's request limits in
+    front of MLflow's parser, ncood.serve.guard)."""
+    return (f"MLFLOW_TRACKING_URI={reg.tracking_uri} UVICORN_HTTP={PROTOCOL} {tracking.executable('mlflow')} models "
+            f"serve -m models:/{reg.model_name}@{reg.alias} --env-manager local -h 127.0.0.1 -p {port}")
+
+
+def ncood_serve_command(reg: Registration, port: int = DEFAULT_PORT) -> str:
+    """`ncood serve` of the registration (flags at their defaults left out)."""
+    uri = f"models:/{reg.model_name}@{reg.alias}"
+    flags = "".join([f" --model-uri {uri}" if uri != DEFAULT_MODEL_URI else "",
+                     f" --port {port}" if port != DEFAULT_PORT else ""])
+    return f"{tracking.executable('ncood')} serve --tracking-uri {reg.tracking_uri}{flags}"
 
 
 def format_registration(reg: Registration, port: int = DEFAULT_PORT) -> str:
@@ -267,7 +276,8 @@ def format_registration(reg: Registration, port: int = DEFAULT_PORT) -> str:
         f"registered: {reg.model_name} version {reg.version} (models:/{reg.model_id}), alias @{reg.alias}",
         *[f"note: {note}" for note in reg.notes],
         "serve it:",
-        f"  {serve_command(reg, port)}",
+        f"  {ncood_serve_command(reg, port)}",
+        f"  (what it runs: {serve_command(reg, port)})",
         f"  then: curl -s http://127.0.0.1:{port}/ping  (requests: deploy/serving/README.md)",
     ]
     return "\n".join(lines)

@@ -296,11 +296,13 @@ def register_champion(result: SweepResult) -> None:
     of one's own instead (ModelNotYours)."""
     from mlflow.tracking import MlflowClient
 
+    from ncood import tracking
     from ncood.serve.register import ModelNotYours, RegisterError, register_best
 
     uri = result.ref.tracking_uri
     name = MlflowClient(uri).get_experiment(result.ref.experiment_id).name
-    redo = f"ncood register --experiment {name} --tracking-uri {uri}"
+    ncood = tracking.executable("ncood")
+    redo = f"{ncood} register --experiment {name} --tracking-uri {uri}"
     try:
         reg = register_best(name, tracking_uri=uri)
     except ModelNotYours as e:
@@ -312,4 +314,4 @@ def register_champion(result: SweepResult) -> None:
         print(f"Champion not registered ({kind}{e}); register it with:\n  {redo}")
         return
     print(f"Champion: {reg.model_name} version {reg.version} @{reg.alias} = {reg.choice.run.run_name} (median seed "
-          f"of the best condition by mean {reg.choice.metric}). Serve it: ncood serve --tracking-uri {uri}")
+          f"of the best condition by mean {reg.choice.metric}). Serve it: {ncood} serve --tracking-uri {uri}")

@@ -34,7 +34,7 @@ SWEEP_FILE = "ncood_sweep.json"  # in the Ray experiment dir: what `--resume` ne
 class SweepSettings:
     """How and where a sweep runs (not trial config): the run flags of tune_jobs/ablation.py and search.py."""
 
-    experiment: str = "ablation-default"  # MLflow experiment; the Ray experiment dir is <experiment>_<timestamp>
+    experiment: str = keys.DEFAULT_EXPERIMENT  # MLflow experiment; the Ray experiment dir is <experiment>_<timestamp>
     tracking_uri: str | None = None  # default: tracking.default_tracking_uri()
     storage_path: str | None = None  # default: <repo>/runs/ray (~/ray_results inside a Ray job's working dir)
     cpus_per_trial: float = 1
@@ -269,6 +269,24 @@ def _close_sweep_run(ref: tracking.SweepRef, error: BaseException) -> None:
         ref, ref.parent_run_id, status, {keys.TAG_ERROR: tracking.error_text(error)}))
 
 
+def _say_if_not_the_first(uri: str, experiment_id: str, experiment: str, kind: str) -> None:
+    """A second `make run` adds a sweep beside the first in the same experiment (nothing is overwritten in MLflow,
+    but the aggregate report on disk, the headline view and @champion then follow the newest): say so before Ray
+    starts, with the flags that do something else."""
+    from mlflow.tracking import MlflowClient
+
+    flt = f"{runs_query.tag_is(keys.TAG_ROLE, keys.ROLE_SWEEP)} and {runs_query.tag_is(keys.TAG_KIND, kind)}"
+    try:
+        earlier = runs_query.search_all(MlflowClient(uri), [experiment_id], flt)  # oldest first
+    except Exception:  # noqa: BLE001 - a notice only: the sweep's own first write reports a store problem
+        return
+    if earlier:
+        print(f"ncood: experiment {experiment!r} already holds {len(earlier)} {kind} sweep(s) (newest: "
+              f"{earlier[-1].info.run_name}); this one is added beside them. The aggregate report on disk and "
+              f"@champion will follow the new sweep; the earlier ones stay in MLflow. To continue an interrupted "
+              f"sweep instead: --resume <its Ray experiment dir>; to keep sweeps apart: --experiment <name>.")
+
+
 def _new_tuner(settings: SweepSettings, storage: Storage, spec: SweepSpec):
     """MLflow experiment + parent run, the sweep file for --resume, the Tuner. The run comes first, before Ray:
     no trial may race to create it (DB races), and its creation is the sweep's first write into the experiment,
@@ -276,6 +294,7 @@ def _new_tuner(settings: SweepSettings, storage: Storage, spec: SweepSpec):
     after Ray's start-up)."""
     uri = tracking.resolve_tracking_uri(settings.tracking_uri)
     experiment_id = tracking.prepare_experiment(settings.experiment, uri)
+    _say_if_not_the_first(uri, experiment_id, settings.experiment, spec.kind)
     # start time, then a random tag: two sweeps started in the same second must not share a Ray experiment dir
     name = f"{settings.experiment}_{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     exp_dir = storage.join(name)
