@@ -360,7 +360,9 @@ def test_server_errors_are_short_in_every_request_form(server, images):
     noisy = encode_png(np.random.default_rng(0).integers(0, 256, (160, 160, 3), dtype=np.uint8))  # ~77 kB
     cases = {  # cells -> the whole message
         "too many bytes": ([noisy], f"1 of 1 images rejected: row 0: image is about {len(noisy) * 3 // 4} bytes, "
-                                    f"over the cap of {LIMITS['max_image_bytes']} bytes"),
+                                    f"over the cap of {LIMITS['max_image_bytes']} bytes; downscale or recompress it, "
+                                    f"or start the server with NCOOD_SERVING_LIMITS='{{\"max_image_bytes\": "
+                                    f"{len(noisy) * 3 // 4}}}' (deploy/serving/README.md)"),
         "too many images": ([good] * 41, "too many images: 41 in one request, the cap is 40; split the batch"),
     }
     for name, (cells, expected) in cases.items():
