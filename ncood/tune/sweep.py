@@ -282,8 +282,8 @@ def _say_if_not_the_first(uri: str, experiment_id: str, experiment: str, kind: s
         return
     if earlier:
         print(f"ncood: experiment {experiment!r} already holds {len(earlier)} {kind} sweep(s) (newest: "
-              f"{earlier[-1].info.run_name}); this one is added beside them. The aggregate report on disk and "
-              f"@champion will follow the new sweep; the earlier ones stay in MLflow. To continue an interrupted "
+              f"{earlier[-1].info.run_name}); this one is added beside them. The aggregate report on disk (and, for "
+              f"the ablation job, @champion) will follow the new sweep; the earlier ones stay in MLflow. To continue an interrupted "
               f"sweep instead: --resume <its Ray experiment dir>; to keep sweeps apart: --experiment <name>.")
 
 
