@@ -81,10 +81,18 @@ def experiment(client: MlflowClient, name: str, *, by_id: bool = False):
     return exp
 
 
+def _sweep_filter(kind: str | None) -> str:
+    return tag_is(keys.TAG_ROLE, keys.ROLE_SWEEP) + (f" and {tag_is(keys.TAG_KIND, kind)}" if kind else "")
+
+
 def newest_sweep(client: MlflowClient, experiment_id: str, kind: str | None = None):
     """The newest sweep (parent) run of the experiment, of `kind` (keys.KIND_*) if given; None if there is none."""
-    flt = tag_is(keys.TAG_ROLE, keys.ROLE_SWEEP) + (f" and {tag_is(keys.TAG_KIND, kind)}" if kind else "")
-    return search_first(client, [experiment_id], flt)
+    return search_first(client, [experiment_id], _sweep_filter(kind))
+
+
+def sweeps(client: MlflowClient, experiment_id: str, kind: str | None = None) -> list:
+    """Every sweep (parent) run of the experiment, of `kind` if given, oldest first."""
+    return search_all(client, [experiment_id], _sweep_filter(kind))
 
 
 def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str, role: str | None = None) -> list:

@@ -19,6 +19,7 @@ try:
 except ImportError:  # a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ncood import keys  # noqa: E402
 from ncood.config import ConfigError  # noqa: E402
 from ncood.intervention import GROUPS, InterventionSettings  # noqa: E402  (light: no Ray/MLflow/torch)
 from ncood.tune import jobs  # noqa: E402
@@ -51,9 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "inside a Ray job ~/ray_results/aggregate/...)")
     jobs.add_run_flags(p, job="nc_intervention")
     jobs.add_version(p)
-    p.set_defaults(experiment="ablation-default")
+    p.set_defaults(experiment=keys.DEFAULT_EXPERIMENT)
     p._option_string_actions["--experiment"].help = (  # here it names the source, as the ablation job logged it
-        "MLflow experiment of the ablation sweep to continue (default: ablation-default)")
+        f"MLflow experiment of the ablation sweep to continue (default: {keys.DEFAULT_EXPERIMENT})")
     return p
 
 

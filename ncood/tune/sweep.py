@@ -275,16 +275,16 @@ def _say_if_not_the_first(uri: str, experiment_id: str, experiment: str, kind: s
     starts, with the flags that do something else."""
     from mlflow.tracking import MlflowClient
 
-    flt = f"{runs_query.tag_is(keys.TAG_ROLE, keys.ROLE_SWEEP)} and {runs_query.tag_is(keys.TAG_KIND, kind)}"
     try:
-        earlier = runs_query.search_all(MlflowClient(uri), [experiment_id], flt)  # oldest first
+        earlier = runs_query.sweeps(MlflowClient(uri), experiment_id, kind)  # oldest first
     except Exception:  # noqa: BLE001 - a notice only: the sweep's own first write reports a store problem
         return
     if earlier:
         print(f"ncood: experiment {experiment!r} already holds {len(earlier)} {kind} sweep(s) (newest: "
               f"{earlier[-1].info.run_name}); this one is added beside them. The aggregate report on disk (and, for "
-              f"the ablation job, @champion) will follow the new sweep; the earlier ones stay in MLflow. To continue an interrupted "
-              f"sweep instead: --resume <its Ray experiment dir>; to keep sweeps apart: --experiment <name>.")
+              f"the ablation job, @champion) will follow the new sweep; the earlier ones stay in MLflow. To continue "
+              f"an interrupted sweep instead: --resume <its Ray experiment dir>; to keep sweeps apart: --experiment "
+              f"<name>.")
 
 
 def _new_tuner(settings: SweepSettings, storage: Storage, spec: SweepSpec):
