@@ -340,7 +340,7 @@ def parse(argv):
     p.add_argument("--compile", action="store_true", help="ncood trainer with torch.compile (cfg.compile)")
     p.add_argument("--precision", choices=("bf16", "fp32"), default=None,
                    help="ncood trainer precision (cfg.precision; default bf16 on CUDA, what bench/README.md measured, "
-                        "fp32 on CPU; fp32 is the papers' and the TrialConfig default)")
+                        "fp32 on CPU; fp32 is the TrialConfig default, the papers state no precision)")
     p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
     p.add_argument("--no-reference", action="store_true", help="time the ncood trainer only")
     p.add_argument("--eval", action=argparse.BooleanOptionalAction, default=None,
